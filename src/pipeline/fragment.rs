@@ -292,6 +292,20 @@ impl Reassembler {
         })
     }
 
+    /// Takes the buffer of the packet the last [`Reassembly::Complete`] returned (its
+    /// payload is at the start), to work on it while the reassembler takes more fragments.
+    /// Hand it back with [`Reassembler::recycle`].
+    pub fn take_completed(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.completed)
+    }
+
+    /// Gives a buffer back for reuse.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if self.pool.len() < 2 {
+            self.pool.push(buf);
+        }
+    }
+
     /// The fragments held of the incomplete packet `packet_number`, with its Fragment Number,
     /// so that the sender can be told to resend only the missing ones.
     pub fn held(&self, packet_number: u32) -> Option<(u8, &BitSlice<u8, Msb0>)> {

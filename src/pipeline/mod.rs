@@ -139,64 +139,88 @@ impl Encoder {
         opts: SendOptions,
         seal: Seal<'_>,
     ) -> Result<Encoded<'_>, EncodeError> {
-        let sealed = matches!(seal, Seal::Sealed { .. });
-        let (sequence, init_vector) = match seal {
-            Seal::Plain { sequence } => (sequence, None),
-            Seal::Sealed { packet_number, .. } => {
-                (packet_number as u16, Some((packet_number >> 16) as u16))
-            }
-        };
-        let mut flags = Flags::empty();
-        if opts.reliable {
-            flags = flags | Flags::RELIABLE;
-        }
-        let checksum = (opts.checksum && !sealed).then(|| checksum16(data));
-        if checksum.is_some() {
-            flags = flags | Flags::CHECKSUM;
-        }
-        let compressed = opts.compress && compress::compress_into(data, &mut self.compressed);
-        let body: &[u8] = if compressed {
-            flags = flags | Flags::COMPRESSED;
-            &self.compressed
-        } else {
-            data
-        };
-        let processed_len = body.len() + if sealed { TAG_LEN } else { 0 };
-        if processed_len > MAX_PAYLOAD {
-            return Err(EncodeError::TooLarge { len: processed_len });
-        }
-        let fragment = match fragment::fragment_count(processed_len) {
-            0 => None,
-            n => {
-                flags = flags | Flags::FRAG;
-                let count = fragment::count_field(n).expect("bounded by MAX_PAYLOAD above");
-                Some(FragmentFields { id: 0, count })
-            }
-        };
-        if sealed {
-            flags = flags | Flags::ENCRYPTED;
-        }
-        let header = Header {
-            packet_type: fields.packet_type(),
-            flags,
-            sequence,
-            fragment,
-            init_vector,
-            checksum,
-        };
-        self.payload.clear();
-        self.payload.extend_from_slice(body);
-        if let Seal::Sealed { key, packet_number } = seal {
-            let mut aad = [0u8; MAX_AAD];
-            let aad_len = associated_data(&header, &fields, &mut aad);
-            key.seal(packet_number, &aad[..aad_len], &mut self.payload);
-        }
+        let mut payload = std::mem::take(&mut self.payload);
+        let result = encode_into(&mut self.compressed, fields, data, opts, seal, &mut payload);
+        self.payload = payload;
+        let header = result?;
         Ok(Encoded {
             header,
             fields,
             payload: &self.payload,
         })
     }
+}
+
+/// Runs `data` through checksum → compression → sealing into `out` (cleared first) and returns
+/// the packet's header (with the fragment fields of fragment 0 when it needs fragmenting).
+/// `compressed` is scratch space for LZ4, reused between calls.
+///
+/// Give `out` a capacity of the payload plus 16 octets to spare it an allocation.
+///
+/// # Errors
+/// [`EncodeError::TooLarge`] if the processed payload needs more than 255 fragments; `out`
+/// is then empty.
+pub fn encode_into(
+    compressed: &mut Vec<u8>,
+    fields: TypeFields,
+    data: &[u8],
+    opts: SendOptions,
+    seal: Seal<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Header, EncodeError> {
+    out.clear();
+    let sealed = matches!(seal, Seal::Sealed { .. });
+    let (sequence, init_vector) = match seal {
+        Seal::Plain { sequence } => (sequence, None),
+        Seal::Sealed { packet_number, .. } => {
+            (packet_number as u16, Some((packet_number >> 16) as u16))
+        }
+    };
+    let mut flags = Flags::empty();
+    if opts.reliable {
+        flags = flags | Flags::RELIABLE;
+    }
+    let checksum = (opts.checksum && !sealed).then(|| checksum16(data));
+    if checksum.is_some() {
+        flags = flags | Flags::CHECKSUM;
+    }
+    let is_compressed = opts.compress && compress::compress_into(data, compressed);
+    let body: &[u8] = if is_compressed {
+        flags = flags | Flags::COMPRESSED;
+        compressed
+    } else {
+        data
+    };
+    let processed_len = body.len() + if sealed { TAG_LEN } else { 0 };
+    if processed_len > MAX_PAYLOAD {
+        return Err(EncodeError::TooLarge { len: processed_len });
+    }
+    let fragment = match fragment::fragment_count(processed_len) {
+        0 => None,
+        n => {
+            flags = flags | Flags::FRAG;
+            let count = fragment::count_field(n).expect("bounded by MAX_PAYLOAD above");
+            Some(FragmentFields { id: 0, count })
+        }
+    };
+    if sealed {
+        flags = flags | Flags::ENCRYPTED;
+    }
+    let header = Header {
+        packet_type: fields.packet_type(),
+        flags,
+        sequence,
+        fragment,
+        init_vector,
+        checksum,
+    };
+    out.extend_from_slice(body);
+    if let Seal::Sealed { key, packet_number } = seal {
+        let mut aad = [0u8; MAX_AAD];
+        let aad_len = associated_data(&header, &fields, &mut aad);
+        key.seal(packet_number, &aad[..aad_len], out);
+    }
+    Ok(header)
 }
 
 /// A packet that went through the sending pipeline, ready to be written as datagrams.

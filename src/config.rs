@@ -1,0 +1,277 @@
+//! Configuration of endpoints, connections and channels, validated when built.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::crypto::{ServerIdentity, ServerKey};
+use crate::pipeline::ReassemblyConfig;
+use crate::wire::MAX_PAYLOAD;
+
+/// The largest message a channel can carry: one packet of 255 fragments, less the tag and the
+/// message's framing.
+pub const MAX_MESSAGE_SIZE: usize = MAX_PAYLOAD - 16 - 8;
+
+/// How a channel delivers its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryMode {
+    /// At most once, in any order; dropped if it cannot go out in time.
+    Unreliable,
+    /// At most once; a message older than one already delivered is dropped, never delivered
+    /// after a newer one.
+    UnreliableSequenced,
+    /// Exactly once, in any order.
+    ReliableUnordered,
+    /// Exactly once, in the order sent.
+    ReliableOrdered,
+}
+
+impl DeliveryMode {
+    /// Whether messages are resent until acknowledged.
+    pub const fn is_reliable(self) -> bool {
+        matches!(self, Self::ReliableUnordered | Self::ReliableOrdered)
+    }
+
+    /// Whether messages carry a per-channel sequence number.
+    pub const fn is_sequenced(self) -> bool {
+        matches!(self, Self::UnreliableSequenced | Self::ReliableOrdered)
+    }
+}
+
+/// One channel of a connection. Both sides must configure the same channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelConfig {
+    /// The delivery guarantee.
+    pub mode: DeliveryMode,
+    /// Whether packets holding only this channel's (and other compressing channels') messages
+    /// may be LZ4-compressed. Leave it off for a channel that mixes secrets with data an
+    /// attacker controls: compression before encryption reveals compressibility by length.
+    pub compress: bool,
+}
+
+impl ChannelConfig {
+    /// A channel of `mode` without compression.
+    pub const fn new(mode: DeliveryMode) -> Self {
+        Self {
+            mode,
+            compress: false,
+        }
+    }
+
+    /// This channel with compression allowed.
+    #[must_use]
+    pub const fn compressed(mut self) -> Self {
+        self.compress = true;
+        self
+    }
+}
+
+/// Settings every connection of an endpoint shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// The channels, indexed by [`crate::ChannelId`]; at most 256.
+    pub channels: Vec<ChannelConfig>,
+    /// The largest message `send` accepts and a peer may send (at most [`MAX_MESSAGE_SIZE`]).
+    pub max_message_size: usize,
+    /// A PING goes out when nothing was sent for this long.
+    pub heartbeat_interval: Duration,
+    /// A connection that receives nothing for this long ends with
+    /// [`crate::DisconnectReason::TimedOut`].
+    pub timeout: Duration,
+    /// Octets of reliable messages that may wait to be sent or acknowledged; `send` beyond it
+    /// returns [`crate::SendError::QueueFull`].
+    pub send_queue_bytes: usize,
+    /// An unreliable message not sent within this time is dropped and counted.
+    pub unreliable_deadline: Duration,
+    /// The RTT assumed before the first sample.
+    pub initial_rtt: Duration,
+    /// The shortest resend timeout.
+    pub min_rto: Duration,
+    /// The longest resend timeout (backoff stops here: a game would rather resend than wait).
+    pub max_rto: Duration,
+    /// Acknowledgements wait at most this long to be grouped (zero: sent at the next
+    /// `poll_transmit`).
+    pub ack_delay: Duration,
+    /// Octets of received messages not yet taken by `poll_event` above which arriving packets
+    /// are dropped unacknowledged (the sender resends them later).
+    pub receive_buffer_bytes: usize,
+    /// Limits of fragment reassembly.
+    pub reassembly: ReassemblyConfig,
+    /// How long a closing connection waits for its ERROR 2.x to be acknowledged.
+    pub close_timeout: Duration,
+}
+
+impl Default for ConnectionConfig {
+    /// One channel of each mode (0 unreliable, 1 sequenced, 2 reliable-unordered, 3
+    /// reliable-ordered), 64 KiB messages, PING after 250 ms idle, 10 s timeout.
+    fn default() -> Self {
+        Self {
+            channels: vec![
+                ChannelConfig::new(DeliveryMode::Unreliable),
+                ChannelConfig::new(DeliveryMode::UnreliableSequenced),
+                ChannelConfig::new(DeliveryMode::ReliableUnordered),
+                ChannelConfig::new(DeliveryMode::ReliableOrdered),
+            ],
+            max_message_size: 64 * 1024,
+            heartbeat_interval: Duration::from_millis(250),
+            timeout: Duration::from_secs(10),
+            send_queue_bytes: 4 << 20,
+            unreliable_deadline: Duration::from_millis(200),
+            initial_rtt: Duration::from_millis(100),
+            min_rto: Duration::from_millis(30),
+            max_rto: Duration::from_secs(1),
+            ack_delay: Duration::ZERO,
+            receive_buffer_bytes: 4 << 20,
+            reassembly: ReassemblyConfig::default(),
+            close_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ConnectionConfig {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.channels.is_empty() || self.channels.len() > 256 {
+            return Err(ConfigError("between 1 and 256 channels"));
+        }
+        if self.max_message_size == 0 || self.max_message_size > MAX_MESSAGE_SIZE {
+            return Err(ConfigError("max_message_size must be 1..=MAX_MESSAGE_SIZE"));
+        }
+        if self.timeout <= self.heartbeat_interval {
+            return Err(ConfigError("timeout must exceed heartbeat_interval"));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(ConfigError("heartbeat_interval must be above zero"));
+        }
+        if self.min_rto.is_zero() || self.min_rto > self.max_rto {
+            return Err(ConfigError("need 0 < min_rto <= max_rto"));
+        }
+        if self.send_queue_bytes < self.max_message_size {
+            return Err(ConfigError(
+                "send_queue_bytes must hold one largest message",
+            ));
+        }
+        if self.receive_buffer_bytes < self.max_message_size {
+            return Err(ConfigError(
+                "receive_buffer_bytes must hold one largest message",
+            ));
+        }
+        if self.reassembly.max_packets == 0 || self.reassembly.max_bytes < MAX_PAYLOAD {
+            return Err(ConfigError("reassembly must hold one largest packet"));
+        }
+        Ok(())
+    }
+}
+
+/// A server endpoint's settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The long-term key whose public half clients pin.
+    pub identity: ServerIdentity,
+    /// Settings of every connection.
+    pub connection: ConnectionConfig,
+    /// Connected clients at most; a client beyond gets ERROR 1.1.
+    pub max_clients: usize,
+    /// Half-open handshakes at most; AUTH beyond it is dropped and counted.
+    pub max_pending: usize,
+    /// A handshake not finished within this time is forgotten.
+    pub handshake_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Default settings with this identity: 64 clients, 1024 half-open handshakes, 10 s
+    /// handshake deadline.
+    pub fn new(identity: ServerIdentity) -> Self {
+        Self {
+            identity,
+            connection: ConnectionConfig::default(),
+            max_clients: 64,
+            max_pending: 1024,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.connection.validate()?;
+        if self.max_clients == 0 || self.max_pending == 0 {
+            return Err(ConfigError(
+                "max_clients and max_pending must be above zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How a client checks the server's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKeyPolicy {
+    /// Only a server holding this key is accepted; any other is refused with ERROR 1.2.
+    Pinned(ServerKey),
+    /// Any server key is accepted. This allows a man in the middle: for tests and LAN tools
+    /// only, and it must be asked for by name.
+    InsecureAcceptAny,
+}
+
+/// A client endpoint's settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// How the server's certificate is checked.
+    pub server_key: ServerKeyPolicy,
+    /// Settings of the connection (channels must match the server's).
+    pub connection: ConnectionConfig,
+    /// A handshake not finished within this time fails.
+    pub handshake_timeout: Duration,
+    /// The first AUTH is resent after this long without an answer (doubling each time).
+    pub handshake_resend: Duration,
+}
+
+impl ClientConfig {
+    /// Default settings for a server whose key is `server_key`.
+    pub fn new(server_key: ServerKey) -> Self {
+        Self::with_policy(ServerKeyPolicy::Pinned(server_key))
+    }
+
+    /// Default settings that accept any server key (see [`ServerKeyPolicy::InsecureAcceptAny`]).
+    pub fn insecure_accept_any_server_key() -> Self {
+        Self::with_policy(ServerKeyPolicy::InsecureAcceptAny)
+    }
+
+    fn with_policy(server_key: ServerKeyPolicy) -> Self {
+        Self {
+            server_key,
+            connection: ConnectionConfig::default(),
+            handshake_timeout: Duration::from_secs(10),
+            handshake_resend: Duration::from_millis(250),
+        }
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.connection.validate()?;
+        if self.handshake_resend.is_zero() {
+            return Err(ConfigError("handshake_resend must be above zero"));
+        }
+        Ok(())
+    }
+}
+
+/// A setting out of range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigError(pub &'static str);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,113 @@
+//! Congestion control: a window of reliable octets in flight that grows while acknowledgements
+//! come and shrinks on loss (slow start, then additive increase, multiplicative decrease, as in
+//! NewReno), and a pacing rate derived from it.
+//!
+//! Reactions to loss happen at most once per round trip, and the window never falls below a
+//! floor that keeps a game's small reliable messages moving on a lossy link.
+
+use std::time::{Duration, Instant};
+
+/// The largest datagram, the unit the window grows by.
+pub const MSS: u64 = 1002;
+
+/// NewReno-style window and pacing.
+#[derive(Debug, Clone)]
+pub struct Congestion {
+    window: u64,
+    ssthresh: u64,
+    min_window: u64,
+    max_window: u64,
+    recovery_start: Option<Instant>,
+    acked_since_growth: u64,
+    tokens: f64,
+    last_refill: Option<Instant>,
+}
+
+impl Default for Congestion {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Congestion {
+    /// A window of 32 datagrams, floor 8, ceiling 16 MiB.
+    pub fn new() -> Self {
+        Self {
+            window: 32 * MSS,
+            ssthresh: u64::MAX,
+            min_window: 8 * MSS,
+            max_window: 16 << 20,
+            recovery_start: None,
+            acked_since_growth: 0,
+            tokens: 64.0 * MSS as f64,
+            last_refill: None,
+        }
+    }
+
+    /// The window in octets.
+    pub fn window(&self) -> u64 {
+        self.window
+    }
+
+    /// Octets `acked` were acknowledged for a packet sent at `sent`.
+    pub fn on_ack(&mut self, acked: u64, sent: Instant) {
+        if self.recovery_start.is_some_and(|r| sent <= r) {
+            return;
+        }
+        if self.window < self.ssthresh {
+            self.window = (self.window + acked).min(self.max_window);
+        } else {
+            self.acked_since_growth += acked;
+            if self.acked_since_growth >= self.window {
+                self.acked_since_growth -= self.window;
+                self.window = (self.window + MSS).min(self.max_window);
+            }
+        }
+    }
+
+    /// A packet sent at `sent` was declared lost at `now`.
+    pub fn on_loss(&mut self, now: Instant, sent: Instant) {
+        if self.recovery_start.is_some_and(|r| sent <= r) {
+            return;
+        }
+        self.recovery_start = Some(now);
+        self.window = (self.window / 2).max(self.min_window);
+        self.ssthresh = self.window;
+        self.acked_since_growth = 0;
+    }
+
+    /// The pacing rate in octets per second: twice the window per smoothed RTT (so pacing
+    /// smooths bursts without being the limit), at least 64 KiB/s.
+    pub fn pacing_rate(&self, srtt: Duration) -> u64 {
+        let secs = srtt.as_secs_f64().max(0.001);
+        ((2 * self.window) as f64 / secs).max(65536.0) as u64
+    }
+
+    /// Whether `len` octets may go out now under pacing; takes the tokens if so.
+    pub fn try_pace(&mut self, now: Instant, srtt: Duration, len: usize) -> bool {
+        let rate = self.pacing_rate(srtt) as f64;
+        let burst = (self.window as f64).max(16.0 * MSS as f64);
+        if let Some(last) = self.last_refill {
+            let dt = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + dt * rate).min(burst);
+        }
+        self.last_refill = Some(now);
+        if self.tokens >= len as f64 || self.tokens >= burst {
+            self.tokens -= len as f64;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When `len` octets of tokens will be there, from the last refill.
+    pub fn pace_deadline(&self, srtt: Duration, len: usize) -> Option<Instant> {
+        let last = self.last_refill?;
+        let missing = len as f64 - self.tokens;
+        if missing <= 0.0 {
+            return Some(last);
+        }
+        let rate = self.pacing_rate(srtt) as f64;
+        Some(last + Duration::from_secs_f64(missing / rate))
+    }
+}

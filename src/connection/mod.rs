@@ -1,0 +1,1431 @@
+//! One peer's state after the handshake: sealing, the replay window, reliability (acks,
+//! resends, fragment acks), channels, congestion and pacing, heartbeats, timeouts and closing.
+//!
+//! A connection does no I/O and reads no clock: every call takes `now`. The endpoint owns the
+//! connections and drives them: [`Connection::handle_packet`] for each datagram from the peer,
+//! [`Connection::poll_transmit`] until it returns `None`, [`Connection::handle_timeout`] at
+//! [`Connection::poll_timeout`].
+
+pub mod congestion;
+pub mod frame;
+pub mod recv;
+pub mod rtt;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{ConnectionConfig, DeliveryMode};
+use crate::pipeline::{
+    encode_into, fragment, seal, Decoder, FragmentBitmap, PacketKey, Reassembler, Reassembly, Seal,
+    SendOptions,
+};
+use crate::types::{ChannelId, ClientId, ConnectionStats, DisconnectReason, Event, SendError};
+use crate::wire::{
+    AckFields, Body, ErrorCode, Flags, Header, Heartbeat, Packet, TypeFields, WireError, MAX_DATA,
+    MAX_PAYLOAD,
+};
+use congestion::Congestion;
+use frame::{Frame, Frames};
+use recv::{Receiver, Seen};
+use rtt::RttEstimator;
+
+/// Plaintext octets one unfragmented sealed packet holds (988 less the tag).
+pub const PACKET_PLAINTEXT: usize = MAX_DATA - seal::TAG_LEN;
+/// How far a reliable-ordered channel's sequence numbers may run ahead of the oldest
+/// unacknowledged one (the receiver buffers at most this many messages per channel).
+pub const ORDER_WINDOW: u16 = 1024;
+/// Reliable packets in flight at most (well inside the receiver's replay window).
+const MAX_IN_FLIGHT_PACKETS: usize = 2048;
+/// A reliable packet unacknowledged while this many later ones were acknowledged is lost.
+const PACKET_THRESHOLD: u32 = 3;
+/// The connection closes before its packet number passes this.
+const PN_LIMIT: u32 = u32::MAX - 64;
+/// Octets a datagram adds around its Data (header with fragment fields and IV, ACK fields).
+const DATAGRAM_OVERHEAD: usize = 10 + 4;
+/// Buffers kept for reuse per connection.
+const POOL_LIMIT: usize = 64;
+
+/// Which side of the connection this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The client: it sent the first AUTH.
+    Client,
+    /// The server.
+    Server,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Exchanging messages.
+    Connected,
+    /// Our ERROR 2.x is out; waiting for its ack until the deadline.
+    Closing { deadline: Instant },
+    /// The peer closed; owed acks still go out, then the connection is gone.
+    Draining,
+    /// Nothing more to do; the endpoint removes the connection.
+    Closed,
+}
+
+struct Queued {
+    data: Vec<u8>,
+    enqueued: Instant,
+}
+
+struct SendChannel {
+    mode: DeliveryMode,
+    compress: bool,
+    queue: VecDeque<Queued>,
+    next_seq: u16,
+    /// Reliable-ordered: acked flags of messages from `window_base` on.
+    window: VecDeque<bool>,
+    window_base: u16,
+}
+
+struct RecvChannel {
+    mode: DeliveryMode,
+    /// Sequenced: the newest delivered; ordered: the next expected.
+    seq: Option<u16>,
+    /// Ordered: messages waiting for a gap before them, index i is seq `seq + i`.
+    held: VecDeque<Option<Vec<u8>>>,
+}
+
+/// A range of one channel's messages in a packet.
+#[derive(Debug, Clone, Copy)]
+struct SeqRange {
+    channel: u8,
+    first: u16,
+    count: u16,
+}
+
+struct SentPacket {
+    pn: u32,
+    header: Header,
+    fields: TypeFields,
+    payload: Vec<u8>,
+    /// Fragments the receiver reported holding (unfragmented packets: unused).
+    held: FragmentBitmap,
+    first_sent: Instant,
+    last_sent: Instant,
+    resends: u32,
+    size: u64,
+    /// Octets of messages it carries (released from the send queue budget when acked).
+    message_bytes: usize,
+    ordered: Vec<SeqRange>,
+    declared_lost: bool,
+}
+
+/// A close in progress: the ERROR packet and what to report when it ends.
+struct Closing {
+    code: ErrorCode,
+    message: Vec<u8>,
+    packet: Option<SentPacket>,
+    report: Option<DisconnectReason>,
+}
+
+/// A datagram job: the fragments of a packet still to write.
+#[derive(Debug, Clone, Copy)]
+enum Job {
+    /// A reliable packet from `sent`, fragments from `next` on, skipping those held.
+    Reliable { pn: u32, next: usize },
+    /// The unreliable packet in `unreliable_payload`.
+    Unreliable { next: usize },
+    /// The ERROR packet closing the connection (resent like a reliable packet).
+    Close,
+}
+
+/// The per-endpoint scratch space connections share, so that a connection holds none.
+pub struct Scratch {
+    plain: Vec<u8>,
+    compressed: Vec<u8>,
+    decoder: Decoder,
+    /// Message buffers handed back by the application, reused for delivery.
+    pub(crate) messages: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scratch(..)")
+    }
+}
+
+impl Scratch {
+    /// Buffers for the largest packet, whose decompressed payloads may reach `limit` octets.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            plain: Vec::with_capacity(MAX_PAYLOAD),
+            compressed: Vec::new(),
+            decoder: Decoder::with_limit(limit),
+            messages: Vec::new(),
+        }
+    }
+}
+
+/// One peer's state after the handshake.
+pub struct Connection {
+    id: ClientId,
+    addr: SocketAddr,
+    role: Role,
+    state: State,
+    config: Arc<ConnectionConfig>,
+    send_key: PacketKey,
+    recv_key: PacketKey,
+    next_pn: u32,
+    receiver: Receiver,
+    reassembler: Reassembler,
+    rtt: RttEstimator,
+    cc: Congestion,
+    send_channels: Vec<SendChannel>,
+    recv_channels: Vec<RecvChannel>,
+    sent: VecDeque<SentPacket>,
+    in_flight: u64,
+    largest_acked: Option<u32>,
+    queued_bytes: usize,
+    undelivered_bytes: usize,
+    jobs: VecDeque<Job>,
+    unreliable_header: Option<(Header, TypeFields)>,
+    unreliable_payload: Vec<u8>,
+    epoch: Instant,
+    last_recv: Instant,
+    last_send: Instant,
+    pong: Option<([u8; 16], usize)>,
+    frag_ack_due: Option<Instant>,
+    close: Option<Closing>,
+    /// The handshake's own pn-0 datagram of this side, resent when the peer shows it lacks it.
+    finished: Option<Vec<u8>>,
+    resend_finished: bool,
+    rotate: usize,
+    loss_ewma: f64,
+    stats: ConnectionStats,
+    pool: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("addr", &self.addr)
+            .field("role", &self.role)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// A connection whose handshake just finished. Packet number 0 of each direction was the
+    /// handshake's finished; `finished` is this side's finished datagram, kept to resend.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        now: Instant,
+        id: ClientId,
+        addr: SocketAddr,
+        role: Role,
+        config: Arc<ConnectionConfig>,
+        send_key: PacketKey,
+        recv_key: PacketKey,
+        finished: Option<Vec<u8>>,
+    ) -> Self {
+        let send_channels = config
+            .channels
+            .iter()
+            .map(|c| SendChannel {
+                mode: c.mode,
+                compress: c.compress,
+                queue: VecDeque::new(),
+                next_seq: 0,
+                window: VecDeque::new(),
+                window_base: 0,
+            })
+            .collect();
+        let recv_channels = config
+            .channels
+            .iter()
+            .map(|c| RecvChannel {
+                mode: c.mode,
+                seq: None,
+                held: VecDeque::new(),
+            })
+            .collect();
+        let mut receiver = Receiver::new();
+        receiver.accept(0);
+        Self {
+            id,
+            addr,
+            role,
+            state: State::Connected,
+            rtt: RttEstimator::new(config.initial_rtt, config.min_rto, config.max_rto),
+            reassembler: Reassembler::new(config.reassembly),
+            config,
+            send_key,
+            recv_key,
+            next_pn: 1,
+            receiver,
+            cc: Congestion::new(),
+            send_channels,
+            recv_channels,
+            sent: VecDeque::new(),
+            in_flight: 0,
+            largest_acked: None,
+            queued_bytes: 0,
+            undelivered_bytes: 0,
+            jobs: VecDeque::new(),
+            unreliable_header: None,
+            unreliable_payload: Vec::new(),
+            epoch: now,
+            last_recv: now,
+            last_send: now,
+            pong: None,
+            frag_ack_due: None,
+            close: None,
+            finished,
+            resend_finished: false,
+            rotate: 0,
+            loss_ewma: 0.0,
+            stats: ConnectionStats::default(),
+            pool: Vec::new(),
+        }
+    }
+
+    /// The connection's id.
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    /// The peer's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Moves the connection to a new peer address.
+    pub fn set_addr(&mut self, addr: SocketAddr) {
+        self.addr = addr;
+    }
+
+    /// Whether messages can be sent.
+    pub fn is_connected(&self) -> bool {
+        self.state == State::Connected
+    }
+
+    /// Whether the endpoint should forget the connection.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Whether the connection is closing or draining (no new messages).
+    pub fn is_closing(&self) -> bool {
+        matches!(self.state, State::Closing { .. } | State::Draining)
+    }
+
+    /// Counters and estimates.
+    pub fn stats(&self) -> ConnectionStats {
+        let mut s = self.stats;
+        s.rtt = self.rtt.srtt();
+        s.jitter = self.rtt.rttvar();
+        s.rto = self.rtt.rto();
+        s.loss = self.loss_ewma;
+        s.in_flight_bytes = self.in_flight;
+        s.congestion_window = self.cc.window();
+        s.send_rate = self.cc.pacing_rate(self.rtt.srtt());
+        s
+    }
+
+    /// Octets of delivered messages the application has not taken yet.
+    pub fn release_delivered(&mut self, len: usize) {
+        self.undelivered_bytes = self.undelivered_bytes.saturating_sub(len);
+    }
+
+    /// Queues a message.
+    ///
+    /// # Errors
+    /// See [`SendError`]; nothing is queued on error.
+    pub fn send(&mut self, now: Instant, channel: ChannelId, data: &[u8]) -> Result<(), SendError> {
+        if self.state != State::Connected {
+            return Err(SendError::NotConnected);
+        }
+        let limit = self.config.max_message_size;
+        let ch = self
+            .send_channels
+            .get(usize::from(channel.0))
+            .ok_or(SendError::UnknownChannel(channel))?;
+        if data.len() > limit {
+            return Err(SendError::MessageTooLarge {
+                len: data.len(),
+                limit,
+            });
+        }
+        let reliable = ch.mode.is_reliable();
+        if reliable && self.queued_bytes + data.len() > self.config.send_queue_bytes {
+            return Err(SendError::QueueFull);
+        }
+        let mut buf = self.pool.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(data);
+        let ch = &mut self.send_channels[usize::from(channel.0)];
+        if reliable {
+            self.queued_bytes += data.len();
+        } else {
+            // Unreliable messages never block the sender: the oldest make room.
+            let mut queued: usize = ch.queue.iter().map(|q| q.data.len()).sum();
+            while queued + data.len() > self.config.send_queue_bytes {
+                let Some(old) = ch.queue.pop_front() else {
+                    break;
+                };
+                queued -= old.data.len();
+                self.stats.unreliable_dropped += 1;
+                if self.pool.len() < POOL_LIMIT {
+                    self.pool.push(old.data);
+                }
+            }
+        }
+        ch.queue.push_back(Queued {
+            data: buf,
+            enqueued: now,
+        });
+        self.stats.messages_sent += 1;
+        Ok(())
+    }
+
+    /// Starts a graceful close with `code` (2.x) and a message for the peer's logs.
+    pub fn close(&mut self, now: Instant, code: ErrorCode, message: &str) {
+        if self.state != State::Connected {
+            return;
+        }
+        self.state = State::Closing {
+            deadline: now + self.config.close_timeout,
+        };
+        let mut msg = message.as_bytes();
+        if msg.len() > PACKET_PLAINTEXT {
+            msg = &msg[..PACKET_PLAINTEXT];
+        }
+        self.close = Some(Closing {
+            code,
+            message: msg.to_vec(),
+            packet: None,
+            report: Some(DisconnectReason::Local { code }),
+        });
+        self.jobs.clear();
+        self.jobs.push_back(Job::Close);
+    }
+
+    /// Takes one datagram from the peer (already parsed; `len` is its length on the wire).
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        packet: &Packet<'_>,
+        len: usize,
+        scratch: &mut Scratch,
+        events: &mut VecDeque<Event>,
+    ) {
+        if self.state == State::Closed {
+            return;
+        }
+        let header = packet.header;
+        let Body::Data { fields, data } = packet.body else {
+            self.drop_datagram("AUTH after the handshake");
+            return;
+        };
+        if !header.flags.contains(Flags::ENCRYPTED) {
+            self.drop_datagram("unsealed packet after the handshake");
+            return;
+        }
+        let pn = seal::packet_number(&header);
+        let reliable = header.flags.contains(Flags::RELIABLE);
+        match self.receiver.check(pn) {
+            Seen::New => {}
+            Seen::Duplicate => {
+                self.stats.duplicates += 1;
+                if reliable {
+                    self.receiver.ack_later(now, pn);
+                }
+                if pn == 0 && self.finished.is_some() {
+                    self.resend_finished = true;
+                }
+                return;
+            }
+            Seen::TooOld => {
+                self.drop_datagram("packet number below the replay window");
+                return;
+            }
+        }
+        if header.fragment.is_some() {
+            let due = self.frag_ack_due;
+            let complete = match self.reassembler.insert(now, packet) {
+                Err(e) => {
+                    self.drop_wire(e);
+                    None
+                }
+                Ok(Reassembly::Refused) => {
+                    self.drop_datagram("reassembly limits reached");
+                    None
+                }
+                Ok(Reassembly::Duplicate) => {
+                    self.stats.duplicates += 1;
+                    None
+                }
+                Ok(Reassembly::Incomplete) => {
+                    if reliable && due.is_none() {
+                        self.frag_ack_due = Some(now);
+                    }
+                    None
+                }
+                Ok(Reassembly::Complete {
+                    header,
+                    fields,
+                    payload,
+                }) => Some((header, fields, payload.len())),
+            };
+            if let Some((header, fields, n)) = complete {
+                let mut buf = self.reassembler.take_completed();
+                buf.truncate(n);
+                self.open_and_process(now, &header, fields, &mut buf, len, scratch, events);
+                self.reassembler.recycle(buf);
+            }
+            return;
+        }
+        let mut buf = self.pool.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(data);
+        self.open_and_process(now, &header, fields, &mut buf, len, scratch, events);
+        if self.pool.len() < POOL_LIMIT {
+            self.pool.push(buf);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open_and_process(
+        &mut self,
+        now: Instant,
+        header: &Header,
+        fields: TypeFields,
+        payload: &mut [u8],
+        len: usize,
+        scratch: &mut Scratch,
+        events: &mut VecDeque<Event>,
+    ) {
+        let Scratch {
+            decoder, messages, ..
+        } = scratch;
+        let opened = match decoder.open(header, &fields, payload, Some(&self.recv_key)) {
+            Ok(o) => o,
+            Err(e) => {
+                self.drop_wire(e);
+                return;
+            }
+        };
+        let pn = opened.packet_number;
+        let plaintext = opened.plaintext;
+        if self.undelivered_bytes + plaintext.len() > self.config.receive_buffer_bytes {
+            self.drop_datagram("receive buffer full: the application is not polling events");
+            return;
+        }
+        self.receiver.accept(pn);
+        self.last_recv = now;
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += len as u64;
+        if header.flags.contains(Flags::RELIABLE) {
+            self.receiver.ack_later(now, pn);
+        }
+        match fields {
+            TypeFields::Ack(ack) => self.on_ack_fields(now, &ack),
+            TypeFields::Heartbeat(Heartbeat::Ping) => {
+                let mut echo = [0u8; 16];
+                let n = plaintext.len().min(16);
+                echo[..n].copy_from_slice(&plaintext[..n]);
+                self.pong = Some((echo, n));
+                return;
+            }
+            TypeFields::Heartbeat(Heartbeat::Pong) => {
+                if let Ok(b) = <[u8; 8]>::try_from(plaintext) {
+                    let sent = self.epoch + Duration::from_micros(u64::from_be_bytes(b));
+                    if sent <= now {
+                        self.rtt.update(now - sent);
+                    }
+                }
+                return;
+            }
+            TypeFields::Error(code) => {
+                let message = String::from_utf8_lossy(plaintext).into_owned();
+                if matches!(self.state, State::Connected | State::Closing { .. }) {
+                    events.push_back(Event::Disconnected {
+                        client: self.id,
+                        reason: DisconnectReason::Peer { code, message },
+                    });
+                }
+                self.state = State::Draining;
+                self.jobs.clear();
+                return;
+            }
+            TypeFields::Default => {}
+        }
+        // Frames. A packet that opened but does not parse is a protocol violation.
+        let mut violation = None;
+        for frame in Frames::new(plaintext) {
+            match frame {
+                Err(e) => {
+                    violation = Some(e.code);
+                    break;
+                }
+                Ok(Frame::Message { channel, seq, data }) => {
+                    if let Err(code) = self.deliver(channel, seq, data, messages, events) {
+                        violation = Some(code);
+                        break;
+                    }
+                }
+                Ok(Frame::FragmentAck {
+                    packet_number,
+                    count,
+                    bitmap,
+                }) => self.on_fragment_ack(packet_number, count, bitmap),
+            }
+        }
+        if let Some(code) = violation {
+            self.fail(now, code, events);
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        channel: u8,
+        seq: Option<u16>,
+        data: &[u8],
+        messages: &mut Vec<Vec<u8>>,
+        events: &mut VecDeque<Event>,
+    ) -> Result<(), ErrorCode> {
+        let mut take_buf = |data: &[u8]| {
+            let mut buf = messages.pop().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(data);
+            buf
+        };
+        if data.len() > self.config.max_message_size {
+            return Err(ErrorCode::Packet);
+        }
+        let ch = self
+            .recv_channels
+            .get_mut(usize::from(channel))
+            .ok_or(ErrorCode::Packet)?;
+        if ch.mode.is_sequenced() != seq.is_some() {
+            return Err(ErrorCode::Packet);
+        }
+        let client = self.id;
+        let channel_id = ChannelId(channel);
+        match (ch.mode, seq) {
+            (DeliveryMode::UnreliableSequenced, Some(s)) => {
+                if let Some(last) = ch.seq {
+                    if (s.wrapping_sub(last) as i16) <= 0 {
+                        self.stats.stale_dropped += 1;
+                        return Ok(());
+                    }
+                }
+                ch.seq = Some(s);
+            }
+            (DeliveryMode::ReliableOrdered, Some(s)) => {
+                let next = ch.seq.unwrap_or(0);
+                let offset = s.wrapping_sub(next);
+                if offset >= 0x8000 {
+                    // Already delivered (cannot happen past the replay window, but harmless).
+                    return Ok(());
+                }
+                if offset >= ORDER_WINDOW {
+                    return Err(ErrorCode::SequenceId);
+                }
+                let offset = usize::from(offset);
+                if offset > 0 {
+                    if ch.held.len() <= offset {
+                        ch.held.resize_with(offset + 1, || None);
+                    }
+                    if ch.held[offset].is_none() {
+                        let buf = take_buf(data);
+                        self.undelivered_bytes += data.len();
+                        ch.held[offset] = Some(buf);
+                    }
+                    return Ok(());
+                }
+                // In order: deliver it, then everything held behind it.
+                let buf = take_buf(data);
+                self.undelivered_bytes += data.len();
+                self.stats.messages_received += 1;
+                events.push_back(Event::Message {
+                    client,
+                    channel: channel_id,
+                    data: buf,
+                });
+                let mut next = next.wrapping_add(1);
+                if !ch.held.is_empty() {
+                    ch.held.pop_front();
+                }
+                while let Some(Some(_)) = ch.held.front() {
+                    let msg = ch.held.pop_front().flatten().expect("front is Some");
+                    self.stats.messages_received += 1;
+                    events.push_back(Event::Message {
+                        client,
+                        channel: channel_id,
+                        data: msg,
+                    });
+                    next = next.wrapping_add(1);
+                }
+                ch.seq = Some(next);
+                return Ok(());
+            }
+            _ => {}
+        }
+        let buf = take_buf(data);
+        self.undelivered_bytes += data.len();
+        self.stats.messages_received += 1;
+        events.push_back(Event::Message {
+            client,
+            channel: channel_id,
+            data: buf,
+        });
+        Ok(())
+    }
+
+    fn on_ack_fields(&mut self, now: Instant, ack: &AckFields) {
+        // Map the 16-bit ACK ID to the nearest packet number we sent.
+        let newest = self.next_pn.wrapping_sub(1);
+        let base = newest
+            .wrapping_sub(u32::from(newest as u16).wrapping_sub(u32::from(ack.ack_id)) & 0xFFFF);
+        let ack_pn = base;
+        if ack_pn > newest {
+            return;
+        }
+        for back in 0..=16u32 {
+            let Some(pn) = ack_pn.checked_sub(back) else {
+                break;
+            };
+            if back > 0 && ack.ack_bits & (0x8000 >> (back - 1)) == 0 {
+                continue;
+            }
+            self.on_packet_acked(now, pn);
+        }
+        if self.largest_acked.is_none_or(|l| ack_pn > l) {
+            self.largest_acked = Some(ack_pn);
+        }
+        self.detect_losses(now);
+    }
+
+    fn on_packet_acked(&mut self, now: Instant, pn: u32) {
+        if let Some(Closing {
+            packet: Some(close),
+            ..
+        }) = &self.close
+        {
+            if close.pn == pn {
+                self.state = State::Closed;
+                return;
+            }
+        }
+        let Ok(i) = self.sent.binary_search_by_key(&pn, |p| p.pn) else {
+            return;
+        };
+        let packet = self.sent.remove(i).expect("index from binary search");
+        if packet.resends == 0 {
+            self.rtt
+                .update(now.saturating_duration_since(packet.first_sent));
+        }
+        self.in_flight = self.in_flight.saturating_sub(packet.size);
+        self.cc.on_ack(packet.size, packet.first_sent);
+        self.queued_bytes = self.queued_bytes.saturating_sub(packet.message_bytes);
+        self.loss_ewma *= 0.99;
+        for r in &packet.ordered {
+            let ch = &mut self.send_channels[usize::from(r.channel)];
+            for k in 0..r.count {
+                let idx = usize::from(r.first.wrapping_add(k).wrapping_sub(ch.window_base));
+                if let Some(slot) = ch.window.get_mut(idx) {
+                    *slot = true;
+                }
+            }
+            while ch.window.front() == Some(&true) {
+                ch.window.pop_front();
+                ch.window_base = ch.window_base.wrapping_add(1);
+            }
+        }
+        self.recycle_sent(packet);
+    }
+
+    fn recycle_sent(&mut self, packet: SentPacket) {
+        if self.pool.len() < POOL_LIMIT && packet.payload.capacity() <= 2 * MAX_DATA {
+            self.pool.push(packet.payload);
+        }
+    }
+
+    fn on_fragment_ack(&mut self, pn: u32, count: u8, bitmap: &[u8]) {
+        let Ok(i) = self.sent.binary_search_by_key(&pn, |p| p.pn) else {
+            return;
+        };
+        let packet = &mut self.sent[i];
+        if packet.header.fragment.map(|f| f.count) != Some(count) {
+            return;
+        }
+        for (dst, src) in packet.held.as_raw_mut_slice().iter_mut().zip(bitmap) {
+            *dst |= *src;
+        }
+    }
+
+    /// Packets unacknowledged while `PACKET_THRESHOLD` later ones were acked, or older than
+    /// 9/8 RTT behind an acked one, are lost: resend them now.
+    fn detect_losses(&mut self, now: Instant) {
+        let Some(largest) = self.largest_acked else {
+            return;
+        };
+        let rtt = self.rtt.srtt().max(self.rtt.latest());
+        let time_threshold = rtt * 9 / 8;
+        let mut lost = Vec::new();
+        for p in self.sent.iter_mut() {
+            if p.pn >= largest {
+                break;
+            }
+            if p.declared_lost {
+                continue;
+            }
+            let by_count = largest - p.pn >= PACKET_THRESHOLD;
+            let by_time = now.saturating_duration_since(p.last_sent) >= time_threshold;
+            if by_count || by_time {
+                p.declared_lost = true;
+                lost.push(p.pn);
+            }
+        }
+        for pn in lost {
+            self.on_lost(now, pn);
+        }
+    }
+
+    fn on_lost(&mut self, now: Instant, pn: u32) {
+        let Ok(i) = self.sent.binary_search_by_key(&pn, |p| p.pn) else {
+            return;
+        };
+        let sent_at = self.sent[i].last_sent;
+        self.cc.on_loss(now, sent_at);
+        self.stats.packets_lost += 1;
+        self.loss_ewma = self.loss_ewma * 0.99 + 0.01;
+        if !self
+            .jobs
+            .iter()
+            .any(|j| matches!(j, Job::Reliable { pn: p, .. } if *p == pn))
+        {
+            self.jobs.push_back(Job::Reliable { pn, next: 0 });
+        }
+    }
+
+    fn fail(&mut self, now: Instant, code: ErrorCode, events: &mut VecDeque<Event>) {
+        if self.state == State::Connected {
+            events.push_back(Event::Disconnected {
+                client: self.id,
+                reason: DisconnectReason::ProtocolViolation(code),
+            });
+            self.close(now, code, "protocol violation");
+            if let Some(c) = self.close.as_mut() {
+                // The event is out already: closing ends silently.
+                c.report = None;
+            }
+        }
+    }
+
+    /// The reason to report once the connection is closed, taken once.
+    pub fn take_report(&mut self) -> Option<DisconnectReason> {
+        if self.state != State::Closed {
+            return None;
+        }
+        self.close.as_mut().and_then(|c| c.report.take())
+    }
+
+    /// Runs the timers due at `now`: the idle timeout, resends, expiry of unreliable messages
+    /// and of incomplete packets, and the end of a close.
+    pub fn handle_timeout(&mut self, now: Instant, events: &mut VecDeque<Event>) {
+        match self.state {
+            State::Closed => return,
+            State::Closing { deadline } if now >= deadline => {
+                self.state = State::Closed;
+                return;
+            }
+            _ => {}
+        }
+        if now.saturating_duration_since(self.last_recv) >= self.config.timeout {
+            if self.state == State::Connected {
+                events.push_back(Event::Disconnected {
+                    client: self.id,
+                    reason: DisconnectReason::TimedOut,
+                });
+            }
+            self.state = State::Closed;
+            if let Some(c) = self.close.as_mut() {
+                c.report = None;
+            }
+            return;
+        }
+        if self.state == State::Connected && self.next_pn >= PN_LIMIT {
+            self.close(now, ErrorCode::Disconnect, "packet numbers exhausted");
+            if let Some(c) = self.close.as_mut() {
+                c.report = Some(DisconnectReason::PacketNumbersExhausted);
+            }
+        }
+        if let State::Closing { .. } = self.state {
+            if let Some(Closing {
+                packet: Some(p), ..
+            }) = &self.close
+            {
+                if now >= p.last_sent + self.rtt.backoff_rto(p.resends)
+                    && !self.jobs.iter().any(|j| matches!(j, Job::Close))
+                {
+                    self.jobs.push_back(Job::Close);
+                }
+            }
+            return;
+        }
+        // Unreliable messages that could not go out in time.
+        let deadline = self.config.unreliable_deadline;
+        for ch in &mut self.send_channels {
+            if ch.mode.is_reliable() {
+                continue;
+            }
+            while ch
+                .queue
+                .front()
+                .is_some_and(|q| now.saturating_duration_since(q.enqueued) >= deadline)
+            {
+                let q = ch.queue.pop_front().expect("front checked");
+                self.stats.unreliable_dropped += 1;
+                if self.pool.len() < POOL_LIMIT {
+                    self.pool.push(q.data);
+                }
+            }
+        }
+        // Resend timeouts.
+        let mut expired = Vec::new();
+        for p in &self.sent {
+            if now >= p.last_sent + self.rtt.backoff_rto(p.resends) {
+                expired.push(p.pn);
+            }
+        }
+        for pn in expired {
+            if self
+                .jobs
+                .iter()
+                .any(|j| matches!(j, Job::Reliable { pn: p, .. } if *p == pn))
+            {
+                continue;
+            }
+            let Ok(i) = self.sent.binary_search_by_key(&pn, |p| p.pn) else {
+                continue;
+            };
+            let first_loss = !self.sent[i].declared_lost;
+            self.sent[i].declared_lost = true;
+            if first_loss {
+                self.on_lost(now, pn);
+            } else {
+                let sent_at = self.sent[i].last_sent;
+                self.cc.on_loss(now, sent_at);
+                self.jobs.push_back(Job::Reliable { pn, next: 0 });
+            }
+        }
+        if self.reassembler.expire(now) > 0 {
+            tracing::debug!(client = self.id.0, "incomplete packets expired");
+        }
+    }
+
+    /// The earliest time [`Connection::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == State::Closed {
+            return None;
+        }
+        let mut t = self.last_recv + self.config.timeout;
+        let mut consider = |x: Instant| {
+            if x < t {
+                t = x;
+            }
+        };
+        match self.state {
+            State::Closing { deadline } => {
+                consider(deadline);
+                if let Some(Closing {
+                    packet: Some(p), ..
+                }) = &self.close
+                {
+                    consider(p.last_sent + self.rtt.backoff_rto(p.resends));
+                }
+                return Some(t);
+            }
+            State::Draining => {
+                consider(self.last_recv);
+                return Some(t);
+            }
+            _ => {}
+        }
+        consider(self.last_send + self.config.heartbeat_interval);
+        for p in &self.sent {
+            consider(p.last_sent + self.rtt.backoff_rto(p.resends));
+        }
+        for ch in &self.send_channels {
+            if let Some(q) = ch.queue.front() {
+                if !ch.mode.is_reliable() {
+                    consider(q.enqueued + self.config.unreliable_deadline);
+                }
+                if let Some(d) = self.cc.pace_deadline(self.rtt.srtt(), MAX_DATA) {
+                    consider(d);
+                }
+            }
+        }
+        if let Some(d) = self.reassembler.next_deadline() {
+            consider(d);
+        }
+        if let Some(since) = self.receiver.pending_since() {
+            consider(since + self.config.ack_delay);
+        }
+        if let Some(due) = self.frag_ack_due {
+            consider(due + self.frag_ack_interval());
+        }
+        if !self.jobs.is_empty() || self.pong.is_some() || self.resend_finished {
+            consider(self.last_send);
+        }
+        Some(t)
+    }
+
+    fn frag_ack_interval(&self) -> Duration {
+        (self.rtt.srtt() / 4).max(Duration::from_millis(2))
+    }
+
+    /// Writes the next datagram for the peer into `buf` (at least
+    /// [`crate::wire::MAX_DATA_DATAGRAM`] octets) and returns its length, or `None` when
+    /// nothing is due.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        scratch: &mut Scratch,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        if self.state == State::Closed {
+            return None;
+        }
+        if self.resend_finished {
+            self.resend_finished = false;
+            if let Some(f) = &self.finished {
+                buf[..f.len()].copy_from_slice(f);
+                return Some(self.count_sent(now, f.len(), false));
+            }
+        }
+        while let Some(job) = self.jobs.front().copied() {
+            if let Some(n) = self.run_job(now, job, scratch, buf) {
+                return Some(n);
+            }
+            self.jobs.pop_front();
+        }
+        match self.state {
+            State::Closing { .. } => return self.write_ack(now, scratch, buf),
+            State::Draining => {
+                let n = self.write_ack(now, scratch, buf);
+                if n.is_none() {
+                    self.state = State::Closed;
+                }
+                return n;
+            }
+            _ => {}
+        }
+        if let Some((data, len)) = self.pong.take() {
+            let n = self.write_small(
+                now,
+                TypeFields::Heartbeat(Heartbeat::Pong),
+                &data[..len],
+                scratch,
+                buf,
+            );
+            return Some(n);
+        }
+        if self.can_send_reliable(now) && self.build_packet(now, true, scratch) {
+            return self.poll_transmit(now, scratch, buf);
+        }
+        if self.has_unreliable() && self.cc.try_pace(now, self.rtt.srtt(), MAX_DATA) {
+            if self.build_packet(now, false, scratch) {
+                return self.poll_transmit(now, scratch, buf);
+            }
+        }
+        if now >= self.last_send + self.config.heartbeat_interval {
+            let micros = now.saturating_duration_since(self.epoch).as_micros() as u64;
+            let n = self.write_small(
+                now,
+                TypeFields::Heartbeat(Heartbeat::Ping),
+                &micros.to_be_bytes(),
+                scratch,
+                buf,
+            );
+            return Some(n);
+        }
+        let frag_ack_due = self
+            .frag_ack_due
+            .is_some_and(|d| now >= d + self.frag_ack_interval());
+        let acks_due = self.receiver.has_pending_acks()
+            && (self.receiver.pending_count() >= 16
+                || self
+                    .receiver
+                    .pending_since()
+                    .is_some_and(|s| now >= s + self.config.ack_delay));
+        if acks_due || frag_ack_due {
+            return self.write_ack(now, scratch, buf);
+        }
+        None
+    }
+
+    fn has_unreliable(&self) -> bool {
+        self.send_channels
+            .iter()
+            .any(|c| !c.mode.is_reliable() && !c.queue.is_empty())
+    }
+
+    fn can_send_reliable(&mut self, now: Instant) -> bool {
+        if !self
+            .send_channels
+            .iter()
+            .any(|c| c.mode.is_reliable() && !c.queue.is_empty())
+        {
+            return false;
+        }
+        if self.sent.len() >= MAX_IN_FLIGHT_PACKETS {
+            return false;
+        }
+        if let Some(oldest) = self.sent.front() {
+            if self.next_pn - oldest.pn >= recv::WINDOW - 512 {
+                return false;
+            }
+        }
+        if self.in_flight > 0 && self.in_flight + MAX_DATA as u64 > self.cc.window() {
+            return false;
+        }
+        self.cc.try_pace(now, self.rtt.srtt(), MAX_DATA)
+    }
+
+    /// Packs queued messages of reliable (or unreliable) channels into a new packet, seals
+    /// it and queues the job that writes it. Returns false if there was nothing to pack.
+    fn build_packet(&mut self, now: Instant, reliable: bool, scratch: &mut Scratch) -> bool {
+        let plain = &mut scratch.plain;
+        plain.clear();
+        self.put_fragment_acks(plain, PACKET_PLAINTEXT / 4);
+        let mut compress = true;
+        let mut message_bytes = 0usize;
+        let mut ordered: Vec<SeqRange> = Vec::new();
+        let n = self.send_channels.len();
+        let start = self.rotate % n;
+        self.rotate = self.rotate.wrapping_add(1);
+        let mut any = false;
+        'channels: for k in 0..n {
+            let ci = (start + k) % n;
+            let ch = &mut self.send_channels[ci];
+            if ch.mode.is_reliable() != reliable {
+                continue;
+            }
+            while let Some(q) = ch.queue.front() {
+                let seq = ch.mode.is_sequenced().then_some(ch.next_seq);
+                let frame_len = frame::message_frame_len(q.data.len(), seq.is_some());
+                let alone = plain.is_empty() && frame_len > PACKET_PLAINTEXT;
+                if !alone && plain.len() + frame_len > PACKET_PLAINTEXT {
+                    break 'channels;
+                }
+                if ch.mode == DeliveryMode::ReliableOrdered
+                    && ch.next_seq.wrapping_sub(ch.window_base) >= ORDER_WINDOW
+                {
+                    break;
+                }
+                let q = ch.queue.pop_front().expect("front checked");
+                frame::put_message(plain, ci as u8, seq, &q.data);
+                any = true;
+                compress &= ch.compress;
+                if reliable {
+                    message_bytes += q.data.len();
+                }
+                if ch.mode == DeliveryMode::ReliableOrdered {
+                    ch.window.push_back(false);
+                    match ordered.last_mut() {
+                        Some(r) if usize::from(r.channel) == ci => r.count += 1,
+                        _ => ordered.push(SeqRange {
+                            channel: ci as u8,
+                            first: ch.next_seq,
+                            count: 1,
+                        }),
+                    }
+                }
+                if seq.is_some() {
+                    ch.next_seq = ch.next_seq.wrapping_add(1);
+                }
+                if self.pool.len() < POOL_LIMIT {
+                    self.pool.push(q.data);
+                }
+                if alone {
+                    break 'channels;
+                }
+            }
+        }
+        if !any {
+            return false;
+        }
+        let fields = self.ack_fields();
+        let pn = self.take_pn();
+        let opts = SendOptions {
+            reliable,
+            checksum: false,
+            compress,
+        };
+        let mut out = if reliable {
+            self.pool.pop().unwrap_or_default()
+        } else {
+            std::mem::take(&mut self.unreliable_payload)
+        };
+        let header = encode_into(
+            &mut scratch.compressed,
+            fields,
+            &scratch.plain,
+            opts,
+            Seal::Sealed {
+                key: &self.send_key,
+                packet_number: pn,
+            },
+            &mut out,
+        )
+        .expect("messages are bounded by max_message_size, within one packet");
+        if reliable {
+            let count = header.fragment.map_or(1, |f| usize::from(f.count));
+            let size = (out.len() + count * DATAGRAM_OVERHEAD) as u64;
+            self.in_flight += size;
+            self.sent.push_back(SentPacket {
+                pn,
+                header,
+                fields,
+                payload: out,
+                held: FragmentBitmap::ZERO,
+                first_sent: now,
+                last_sent: now,
+                resends: 0,
+                size,
+                message_bytes,
+                ordered,
+                declared_lost: false,
+            });
+            self.jobs.push_back(Job::Reliable { pn, next: 0 });
+        } else {
+            self.unreliable_payload = out;
+            self.unreliable_header = Some((header, fields));
+            self.jobs.push_back(Job::Unreliable { next: 0 });
+        }
+        true
+    }
+
+    fn ack_fields(&mut self) -> TypeFields {
+        match self.receiver.latest_ack() {
+            Some(ack) => {
+                self.receiver.covered_by(&ack);
+                TypeFields::Ack(ack)
+            }
+            None => TypeFields::Default,
+        }
+    }
+
+    fn take_pn(&mut self) -> u32 {
+        let pn = self.next_pn;
+        self.next_pn = self.next_pn.saturating_add(1);
+        pn
+    }
+
+    /// Appends FRAGMENT_ACK frames for the packets in reassembly, within `budget` octets.
+    fn put_fragment_acks(&mut self, plain: &mut Vec<u8>, budget: usize) {
+        if self.frag_ack_due.is_none() {
+            return;
+        }
+        let start = plain.len();
+        for pn in self.reassembler.packets() {
+            let Some((count, held)) = self.reassembler.held(pn) else {
+                continue;
+            };
+            if plain.len() - start + frame::fragment_ack_len(count) > budget {
+                return;
+            }
+            let mut bits = [0u8; 32];
+            for (i, b) in held.iter().by_vals().enumerate() {
+                if b {
+                    bits[i / 8] |= 0x80 >> (i % 8);
+                }
+            }
+            frame::put_fragment_ack(plain, pn, count, &bits);
+        }
+        self.frag_ack_due = None;
+    }
+
+    fn run_job(
+        &mut self,
+        now: Instant,
+        job: Job,
+        scratch: &mut Scratch,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        match job {
+            Job::Reliable { pn, next } => {
+                let i = self.sent.binary_search_by_key(&pn, |p| p.pn).ok()?;
+                let p = &mut self.sent[i];
+                let count = p.header.fragment.map_or(1, |f| usize::from(f.count));
+                let index = (next..count).find(|&k| count == 1 || !p.held[k])?;
+                let n = fragment::write_datagram(&p.header, &p.fields, &p.payload, index, buf)
+                    .expect("buffer holds a full datagram");
+                p.last_sent = now;
+                let resend = p.resends > 0 || p.declared_lost;
+                if index + 1 >= count {
+                    if p.declared_lost {
+                        p.resends += 1;
+                        p.declared_lost = false;
+                    }
+                    self.jobs.pop_front();
+                } else if let Some(Job::Reliable { next, .. }) = self.jobs.front_mut() {
+                    *next = index + 1;
+                }
+                Some(self.count_sent(now, n, resend))
+            }
+            Job::Unreliable { next } => {
+                let (header, fields) = self.unreliable_header?;
+                let count = header.fragment.map_or(1, |f| usize::from(f.count));
+                if next >= count {
+                    return None;
+                }
+                let n =
+                    fragment::write_datagram(&header, &fields, &self.unreliable_payload, next, buf)
+                        .expect("buffer holds a full datagram");
+                if let Some(Job::Unreliable { next: nx }) = self.jobs.front_mut() {
+                    *nx += 1;
+                }
+                if next + 1 >= count {
+                    self.jobs.pop_front();
+                    self.unreliable_header = None;
+                }
+                Some(self.count_sent(now, n, false))
+            }
+            Job::Close => {
+                let close = self.close.as_mut()?;
+                if close.packet.is_none() {
+                    let pn = self.next_pn;
+                    self.next_pn = self.next_pn.saturating_add(1);
+                    let mut out = Vec::new();
+                    let fields = TypeFields::Error(close.code);
+                    let opts = SendOptions {
+                        reliable: true,
+                        ..SendOptions::default()
+                    };
+                    let header = encode_into(
+                        &mut scratch.compressed,
+                        fields,
+                        &close.message,
+                        opts,
+                        Seal::Sealed {
+                            key: &self.send_key,
+                            packet_number: pn,
+                        },
+                        &mut out,
+                    )
+                    .expect("close message fits one packet");
+                    close.packet = Some(SentPacket {
+                        pn,
+                        header,
+                        fields,
+                        payload: out,
+                        held: FragmentBitmap::ZERO,
+                        first_sent: now,
+                        last_sent: now,
+                        resends: 0,
+                        size: 0,
+                        message_bytes: 0,
+                        ordered: Vec::new(),
+                        declared_lost: false,
+                    });
+                }
+                let p = close.packet.as_mut().expect("built above");
+                let n = fragment::write_datagram(&p.header, &p.fields, &p.payload, 0, buf)
+                    .expect("buffer holds a full datagram");
+                let resend = p.last_sent != now || p.resends > 0;
+                if p.last_sent != now {
+                    p.resends += 1;
+                }
+                p.last_sent = now;
+                self.jobs.pop_front();
+                Some(self.count_sent(now, n, resend))
+            }
+        }
+    }
+
+    /// Writes a one-datagram unreliable packet of `fields` and `data` (a heartbeat).
+    fn write_small(
+        &mut self,
+        now: Instant,
+        fields: TypeFields,
+        data: &[u8],
+        scratch: &mut Scratch,
+        buf: &mut [u8],
+    ) -> usize {
+        let pn = self.take_pn();
+        let mut out = std::mem::take(&mut scratch.plain);
+        let header = encode_into(
+            &mut scratch.compressed,
+            fields,
+            data,
+            SendOptions::default(),
+            Seal::Sealed {
+                key: &self.send_key,
+                packet_number: pn,
+            },
+            &mut out,
+        )
+        .expect("a heartbeat fits one datagram");
+        let n = fragment::write_datagram(&header, &fields, &out, 0, buf)
+            .expect("buffer holds a full datagram");
+        scratch.plain = out;
+        self.count_sent(now, n, false)
+    }
+
+    /// Writes an ACK packet with the owed acknowledgements and fragment acks, if any.
+    fn write_ack(&mut self, now: Instant, scratch: &mut Scratch, buf: &mut [u8]) -> Option<usize> {
+        let ack = self.receiver.take_ack();
+        if ack.is_none() && self.frag_ack_due.is_none() {
+            return None;
+        }
+        let fields = match ack {
+            Some(a) => TypeFields::Ack(a),
+            None => self.ack_fields(),
+        };
+        let mut plain = std::mem::take(&mut scratch.plain);
+        plain.clear();
+        self.put_fragment_acks(&mut plain, PACKET_PLAINTEXT);
+        let pn = self.take_pn();
+        let mut out = std::mem::take(&mut scratch.compressed);
+        let mut compressed = Vec::new();
+        let header = encode_into(
+            &mut compressed,
+            fields,
+            &plain,
+            SendOptions::default(),
+            Seal::Sealed {
+                key: &self.send_key,
+                packet_number: pn,
+            },
+            &mut out,
+        )
+        .expect("acks fit one datagram");
+        let n = fragment::write_datagram(&header, &fields, &out, 0, buf)
+            .expect("buffer holds a full datagram");
+        scratch.plain = plain;
+        scratch.compressed = out;
+        Some(self.count_sent(now, n, false))
+    }
+
+    fn count_sent(&mut self, now: Instant, len: usize, resend: bool) -> usize {
+        self.last_send = now;
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += len as u64;
+        if resend {
+            self.stats.packets_resent += 1;
+        }
+        len
+    }
+
+    fn drop_datagram(&mut self, why: &'static str) {
+        self.stats.datagrams_dropped += 1;
+        tracing::debug!(client = self.id.0, why, "datagram dropped");
+    }
+
+    fn drop_wire(&mut self, e: WireError) {
+        self.stats.datagrams_dropped += 1;
+        tracing::debug!(client = self.id.0, code = %e.code, reason = e.reason, "datagram dropped");
+    }
+}

@@ -1,0 +1,202 @@
+//! The receiving side's packet-number bookkeeping: the replay window (a packet number is
+//! accepted at most once) and the acknowledgements owed for reliable packets.
+
+use bitvec::prelude::*;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::wire::AckFields;
+
+/// Packet numbers remembered below the largest accepted one.
+pub const WINDOW: u32 = 4096;
+/// Reliable packet numbers that may wait for an acknowledgement at once.
+const MAX_PENDING_ACKS: usize = 1024;
+
+/// What the replay window says of a packet number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Not accepted yet.
+    New,
+    /// Accepted before.
+    Duplicate,
+    /// Below the window: it cannot be told apart from a replay, so it is dropped.
+    TooOld,
+}
+
+/// Replay window and acknowledgement state.
+#[derive(Debug)]
+pub struct Receiver {
+    largest: Option<u32>,
+    bits: BitArray<[u64; (WINDOW / 64) as usize], Lsb0>,
+    pending: VecDeque<u32>,
+    pending_since: Option<Instant>,
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Receiver {
+    /// Nothing received yet.
+    pub fn new() -> Self {
+        Self {
+            largest: None,
+            bits: BitArray::ZERO,
+            pending: VecDeque::new(),
+            pending_since: None,
+        }
+    }
+
+    /// The largest packet number accepted.
+    pub fn largest(&self) -> Option<u32> {
+        self.largest
+    }
+
+    /// Whether `pn` would be accepted.
+    pub fn check(&self, pn: u32) -> Seen {
+        match self.largest {
+            None => Seen::New,
+            Some(l) if pn > l => Seen::New,
+            Some(l) if l - pn >= WINDOW => Seen::TooOld,
+            Some(_) => {
+                if self.bits[(pn % WINDOW) as usize] {
+                    Seen::Duplicate
+                } else {
+                    Seen::New
+                }
+            }
+        }
+    }
+
+    /// Marks `pn` accepted (after it opened).
+    pub fn accept(&mut self, pn: u32) {
+        match self.largest {
+            Some(l) if pn <= l => {}
+            Some(l) => {
+                if pn - l >= WINDOW {
+                    self.bits.fill(false);
+                } else {
+                    for p in l + 1..pn {
+                        self.bits.set((p % WINDOW) as usize, false);
+                    }
+                }
+                self.largest = Some(pn);
+            }
+            None => {
+                self.bits.fill(false);
+                self.largest = Some(pn);
+            }
+        }
+        self.bits.set((pn % WINDOW) as usize, true);
+    }
+
+    /// Records that the reliable packet `pn` (accepted now or before) must be acknowledged.
+    pub fn ack_later(&mut self, now: Instant, pn: u32) {
+        if self.pending.contains(&pn) {
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING_ACKS {
+            self.pending.pop_front();
+        }
+        self.pending.push_back(pn);
+        self.pending_since.get_or_insert(now);
+    }
+
+    /// Whether acknowledgements are owed.
+    pub fn has_pending_acks(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Since when the oldest owed acknowledgement waits.
+    pub fn pending_since(&self) -> Option<Instant> {
+        self.pending_since
+    }
+
+    /// Owed acknowledgements.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// ACK fields naming the largest accepted packet and the 16 before it.
+    pub fn latest_ack(&self) -> Option<AckFields> {
+        self.largest.map(|l| self.fields_for(l))
+    }
+
+    fn fields_for(&self, ack: u32) -> AckFields {
+        let mut bits = 0u16;
+        for i in 0..16u32 {
+            let Some(p) = ack.checked_sub(1 + i) else {
+                break;
+            };
+            if self.check(p) == Seen::Duplicate {
+                bits |= 0x8000 >> i;
+            }
+        }
+        AckFields {
+            ack_id: ack as u16,
+            ack_bits: bits,
+        }
+    }
+
+    /// ACK fields that acknowledge the newest owed packet number and every owed one among the
+    /// 16 before it, which are then no longer owed. `None` when nothing is owed.
+    pub fn take_ack(&mut self) -> Option<AckFields> {
+        let newest = *self.pending.iter().max()?;
+        let fields = self.fields_for(newest);
+        self.pending.retain(|&p| p > newest || newest - p > 16);
+        if self.pending.is_empty() {
+            self.pending_since = None;
+        }
+        Some(fields)
+    }
+
+    /// Forgets owed acknowledgements covered by `fields` (they went out piggybacked).
+    pub fn covered_by(&mut self, fields: &AckFields) {
+        self.pending.retain(|&p| !fields.acknowledges(p as u16));
+        if self.pending.is_empty() {
+            self.pending_since = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_window() {
+        let mut r = Receiver::new();
+        assert_eq!(r.check(5), Seen::New);
+        r.accept(5);
+        assert_eq!(r.check(5), Seen::Duplicate);
+        assert_eq!(r.check(4), Seen::New);
+        r.accept(5000);
+        assert_eq!(r.check(5), Seen::TooOld);
+        assert_eq!(r.check(4999), Seen::New);
+        assert_eq!(r.check(5000), Seen::Duplicate);
+        r.accept(4999);
+        assert_eq!(r.check(4999), Seen::Duplicate);
+        r.accept(5000 + WINDOW - 1);
+        assert_eq!(r.check(4999), Seen::TooOld);
+        assert_eq!(r.check(5000), Seen::Duplicate);
+    }
+
+    #[test]
+    fn acks_cover_owed_packets() {
+        let now = Instant::now();
+        let mut r = Receiver::new();
+        for pn in [1u32, 2, 3, 40, 41] {
+            r.accept(pn);
+            r.ack_later(now, pn);
+        }
+        let a = r.take_ack().unwrap();
+        assert_eq!(a.ack_id, 41);
+        assert!(a.acknowledges(40));
+        let b = r.take_ack().unwrap();
+        assert_eq!(b.ack_id, 3);
+        assert!(b.acknowledges(1) && b.acknowledges(2));
+        assert!(r.take_ack().is_none());
+    }
+}

@@ -1,0 +1,95 @@
+//! The handshake's datagrams, shared by the server and the client.
+//!
+//! ```text
+//! client                                   server
+//!   AUTH(ephemeral key, client hello)  ->
+//!                                      <-  AUTH(ephemeral key, certificate)
+//!   ACK pn 0 sealed, Data = finished_c ->
+//!                                      <-  ACK pn 0 sealed, Data = finished_s || client id
+//! ```
+//! The client hello (AUTH's certificate field) is `token length (16) | token | zero padding`:
+//! the padding makes the client's AUTH at least [`MIN_CLIENT_AUTH`] octets, so that no reply
+//! of the server before the client proves its address is larger than what it received.
+
+use crate::crypto::{FINISHED_LEN, PUBLIC_KEY_LEN};
+use crate::pipeline::{encode_into, fragment, PacketKey, Seal, SendOptions};
+use crate::wire::{AckFields, AuthFields, Body, ErrorCode, Header, Packet, PacketType, TypeFields};
+
+/// The smallest client AUTH the server answers: larger than the server's AUTH (138 octets)
+/// and any ERROR it sends before the address is validated.
+pub const MIN_CLIENT_AUTH: usize = 160;
+/// The largest token a client hello carries.
+pub const MAX_TOKEN: usize = 1024;
+/// Length of the server's finished Data: the MAC then the client id.
+pub const SERVER_FINISHED_DATA: usize = FINISHED_LEN + 8;
+
+/// Writes the client's AUTH datagram: its ephemeral key and a hello carrying `token`, padded
+/// to [`MIN_CLIENT_AUTH`] octets.
+pub fn client_auth(public_key: &[u8; PUBLIC_KEY_LEN], token: &[u8]) -> Vec<u8> {
+    let token = &token[..token.len().min(MAX_TOKEN)];
+    let mut hello = Vec::with_capacity(MIN_CLIENT_AUTH);
+    hello.extend_from_slice(&(token.len() as u16).to_be_bytes());
+    hello.extend_from_slice(token);
+    let fixed = 4 + 2 + PUBLIC_KEY_LEN + 2;
+    if fixed + hello.len() < MIN_CLIENT_AUTH {
+        hello.resize(MIN_CLIENT_AUTH - fixed, 0);
+    }
+    auth_datagram(public_key, &hello)
+}
+
+/// Writes an AUTH datagram (sequence 0, no flags).
+pub fn auth_datagram(public_key: &[u8], certificate: &[u8]) -> Vec<u8> {
+    let packet = Packet {
+        header: Header::new(PacketType::Auth, 0),
+        body: Body::Auth(AuthFields {
+            public_key,
+            certificate: Some(certificate),
+        }),
+    };
+    let mut out = vec![0u8; packet.len()];
+    packet
+        .emit(&mut out)
+        .expect("handshake fields are within the wire's limits");
+    out
+}
+
+/// The token of a client hello, or `None` if the hello is malformed.
+pub fn hello_token(hello: &[u8]) -> Option<&[u8]> {
+    let len = usize::from(u16::from_be_bytes([*hello.first()?, *hello.get(1)?]));
+    if len > MAX_TOKEN {
+        return None;
+    }
+    hello.get(2..2 + len)
+}
+
+/// Writes a finished datagram: a sealed, unreliable ACK with packet number 0.
+pub fn finished_datagram(key: &PacketKey, data: &[u8]) -> Vec<u8> {
+    let fields = TypeFields::Ack(AckFields::default());
+    let mut payload = Vec::with_capacity(data.len() + 16);
+    let header = encode_into(
+        &mut Vec::new(),
+        fields,
+        data,
+        SendOptions::default(),
+        Seal::Sealed {
+            key,
+            packet_number: 0,
+        },
+        &mut payload,
+    )
+    .expect("finished fits one datagram");
+    let mut out = vec![0u8; crate::wire::MAX_DATA_DATAGRAM];
+    let n = fragment::write_datagram(&header, &fields, &payload, 0, &mut out)
+        .expect("buffer holds a datagram");
+    out.truncate(n);
+    out
+}
+
+/// Writes an unsealed ERROR datagram (used before keys exist).
+pub fn error_datagram(code: ErrorCode, message: &str) -> Vec<u8> {
+    let message = &message.as_bytes()[..message.len().min(64)];
+    let packet = Packet::with_data(0, TypeFields::Error(code), message);
+    let mut out = vec![0u8; packet.len()];
+    packet.emit(&mut out).expect("short error fits");
+    out
+}

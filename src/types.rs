@@ -1,0 +1,179 @@
+//! The names the application sees: ids, events, errors, statistics.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::wire::ErrorCode;
+
+/// A client of a server, never confused with an address: it stays the same when the client's
+/// address changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub u64);
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A channel of a connection: an index into [`crate::ConnectionConfig::channels`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(pub u8);
+
+/// Something that happened on an endpoint, taken with `poll_event`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake finished: `client` may send and receive. On a client endpoint, `client`
+    /// is the id the server gave it.
+    Connected {
+        /// The connection.
+        client: ClientId,
+    },
+    /// The connection ended; nothing more comes from it.
+    Disconnected {
+        /// The connection.
+        client: ClientId,
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// A message arrived.
+    Message {
+        /// From this connection.
+        client: ClientId,
+        /// On this channel.
+        channel: ChannelId,
+        /// Its bytes. Hand the vector back with the endpoint's `recycle` to spare an
+        /// allocation.
+        data: Vec<u8>,
+    },
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The peer closed it with this ERROR code (2.x, or 1.x during the handshake) and message.
+    Peer {
+        /// The code the peer sent.
+        code: ErrorCode,
+        /// The peer's message (UTF-8, lossy).
+        message: String,
+    },
+    /// This side closed it (`disconnect` or `shutdown`) with this code.
+    Local {
+        /// The code sent to the peer.
+        code: ErrorCode,
+    },
+    /// Nothing arrived for the configured timeout.
+    TimedOut,
+    /// The handshake did not finish: the code says why (1.0 timeout, 1.1 server full, 1.2
+    /// certificate refused, 1.3 bad finished).
+    HandshakeFailed(ErrorCode),
+    /// The peer broke the protocol after authenticating (the code names how).
+    ProtocolViolation(ErrorCode),
+    /// The 32-bit packet number space of the connection is used up.
+    PacketNumbersExhausted,
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Peer { code, message } => {
+                write!(f, "closed by peer ({code} {}): {message}", code.name())
+            }
+            Self::Local { code } => write!(f, "closed locally ({code} {})", code.name()),
+            Self::TimedOut => f.write_str("timed out"),
+            Self::HandshakeFailed(code) => write!(f, "handshake failed ({code} {})", code.name()),
+            Self::ProtocolViolation(code) => {
+                write!(f, "protocol violation ({code} {})", code.name())
+            }
+            Self::PacketNumbersExhausted => f.write_str("packet numbers exhausted"),
+        }
+    }
+}
+
+/// Why `send` refused a message. Nothing was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// No such connection, or it is not connected (yet or any more).
+    NotConnected,
+    /// The message is longer than the configured `max_message_size`.
+    MessageTooLarge {
+        /// The message's length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The reliable send queue is full: try again after acknowledgements arrive.
+    QueueFull,
+    /// The channel is not configured.
+    UnknownChannel(ChannelId),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotConnected => f.write_str("not connected"),
+            Self::MessageTooLarge { len, limit } => {
+                write!(f, "message of {len} octets exceeds the limit of {limit}")
+            }
+            Self::QueueFull => f.write_str("send queue full"),
+            Self::UnknownChannel(c) => write!(f, "unknown channel {}", c.0),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// A datagram `poll_transmit` wrote into the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it.
+    pub destination: SocketAddr,
+    /// Its length at the start of the buffer.
+    pub len: usize,
+}
+
+/// Counters and estimates of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ConnectionStats {
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// Round-trip variation (RFC 6298's RTTVAR), the jitter estimate.
+    pub jitter: Duration,
+    /// The current resend timeout.
+    pub rto: Duration,
+    /// Fraction of reliable packets declared lost, smoothed (0.0 to 1.0).
+    pub loss: f64,
+    /// Datagrams sent (including resends).
+    pub packets_sent: u64,
+    /// Datagrams received that opened and were accepted.
+    pub packets_received: u64,
+    /// Octets sent in datagrams.
+    pub bytes_sent: u64,
+    /// Octets received in accepted datagrams.
+    pub bytes_received: u64,
+    /// Datagrams resent.
+    pub packets_resent: u64,
+    /// Reliable packets declared lost (each may be resent several times).
+    pub packets_lost: u64,
+    /// Reliable octets sent and not yet acknowledged.
+    pub in_flight_bytes: u64,
+    /// The congestion window in octets.
+    pub congestion_window: u64,
+    /// The pacing rate in octets per second.
+    pub send_rate: u64,
+    /// Messages delivered to the application.
+    pub messages_received: u64,
+    /// Messages accepted by `send`.
+    pub messages_sent: u64,
+    /// Unreliable messages dropped because they could not go out in time.
+    pub unreliable_dropped: u64,
+    /// Sequenced messages dropped on arrival because a newer one was delivered.
+    pub stale_dropped: u64,
+    /// Datagrams dropped: unreadable, failed to open, replayed, too old, or over the receive
+    /// buffer.
+    pub datagrams_dropped: u64,
+    /// Duplicate packets received (and dropped).
+    pub duplicates: u64,
+}
