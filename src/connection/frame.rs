@@ -238,7 +238,8 @@ mod tests {
         );
         for n in 1..out.len() {
             let r: Result<Vec<_>, _> = Frames::new(&out[..n]).collect();
-            let ends_on_frame = [5, 5 + 105].contains(&n);
+            let first = message_frame_len(3, false);
+            let ends_on_frame = [first, first + message_frame_len(100, true)].contains(&n);
             assert_eq!(r.is_ok(), ends_on_frame, "cut at {n}");
         }
         let mut padded = out.clone();

@@ -1034,10 +1034,11 @@ impl Connection {
         if self.can_send_reliable(now) && self.build_packet(now, true, scratch) {
             return self.poll_transmit(now, scratch, buf);
         }
-        if self.has_unreliable() && self.cc.try_pace(now, self.rtt.srtt(), MAX_DATA) {
-            if self.build_packet(now, false, scratch) {
-                return self.poll_transmit(now, scratch, buf);
-            }
+        if self.has_unreliable()
+            && self.cc.try_pace(now, self.rtt.srtt(), MAX_DATA)
+            && self.build_packet(now, false, scratch)
+        {
+            return self.poll_transmit(now, scratch, buf);
         }
         if now >= self.last_send + self.config.heartbeat_interval {
             let micros = now.saturating_duration_since(self.epoch).as_micros() as u64;

@@ -36,11 +36,7 @@ impl RttEstimator {
             return;
         }
         // RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R'|; SRTT = 7/8 SRTT + 1/8 R'.
-        let delta = if self.srtt > sample {
-            self.srtt - sample
-        } else {
-            sample - self.srtt
-        };
+        let delta = self.srtt.abs_diff(sample);
         self.rttvar = (self.rttvar * 3 + delta) / 4;
         self.srtt = (self.srtt * 7 + sample) / 8;
     }

@@ -20,14 +20,14 @@ enum Stage {
     AwaitingAuth,
     /// Our finished is out; waiting for the server's.
     AwaitingFinished {
-        keys: SessionKeys,
+        keys: Box<SessionKeys>,
         finished: Vec<u8>,
     },
 }
 
 enum State {
     Handshaking {
-        ephemeral: EphemeralKey,
+        ephemeral: Box<EphemeralKey>,
         auth: Vec<u8>,
         stage: Stage,
         resend_at: Instant,
@@ -99,7 +99,7 @@ impl Client {
         let conn_config = Arc::new(config.connection.clone());
         Ok(Self {
             state: State::Handshaking {
-                ephemeral,
+                ephemeral: Box::new(ephemeral),
                 auth,
                 stage: Stage::AwaitingAuth,
                 resend_at: now + config.handshake_resend,
@@ -268,7 +268,10 @@ impl Client {
                 let finished =
                     handshake::finished_datagram(&keys.client_to_server, &keys.client_finished);
                 self.server_key = Some(server_key);
-                *stage = Stage::AwaitingFinished { keys, finished };
+                *stage = Stage::AwaitingFinished {
+                    keys: Box::new(keys),
+                    finished,
+                };
                 *interval = self.config.handshake_resend;
                 *resend_at = now;
                 if let State::Handshaking { send_now, .. } = &mut self.state {

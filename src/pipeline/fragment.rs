@@ -203,7 +203,24 @@ impl Reassembler {
         let Some(FragmentFields { id, count }) = header.fragment else {
             return Err(WireError::new(ErrorCode::Flags, "not a fragment"));
         };
-        debug_assert!(header.flags.contains(Flags::FRAG));
+        if !header.flags.contains(Flags::FRAG) {
+            return Err(WireError::new(
+                ErrorCode::Flags,
+                "fragment fields without FRAG",
+            ));
+        }
+        if count == 0 {
+            return Err(WireError::new(
+                ErrorCode::FragmentNumber,
+                "fragment number 0",
+            ));
+        }
+        if id >= count {
+            return Err(WireError::new(
+                ErrorCode::FragmentId,
+                "fragment id not below fragment number",
+            ));
+        }
         let is_last = id == count - 1;
         let len_ok = if is_last {
             (1..=MAX_DATA).contains(&data.len())

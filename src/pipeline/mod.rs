@@ -169,6 +169,10 @@ pub fn encode_into(
     out: &mut Vec<u8>,
 ) -> Result<Header, EncodeError> {
     out.clear();
+    if data.len() > MAX_PAYLOAD {
+        // The receiver refuses to decompress past MAX_PAYLOAD: never send what cannot open.
+        return Err(EncodeError::TooLarge { len: data.len() });
+    }
     let sealed = matches!(seal, Seal::Sealed { .. });
     let (sequence, init_vector) = match seal {
         Seal::Plain { sequence } => (sequence, None),
@@ -300,7 +304,8 @@ impl Decoder {
     /// reassembled payload, opened in place.
     ///
     /// # Errors
-    /// 3.7 if the packet is sealed and no key is given or it fails to open; 3.8 if it does
+    /// 3.7 if the packet is sealed and no key is given or it fails to open, or a key is given
+    /// and the packet is not sealed; 3.8 if it does
     /// not decompress within the limit; 3.9 if its checksum does not match.
     pub fn open<'a>(
         &'a mut self,
@@ -319,6 +324,12 @@ impl Decoder {
             let aad_len = associated_data(header, fields, &mut aad);
             let len = key.open(packet_number, &aad[..aad_len], payload)?;
             &payload[..len]
+        } else if key.is_some() {
+            // A key means this peer seals everything: an unsealed packet is a forgery.
+            return Err(WireError::new(
+                ErrorCode::InitVector,
+                "unsealed packet where a sealed one is required",
+            ));
         } else {
             payload
         };
