@@ -1,25 +1,557 @@
-//! Scripted tests of the sans-IO core in virtual time.
+//! Scripted tests of the sans-IO core in virtual time: the handshake and its failures, every
+//! delivery mode under loss, reordering and duplication, timeouts, closing, replays and
+//! tampering.
 
 mod common;
 
 use common::*;
+use std::net::SocketAddr;
 use std::time::Duration;
-use tickwire::{ChannelId, Event};
+use tickwire::endpoint::handshake;
+use tickwire::wire::{ErrorCode, Packet};
+use tickwire::{ChannelId, ClientConfig, DisconnectReason, Event, ServerConfig, ServerIdentity};
 
-#[test]
-fn handshake_and_echo() {
+fn sim_with_client() -> Sim {
     let (mut sim, _) = Sim::with_defaults();
     let cfg = sim.client_config();
     sim.add_client(cfg);
+    sim
+}
+
+fn has_message(events: &[Event]) -> bool {
+    events.iter().any(|e| matches!(e, Event::Message { .. }))
+}
+
+fn client_disconnect_reason(sim: &Sim, i: usize) -> Option<DisconnectReason> {
+    sim.client_events[i].iter().find_map(|e| match e {
+        Event::Disconnected { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+fn server_disconnect_reason(sim: &Sim) -> Option<DisconnectReason> {
+    sim.server_events.iter().find_map(|e| match e {
+        Event::Disconnected { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn handshake_and_echo() {
+    let mut sim = sim_with_client();
     sim.connect_all();
+    assert_eq!(sim.clients[0].1.id(), Some(tickwire::ClientId(1)));
+    assert_eq!(sim.clients[0].1.server_key(), Some(sim.server.public_key()));
     let now = sim.now;
     sim.clients[0].1.send(now, ChannelId(3), b"hello").unwrap();
-    assert!(
-        sim.run_until(Duration::from_secs(1), |s| !s.server_events.is_empty()
-            && s.server_events
-                .iter()
-                .any(|e| matches!(e, Event::Message { .. })))
+    assert!(sim.run_until(Duration::from_secs(1), |s| has_message(&s.server_events)));
+    assert_eq!(sim.server_messages(), vec![(1, 3, b"hello".to_vec())]);
+    sim.server
+        .send(sim.now, tickwire::ClientId(1), ChannelId(2), b"back")
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(1), |s| has_message(&s.client_events[0])));
+    assert_eq!(sim.client_messages(0), vec![(2, b"back".to_vec())]);
+}
+
+/// Drops the datagram with index `which` in direction `dir`.
+fn drop_nth(dir: Dir, which: usize) -> Filter {
+    Box::new(move |d, n, _| {
+        if d == dir && n == which {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    })
+}
+
+#[test]
+fn lost_client_auth_is_resent() {
+    let mut sim = sim_with_client();
+    sim.filter = drop_nth(Dir::ToServer, 0);
+    sim.connect_all();
+    assert!(sim.counts[0] >= 3, "AUTH resent");
+}
+
+#[test]
+fn lost_server_auth_is_answered_again() {
+    let mut sim = sim_with_client();
+    sim.filter = drop_nth(Dir::ToClient, 0);
+    sim.connect_all();
+    assert_eq!(sim.server.pending_count(), 0);
+}
+
+#[test]
+fn lost_client_finished_is_resent() {
+    let mut sim = sim_with_client();
+    sim.filter = drop_nth(Dir::ToServer, 1);
+    sim.connect_all();
+}
+
+#[test]
+fn lost_server_finished_is_resent() {
+    let mut sim = sim_with_client();
+    // 0: server AUTH, 1: server finished.
+    sim.filter = drop_nth(Dir::ToClient, 1);
+    sim.connect_all();
+    assert_eq!(sim.server.stats().connections_accepted, 1);
+}
+
+#[test]
+fn wrong_server_key_is_refused_with_1_2() {
+    let (mut sim, _) = Sim::with_defaults();
+    let impostor_pin = ServerIdentity::generate().public_key();
+    sim.add_client(ClientConfig::new(impostor_pin));
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.clients[0].1.is_closed());
+    assert_eq!(
+        client_disconnect_reason(&sim, 0),
+        Some(DisconnectReason::HandshakeFailed(
+            ErrorCode::CertificateInvalid
+        ))
     );
+    assert_eq!(sim.server.client_count(), 0);
+}
+
+#[test]
+fn insecure_client_accepts_any_key_only_when_asked() {
+    let (mut sim, _) = Sim::with_defaults();
+    sim.add_client(ClientConfig::insecure_accept_any_server_key());
+    sim.connect_all();
+    assert_eq!(sim.clients[0].1.server_key(), Some(sim.server.public_key()));
+}
+
+#[test]
+fn full_server_answers_1_1_and_keeps_no_state() {
+    let mut config = ServerConfig::new(ServerIdentity::generate());
+    config.max_clients = 1;
+    let mut sim = Sim::new(config);
+    let cfg = sim.client_config();
+    sim.add_client(cfg.clone());
+    sim.connect_all();
+    sim.add_client(cfg);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        client_disconnect_reason(&sim, 1),
+        Some(DisconnectReason::HandshakeFailed(ErrorCode::NoSpace))
+    );
+    assert_eq!(sim.server.pending_count(), 0);
+    assert_eq!(sim.server.stats().refused_full, 1);
+    assert!(sim.clients[0].1.is_connected());
+}
+
+#[test]
+fn handshake_times_out_without_a_server() {
+    let mut sim = sim_with_client();
+    sim.filter = Box::new(|_, _, _| Fate::Drop);
+    sim.run_for(Duration::from_secs(11));
+    assert_eq!(
+        client_disconnect_reason(&sim, 0),
+        Some(DisconnectReason::HandshakeFailed(ErrorCode::Connection))
+    );
+}
+
+#[test]
+fn short_client_auth_gets_no_answer() {
+    // Anti-amplification: an AUTH below the minimum size is never answered.
+    let (mut sim, _) = Sim::with_defaults();
+    let key = tickwire::crypto::EphemeralKey::generate();
+    let mut auth = handshake::auth_datagram(key.public_bytes(), &[0, 0]);
+    assert!(auth.len() < handshake::MIN_CLIENT_AUTH);
+    let now = sim.now;
+    sim.server.handle_datagram(now, addr(6000), &mut auth);
+    let mut buf = [0u8; 1500];
+    assert!(sim.server.poll_transmit(now, &mut buf).is_none());
+    assert_eq!(sim.server.pending_count(), 0);
+    // A full-size one is answered with no more octets than it carried.
+    let mut auth = handshake::client_auth(key.public_bytes(), &[]);
+    sim.server.handle_datagram(now, addr(6000), &mut auth);
+    let t = sim.server.poll_transmit(now, &mut buf).unwrap();
+    assert!(t.len <= auth.len());
+    assert!(sim.server.poll_transmit(now, &mut buf).is_none());
+}
+
+#[test]
+fn bad_finished_is_refused_with_1_3() {
+    use tickwire::crypto::{derive_session_keys, transcript_hash, EphemeralKey};
+    let (mut sim, _) = Sim::with_defaults();
+    let from: SocketAddr = addr(6001);
+    let now = sim.now;
+    let eph = EphemeralKey::generate();
+    let mut auth = handshake::client_auth(eph.public_bytes(), &[]);
+    let client_auth = auth.clone();
+    sim.server.handle_datagram(now, from, &mut auth);
+    let mut buf = [0u8; 1500];
+    let t = sim.server.poll_transmit(now, &mut buf).unwrap();
+    let server_auth = buf[..t.len].to_vec();
+    let Ok(Packet {
+        body: tickwire::wire::Body::Auth(fields),
+        ..
+    }) = Packet::parse(&server_auth)
+    else {
+        panic!("server answered with AUTH")
+    };
+    let shared = eph.shared_secret(fields.public_key).unwrap();
+    let keys = derive_session_keys(&shared, &transcript_hash(&client_auth, &server_auth));
+    // Sealed under the right key, so it opens, but the MAC is wrong.
+    let mut finished = handshake::finished_datagram(&keys.client_to_server, &[0u8; 32]);
+    sim.server.handle_datagram(now, from, &mut finished);
+    let t = sim.server.poll_transmit(now, &mut buf).unwrap();
+    let reply = Packet::parse(&buf[..t.len]).unwrap();
+    assert_eq!(
+        reply.body,
+        tickwire::wire::Body::Data {
+            fields: tickwire::wire::TypeFields::Error(ErrorCode::FinishInvalid),
+            data: b"finished invalid"
+        }
+    );
+    assert_eq!(sim.server.stats().bad_finished, 1);
+    assert_eq!(sim.server.pending_count(), 0);
+    assert_eq!(sim.server.client_count(), 0);
+}
+
+/// Sends `count` messages from the client on `channel` under the given impairments and
+/// returns what the server received on it, in order of delivery.
+fn deliver_under(
+    channel: u8,
+    count: usize,
+    seed: u64,
+    loss: f64,
+    dup: f64,
+    reorder: f64,
+) -> (Vec<u32>, Sim) {
+    let mut sim = sim_with_client();
+    sim.connect_all();
+    sim.filter = lossy(seed, loss, dup, reorder, 0);
+    let mut sent = 0usize;
+    let mut got = Vec::new();
+    let mut ticks = 0;
+    while ticks < 20_000 {
+        ticks += 1;
+        if sent < count {
+            let now = sim.now;
+            let msg = (sent as u32).to_be_bytes();
+            if sim.clients[0].1.send(now, ChannelId(channel), &msg).is_ok() {
+                sent += 1;
+            }
+        }
+        // A 60 Hz game tick.
+        let tick_end = sim.now + Duration::from_micros(16_667);
+        sim.run_until(Duration::from_secs(1), |s| s.now >= tick_end);
+        for (_, ch, data) in sim.server_messages() {
+            assert_eq!(ch, channel);
+            got.push(u32::from_be_bytes(data[..4].try_into().unwrap()));
+        }
+        if sent == count && ticks > count + 300 {
+            break;
+        }
+    }
+    (got, sim)
+}
+
+#[test]
+fn reliable_ordered_under_loss_duplication_and_reordering() {
+    for seed in 1..=4 {
+        let (got, sim) = deliver_under(3, 300, seed, 0.2, 0.05, 0.1);
+        assert_eq!(got, (0..300).collect::<Vec<_>>(), "seed {seed}");
+        assert!(sim.clients[0].1.is_connected(), "seed {seed}");
+        assert!(sim.clients[0].1.stats().packets_resent > 0);
+    }
+}
+
+#[test]
+fn reliable_unordered_exactly_once() {
+    for seed in 1..=4 {
+        let (mut got, _) = deliver_under(2, 300, seed, 0.2, 0.05, 0.1);
+        got.sort_unstable();
+        assert_eq!(got, (0..300).collect::<Vec<_>>(), "seed {seed}");
+    }
+}
+
+#[test]
+fn unreliable_at_most_once() {
+    for seed in 1..=4 {
+        let (mut got, _) = deliver_under(0, 300, seed, 0.2, 0.2, 0.1);
+        let n = got.len();
+        got.sort_unstable();
+        got.dedup();
+        assert_eq!(got.len(), n, "no duplicates, seed {seed}");
+        assert!(n > 150 && n < 300, "some lost, most through: {n}");
+    }
+}
+
+#[test]
+fn sequenced_never_delivers_stale() {
+    for seed in 1..=4 {
+        let (got, sim) = deliver_under(1, 300, seed, 0.1, 0.2, 0.3);
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "seed {seed}: {got:?}");
+        assert!(!got.is_empty());
+        let stale = sim
+            .server
+            .client_stats(tickwire::ClientId(1))
+            .unwrap()
+            .stale_dropped;
+        assert!(stale > 0, "reordering made some stale, seed {seed}");
+    }
+}
+
+#[test]
+fn large_message_under_loss_resends_only_missing_fragments() {
+    let mut sim = sim_with_client();
+    sim.connect_all();
+    sim.filter = lossy(7, 0.05, 0.0, 0.0, 0);
+    let msg: Vec<u8> = (0..60_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let now = sim.now;
+    sim.clients[0].1.send(now, ChannelId(3), &msg).unwrap();
+    assert!(sim.run_until(Duration::from_secs(10), |s| has_message(&s.server_events)));
+    let got = sim.server_messages();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].2, msg);
+    let stats = sim.clients[0].1.stats();
+    // 61 fragments at 5% loss: whole-packet resends would send 61 each time.
+    assert!(stats.packets_resent < 40, "resent {}", stats.packets_resent);
+}
+
+#[test]
+fn oversized_message_is_refused_at_send() {
+    let mut sim = sim_with_client();
+    sim.connect_all();
+    let now = sim.now;
+    let big = vec![0u8; 64 * 1024 + 1];
+    assert_eq!(
+        sim.clients[0].1.send(now, ChannelId(3), &big),
+        Err(tickwire::SendError::MessageTooLarge {
+            len: big.len(),
+            limit: 64 * 1024
+        })
+    );
+    assert_eq!(
+        sim.clients[0].1.send(now, ChannelId(9), b"x"),
+        Err(tickwire::SendError::UnknownChannel(ChannelId(9)))
+    );
+}
+
+#[test]
+fn reliable_queue_applies_backpressure() {
+    let mut sim = sim_with_client();
+    sim.connect_all();
+    let now = sim.now;
+    let msg = vec![1u8; 60 * 1024];
+    let mut accepted = 0;
+    loop {
+        match sim.clients[0].1.send(now, ChannelId(3), &msg) {
+            Ok(()) => accepted += 1,
+            Err(tickwire::SendError::QueueFull) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(accepted < 1000);
+    }
+    assert!(
+        accepted >= 60,
+        "4 MiB queue holds ~68 such messages: {accepted}"
+    );
+    // Once acknowledged, the queue drains and takes messages again.
+    sim.run_for(Duration::from_secs(5));
+    assert!(sim.clients[0].1.send(sim.now, ChannelId(3), &msg).is_ok());
+    assert_eq!(sim.server_messages().len(), accepted);
+}
+
+#[test]
+fn silence_times_out_both_sides() {
+    let mut sim = sim_with_client();
+    sim.connect_all();
+    sim.filter = Box::new(|_, _, _| Fate::Drop);
+    sim.run_for(Duration::from_secs(11));
+    assert_eq!(
+        client_disconnect_reason(&sim, 0),
+        Some(DisconnectReason::TimedOut)
+    );
+    assert_eq!(
+        server_disconnect_reason(&sim),
+        Some(DisconnectReason::TimedOut)
+    );
+    assert_eq!(sim.server.client_count(), 0);
+}
+
+#[test]
+fn heartbeats_keep_an_idle_connection_up_and_measure_rtt() {
+    let mut sim = sim_with_client();
+    sim.delay = Duration::from_millis(25);
+    sim.connect_all();
+    sim.run_for(Duration::from_secs(30));
+    assert!(sim.clients[0].1.is_connected());
+    let rtt = sim.clients[0].1.stats().rtt;
+    assert!(
+        rtt >= Duration::from_millis(50) && rtt < Duration::from_millis(60),
+        "{rtt:?}"
+    );
+}
+
+#[test]
+fn graceful_close_carries_the_reason() {
+    let mut sim = sim_with_client();
+    sim.connect_all();
+    let now = sim.now;
+    sim.clients[0].1.disconnect(now, "bye now");
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(
+        server_disconnect_reason(&sim),
+        Some(DisconnectReason::Peer {
+            code: ErrorCode::ClientDisconnect,
+            message: "bye now".into()
+        })
+    );
+    assert_eq!(
+        client_disconnect_reason(&sim, 0),
+        Some(DisconnectReason::Local {
+            code: ErrorCode::ClientDisconnect
+        })
+    );
+    assert!(sim.clients[0].1.is_closed());
+    assert_eq!(sim.server.client_count(), 0);
+}
+
+#[test]
+fn graceful_close_survives_a_lost_error_packet() {
+    let mut sim = sim_with_client();
+    sim.connect_all();
+    let base = sim.counts[Dir::ToServer as usize];
+    sim.filter = drop_nth(Dir::ToServer, base);
+    let now = sim.now;
+    sim.clients[0].1.disconnect(now, "bye");
+    sim.run_for(Duration::from_secs(2));
+    assert!(matches!(
+        server_disconnect_reason(&sim),
+        Some(DisconnectReason::Peer {
+            code: ErrorCode::ClientDisconnect,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn server_shutdown_reaches_every_client() {
+    let (mut sim, _) = Sim::with_defaults();
+    let cfg = sim.client_config();
+    for _ in 0..5 {
+        sim.add_client(cfg.clone());
+    }
+    sim.connect_all();
+    let now = sim.now;
+    sim.server.shutdown(now, "maintenance");
+    assert!(sim.run_until(Duration::from_secs(2), |s| s.server.is_idle()));
+    for i in 0..5 {
+        assert_eq!(
+            client_disconnect_reason(&sim, i),
+            Some(DisconnectReason::Peer {
+                code: ErrorCode::ServerDisconnect,
+                message: "maintenance".into()
+            })
+        );
+    }
+}
+
+/// Captures every datagram the client sends after the handshake.
+fn capture_client_datagrams(sim: &mut Sim) -> std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>> {
+    let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let l2 = log.clone();
+    sim.filter = Box::new(move |d, _, data| {
+        if d == Dir::ToServer {
+            l2.borrow_mut().push(data.to_vec());
+        }
+        Fate::Deliver
+    });
+    log
+}
+
+#[test]
+fn replayed_packet_is_dropped_counted_and_not_delivered_twice() {
+    let mut sim = sim_with_client();
+    sim.connect_all();
+    let log = capture_client_datagrams(&mut sim);
+    let now = sim.now;
+    sim.clients[0].1.send(now, ChannelId(2), b"once").unwrap();
+    assert!(sim.run_until(Duration::from_secs(1), |s| has_message(&s.server_events)));
+    sim.run_for(Duration::from_millis(100));
+    sim.filter = Box::new(|_, _, _| Fate::Deliver);
+    assert_eq!(sim.server_messages().len(), 1);
+    let before = sim.server.client_stats(tickwire::ClientId(1)).unwrap();
+    let client_addr = sim.clients[0].0;
+    for d in log.borrow().iter() {
+        let mut d = d.clone();
+        let now = sim.now;
+        sim.server.handle_datagram(now, client_addr, &mut d);
+    }
+    sim.run_for(Duration::from_millis(100));
+    assert!(sim.server_messages().is_empty(), "replay delivered nothing");
+    let after = sim.server.client_stats(tickwire::ClientId(1)).unwrap();
+    assert!(after.duplicates >= before.duplicates + log.borrow().len() as u64);
+}
+
+#[test]
+fn tampered_packet_is_dropped_counted_and_changes_nothing() {
+    let mut sim = sim_with_client();
+    sim.connect_all();
+    // Flip one bit in the Data of every datagram the client sends for a while.
+    sim.filter = Box::new(|d, _, _| {
+        if d == Dir::ToServer {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    let now = sim.now;
+    sim.clients[0].1.send(now, ChannelId(3), b"secret").unwrap();
+    let mut buf = [0u8; 1500];
+    let t = sim.clients[0].1.poll_transmit(now, &mut buf).unwrap();
+    let before = sim.server.client_stats(tickwire::ClientId(1)).unwrap();
+    let client_addr = sim.clients[0].0;
+    for bit in 0..t.len * 8 {
+        let mut d = buf[..t.len].to_vec();
+        d[bit / 8] ^= 0x80 >> (bit % 8);
+        sim.server.handle_datagram(now, client_addr, &mut d);
+    }
+    let mut out = [0u8; 1500];
+    while sim.server.poll_transmit(now, &mut out).is_some() {}
+    while let Some(e) = sim.server.poll_event() {
+        assert!(
+            !matches!(e, Event::Message { .. } | Event::Disconnected { .. }),
+            "{e:?}"
+        );
+    }
+    let after = sim.server.client_stats(tickwire::ClientId(1)).unwrap();
+    assert_eq!(after.packets_received, before.packets_received);
+    assert_eq!(after.messages_received, before.messages_received);
+    assert!(
+        after.datagrams_dropped + sim.server.stats().datagrams_dropped > before.datagrams_dropped
+    );
+    // The untouched datagram still goes through afterwards.
+    let mut d = buf[..t.len].to_vec();
+    sim.server.handle_datagram(now, client_addr, &mut d);
+    while let Some(e) = sim.server.poll_event() {
+        if let Event::Message { data, .. } = e {
+            assert_eq!(data, b"secret");
+            return;
+        }
+    }
+    panic!("the genuine packet was not delivered");
+}
+
+#[test]
+fn many_clients_each_get_their_own_messages() {
+    let (mut sim, _) = Sim::with_defaults();
+    let cfg = sim.client_config();
+    for _ in 0..16 {
+        sim.add_client(cfg.clone());
+    }
+    sim.connect_all();
+    let now = sim.now;
+    for (i, (_, c)) in sim.clients.iter_mut().enumerate() {
+        c.send(now, ChannelId(3), &[i as u8; 10]).unwrap();
+    }
+    assert!(sim.run_until(Duration::from_secs(1), |s| s.server_events.len() >= 16 + 16));
     let msgs = sim.server_messages();
-    assert_eq!(msgs, vec![(1, 3, b"hello".to_vec())]);
+    assert_eq!(msgs.len(), 16);
+    for (client, _, data) in msgs {
+        assert_eq!(data, vec![(client - 1) as u8; 10]);
+    }
 }

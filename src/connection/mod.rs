@@ -189,6 +189,7 @@ pub struct Connection {
     epoch: Instant,
     last_recv: Instant,
     last_send: Instant,
+    last_ping: Instant,
     pong: Option<([u8; 16], usize)>,
     frag_ack_due: Option<Instant>,
     close: Option<Closing>,
@@ -196,6 +197,7 @@ pub struct Connection {
     finished: Option<Vec<u8>>,
     resend_finished: bool,
     rotate: usize,
+    paced_until: Option<Instant>,
     loss_ewma: f64,
     stats: ConnectionStats,
     pool: Vec<Vec<u8>>,
@@ -275,12 +277,14 @@ impl Connection {
             epoch: now,
             last_recv: now,
             last_send: now,
+            last_ping: now,
             pong: None,
             frag_ack_due: None,
             close: None,
             finished,
             resend_finished: false,
             rotate: 0,
+            paced_until: None,
             loss_ewma: 0.0,
             stats: ConnectionStats::default(),
             pool: Vec::new(),
@@ -952,7 +956,7 @@ impl Connection {
             }
             _ => {}
         }
-        consider(self.last_send + self.config.heartbeat_interval);
+        consider(self.next_ping());
         for p in &self.sent {
             consider(p.last_sent + self.rtt.backoff_rto(p.resends));
         }
@@ -961,10 +965,10 @@ impl Connection {
                 if !ch.mode.is_reliable() {
                     consider(q.enqueued + self.config.unreliable_deadline);
                 }
-                if let Some(d) = self.cc.pace_deadline(self.rtt.srtt(), MAX_DATA) {
-                    consider(d);
-                }
             }
+        }
+        if let Some(d) = self.paced_until {
+            consider(d);
         }
         if let Some(d) = self.reassembler.next_deadline() {
             consider(d);
@@ -979,6 +983,13 @@ impl Connection {
             consider(self.last_send);
         }
         Some(t)
+    }
+
+    /// A PING goes out after `heartbeat_interval` of sending nothing, and at least every four
+    /// intervals even while other packets flow, so both sides keep measuring the RTT.
+    fn next_ping(&self) -> Instant {
+        let interval = self.config.heartbeat_interval;
+        (self.last_send + interval).min(self.last_ping + interval * 4)
     }
 
     fn frag_ack_interval(&self) -> Duration {
@@ -996,6 +1007,9 @@ impl Connection {
     ) -> Option<usize> {
         if self.state == State::Closed {
             return None;
+        }
+        if self.paced_until.is_some_and(|t| t <= now) {
+            self.paced_until = None;
         }
         if self.resend_finished {
             self.resend_finished = false;
@@ -1034,13 +1048,11 @@ impl Connection {
         if self.can_send_reliable(now) && self.build_packet(now, true, scratch) {
             return self.poll_transmit(now, scratch, buf);
         }
-        if self.has_unreliable()
-            && self.cc.try_pace(now, self.rtt.srtt(), MAX_DATA)
-            && self.build_packet(now, false, scratch)
-        {
+        if self.has_unreliable() && self.pace(now) && self.build_packet(now, false, scratch) {
             return self.poll_transmit(now, scratch, buf);
         }
-        if now >= self.last_send + self.config.heartbeat_interval {
+        if now >= self.next_ping() {
+            self.last_ping = now;
             let micros = now.saturating_duration_since(self.epoch).as_micros() as u64;
             let n = self.write_small(
                 now,
@@ -1091,7 +1103,22 @@ impl Connection {
         if self.in_flight > 0 && self.in_flight + MAX_DATA as u64 > self.cc.window() {
             return false;
         }
-        self.cc.try_pace(now, self.rtt.srtt(), MAX_DATA)
+        self.pace(now)
+    }
+
+    /// Takes pacing tokens for one datagram, or records when they will be there.
+    fn pace(&mut self, now: Instant) -> bool {
+        if self.cc.try_pace(now, self.rtt.srtt(), MAX_DATA) {
+            self.paced_until = None;
+            true
+        } else {
+            let at = self
+                .cc
+                .pace_deadline(self.rtt.srtt(), MAX_DATA)
+                .unwrap_or(now);
+            self.paced_until = Some(at.max(now + Duration::from_micros(100)));
+            false
+        }
     }
 
     /// Packs queued messages of reliable (or unreliable) channels into a new packet, seals

@@ -257,3 +257,43 @@ impl Sim {
         out
     }
 }
+
+/// A small seeded generator (xorshift64*), so that tests replay exactly from their seed.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+/// A filter that drops, duplicates and delays datagrams at random after the handshake's
+/// first `spare` datagrams of each direction.
+pub fn lossy(seed: u64, loss: f64, dup: f64, reorder: f64, spare: usize) -> Filter {
+    let mut rng = Rng(seed | 1);
+    Box::new(move |_, n, _| {
+        if n < spare {
+            return Fate::Deliver;
+        }
+        if rng.chance(loss) {
+            Fate::Drop
+        } else if rng.chance(dup) {
+            Fate::Duplicate
+        } else if rng.chance(reorder) {
+            Fate::Delay(Duration::from_millis(1 + rng.next_u64() % 30))
+        } else {
+            Fate::Deliver
+        }
+    })
+}
