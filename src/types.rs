@@ -176,4 +176,7 @@ pub struct ConnectionStats {
     pub datagrams_dropped: u64,
     /// Duplicate packets received (and dropped).
     pub duplicates: u64,
+    /// Octets of memory the connection holds: its state, queues, unacknowledged packets,
+    /// reassembly buffers and reusable buffers.
+    pub memory_bytes: u64,
 }

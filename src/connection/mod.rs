@@ -331,7 +331,33 @@ impl Connection {
         s.in_flight_bytes = self.in_flight;
         s.congestion_window = self.cc.window();
         s.send_rate = self.cc.pacing_rate(self.rtt.srtt());
+        s.memory_bytes = self.memory_bytes() as u64;
         s
+    }
+
+    /// Octets this connection holds, counted by capacity.
+    pub fn memory_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let vecs = |v: &Vec<Vec<u8>>| v.iter().map(Vec::capacity).sum::<usize>();
+        let mut n = size_of::<Self>() + vecs(&self.pool) + self.unreliable_payload.capacity();
+        n += self.reassembler.memory_bytes();
+        for ch in &self.send_channels {
+            n += size_of::<SendChannel>()
+                + ch.queue.capacity() * size_of::<Queued>()
+                + ch.queue.iter().map(|q| q.data.capacity()).sum::<usize>()
+                + ch.window.capacity();
+        }
+        for ch in &self.recv_channels {
+            n += size_of::<RecvChannel>()
+                + ch.held.capacity() * size_of::<Option<Vec<u8>>>()
+                + ch.held.iter().flatten().map(Vec::capacity).sum::<usize>();
+        }
+        n += self.sent.capacity() * size_of::<SentPacket>();
+        for p in &self.sent {
+            n += p.payload.capacity() + p.ordered.capacity() * size_of::<SeqRange>();
+        }
+        n += self.jobs.capacity() * size_of::<Job>();
+        n
     }
 
     /// Octets of delivered messages the application has not taken yet.

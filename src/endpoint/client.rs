@@ -392,7 +392,7 @@ impl Client {
                     });
                 } else if now >= *resend_at {
                     *send_now = true;
-                    *interval = (*interval * 2).min(Duration::from_secs(2));
+                    *interval = (*interval * 2).min(Duration::from_secs(1));
                     *resend_at = now + *interval;
                 }
             }

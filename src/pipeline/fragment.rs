@@ -13,6 +13,9 @@ use crate::wire::{
     MAX_FRAGMENTS,
 };
 
+/// Buffers a reassembler keeps for reuse.
+const POOL_LIMIT: usize = 2;
+
 /// Which fragments of a packet are held: bit *i* (MSB first) for fragment *i*.
 pub type FragmentBitmap = BitArray<[u8; 32], Msb0>;
 
@@ -175,6 +178,14 @@ impl Reassembler {
         self.slots.is_empty()
     }
 
+    /// Octets of buffers held, in reassembly and kept for reuse.
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.iter().map(|s| s.buf.capacity()).sum::<usize>()
+            + self.pool.iter().map(Vec::capacity).sum::<usize>()
+            + self.completed.capacity()
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
+    }
+
     /// Octets reserved for packets in reassembly.
     pub fn reserved_bytes(&self) -> usize {
         self.reserved
@@ -294,7 +305,7 @@ impl Reassembler {
         self.reserved -= slot.reserved;
         let len = (usize::from(slot.count) - 1) * MAX_DATA + slot.last_len;
         let old = std::mem::replace(&mut self.completed, slot.buf);
-        if self.pool.len() < self.config.max_packets {
+        if self.pool.len() < POOL_LIMIT {
             self.pool.push(old);
         }
         let mut header = slot.header;
@@ -318,7 +329,7 @@ impl Reassembler {
 
     /// Gives a buffer back for reuse.
     pub fn recycle(&mut self, buf: Vec<u8>) {
-        if self.pool.len() < 2 {
+        if self.pool.len() < POOL_LIMIT {
             self.pool.push(buf);
         }
     }
@@ -346,7 +357,7 @@ impl Reassembler {
             if self.slots[i].deadline <= now {
                 let slot = self.slots.swap_remove(i);
                 self.reserved -= slot.reserved;
-                if self.pool.len() < self.config.max_packets {
+                if self.pool.len() < POOL_LIMIT {
                     self.pool.push(slot.buf);
                 }
             } else {

@@ -1,0 +1,99 @@
+//! Socket setup with socket2: buffer sizes, IPv6 dual-stack, non-blocking, then a mio socket.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::ConfigError;
+
+/// How the driver's UDP socket is set up, and how many datagrams it holds back when the socket
+/// would block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketConfig {
+    /// `SO_RCVBUF` to ask for; `None` keeps the system's default. The system may cap it
+    /// (Linux: `net.core.rmem_max`) without an error.
+    pub recv_buffer_bytes: Option<usize>,
+    /// `SO_SNDBUF` to ask for; `None` keeps the system's default (capped the same way, by
+    /// `net.core.wmem_max` on Linux).
+    pub send_buffer_bytes: Option<usize>,
+    /// For an IPv6 address: also accept IPv4 peers (as IPv4-mapped addresses), that is
+    /// `IPV6_V6ONLY` off. Ignored for an IPv4 address.
+    pub dual_stack: bool,
+    /// Datagrams kept, in order, while the socket would block; past it the driver leaves the
+    /// rest in the endpoint (which keeps its own queues and resends) until the socket is
+    /// writable again. At least 1.
+    pub send_queue_datagrams: usize,
+}
+
+impl Default for SocketConfig {
+    /// 2 MiB socket buffers, IPv6 only on an IPv6 address, 256 held-back datagrams.
+    fn default() -> Self {
+        Self {
+            recv_buffer_bytes: Some(2 << 20),
+            send_buffer_bytes: Some(2 << 20),
+            dual_stack: false,
+            send_queue_datagrams: 256,
+        }
+    }
+}
+
+impl SocketConfig {
+    /// This configuration with IPv6 dual-stack on (see [`SocketConfig::dual_stack`]).
+    #[must_use]
+    pub fn dual_stack(mut self) -> Self {
+        self.dual_stack = true;
+        self
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.send_queue_datagrams == 0 {
+            return Err(ConfigError("send_queue_datagrams must be above zero"));
+        }
+        if self.recv_buffer_bytes == Some(0) || self.send_buffer_bytes == Some(0) {
+            return Err(ConfigError("socket buffer sizes must be above zero"));
+        }
+        Ok(())
+    }
+}
+
+/// A non-blocking UDP socket bound to `addr`, set up as `config` says, ready for a mio
+/// [`Poll`](mio::Poll).
+///
+/// Don't-fragment: tickwire's datagrams are at most 1,002 octets after the handshake (its
+/// AUTH at most about 1,100), under IPv6's minimum MTU of 1,280, so they never need
+/// fragmenting. socket2 offers no `IP_MTU_DISCOVER` setter and this crate forbids `unsafe`, so
+/// the option is left at the system's default; on Linux that is `IP_PMTUDISC_WANT` (unless
+/// `net.ipv4.ip_no_pmtu_disc` is set), which already sends datagrams this small with DF set.
+///
+/// # Errors
+/// Any error of `socket`, `setsockopt` or `bind`.
+pub fn bind_socket(addr: SocketAddr, config: &SocketConfig) -> io::Result<mio::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(!config.dual_stack)?;
+    }
+    if let Some(n) = config.recv_buffer_bytes {
+        socket.set_recv_buffer_size(n)?;
+    }
+    if let Some(n) = config.send_buffer_bytes {
+        socket.set_send_buffer_size(n)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(mio::net::UdpSocket::from_std(socket.into()))
+}
+
+/// The socket buffer sizes the system granted: `(receive, send)` in octets, as
+/// `getsockopt` reports them (Linux reports double what was asked, for its bookkeeping).
+///
+/// # Errors
+/// Any error of `getsockopt`.
+pub fn buffer_sizes(socket: &mio::net::UdpSocket) -> io::Result<(usize, usize)> {
+    let s = socket2::SockRef::from(socket);
+    Ok((s.recv_buffer_size()?, s.send_buffer_size()?))
+}
