@@ -97,7 +97,7 @@ pub fn packet_number(header: &Header) -> u32 {
 /// Fragment ID differs between fragments and is left out), Init Vector, then the type-specific
 /// fields.
 pub fn associated_data(header: &Header, fields: &TypeFields, out: &mut [u8; MAX_AAD]) -> usize {
-    out[0] = header.packet_type.to_bits();
+    out[0] = crate::wire::VERSION << 4 | header.packet_type.to_bits();
     out[1] = header.flags.bits();
     out[2..4].copy_from_slice(&header.sequence.to_be_bytes());
     let mut at = 4;
