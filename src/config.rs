@@ -4,8 +4,10 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::crypto::{ServerIdentity, ServerKey};
+use crate::endpoint::IpPrefix;
 use crate::pipeline::ReassemblyConfig;
 use crate::wire::MAX_PAYLOAD;
+use std::net::SocketAddr;
 
 /// The largest message a channel can carry: one packet of 255 fragments, less the tag and the
 /// message's framing.
@@ -178,6 +180,24 @@ pub struct ServerConfig {
     pub max_pending: usize,
     /// A handshake not finished within this time is forgotten.
     pub handshake_timeout: Duration,
+    /// If set, only these addresses may connect; others are refused with ERROR 1.2.
+    pub allow_list: Option<Vec<IpPrefix>>,
+    /// If set, clients present connect tokens signed by this authority.
+    pub tokens: Option<TokenPolicy>,
+    /// The addresses tokens must name for this server (the driver adds its bound address).
+    pub public_addrs: Vec<SocketAddr>,
+    /// How long a closed connection's client may resume its id with its resumption secret.
+    pub resume_window: Duration,
+}
+
+/// How a server checks connect tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenPolicy {
+    /// The backend's public key that signs tokens.
+    pub authority: ServerKey,
+    /// Whether a client without a token is refused (ERROR 1.2). Without it, a client with no
+    /// token connects with a server-chosen id, and a present token is still checked.
+    pub required: bool,
 }
 
 impl ServerConfig {
@@ -190,6 +210,10 @@ impl ServerConfig {
             max_clients: 64,
             max_pending: 1024,
             handshake_timeout: Duration::from_secs(10),
+            allow_list: None,
+            tokens: None,
+            public_addrs: Vec::new(),
+            resume_window: Duration::from_secs(120),
         }
     }
 

@@ -342,6 +342,18 @@ fn finished_mac(key: &[u8; 32], transcript: &[u8; 32]) -> [u8; FINISHED_LEN] {
     mac.finalize().into_bytes().into()
 }
 
+/// The label of a resumption ticket's MAC.
+pub const RESUME_LABEL: &[u8] = b"tickwire v0 resume";
+
+/// HMAC-SHA256 under a resumption secret over [`RESUME_LABEL`] || the new client ephemeral
+/// key: proof that a reconnecting client holds the old session's secret.
+pub fn resume_mac(secret: &[u8; 32], client_ephemeral: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(RESUME_LABEL);
+    mac.update(client_ephemeral);
+    mac.finalize().into_bytes().into()
+}
+
 /// Compares two MACs in constant time (`subtle`).
 pub fn macs_equal(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;

@@ -78,15 +78,16 @@ pub mod crypto;
 pub mod endpoint;
 pub mod io;
 pub mod pipeline;
+pub mod token;
 pub mod types;
 pub mod wire;
 
 pub use config::{
     ChannelConfig, ClientConfig, ConfigError, ConnectionConfig, DeliveryMode, ServerConfig,
-    ServerKeyPolicy, MAX_MESSAGE_SIZE,
+    ServerKeyPolicy, TokenPolicy, MAX_MESSAGE_SIZE,
 };
 pub use crypto::{ServerIdentity, ServerKey};
-pub use endpoint::{Client, ClientInfo, Server, ServerStats};
+pub use endpoint::{Client, ClientInfo, IpPrefix, Resumption, Server, ServerStats};
 pub use types::{
     ChannelId, ClientId, ConnectionStats, DisconnectReason, Event, SendError, Transmit,
 };

@@ -23,6 +23,7 @@ pub struct ChannelId(pub u8);
 
 /// Something that happened on an endpoint, taken with `poll_event`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// The handshake finished: `client` may send and receive. On a client endpoint, `client`
     /// is the id the server gave it.
@@ -36,6 +37,16 @@ pub enum Event {
         client: ClientId,
         /// Why.
         reason: DisconnectReason,
+    },
+    /// The client's address changed (a NAT rebinding, a new network) and the new path was
+    /// confirmed: the connection goes on from `new`.
+    AddressChanged {
+        /// The connection.
+        client: ClientId,
+        /// The address it had.
+        old: SocketAddr,
+        /// The address it has now.
+        new: SocketAddr,
     },
     /// A message arrived.
     Message {
@@ -73,6 +84,9 @@ pub enum DisconnectReason {
     ProtocolViolation(ErrorCode),
     /// The 32-bit packet number space of the connection is used up.
     PacketNumbersExhausted,
+    /// The same client connected again (a resumption or a connect token with its id) and the
+    /// new connection took over this one.
+    Replaced,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -88,6 +102,7 @@ impl fmt::Display for DisconnectReason {
                 write!(f, "protocol violation ({code} {})", code.name())
             }
             Self::PacketNumbersExhausted => f.write_str("packet numbers exhausted"),
+            Self::Replaced => f.write_str("replaced by a newer connection of the same client"),
         }
     }
 }

@@ -163,7 +163,7 @@ fn short_client_auth_gets_no_answer() {
     assert!(sim.server.poll_transmit(now, &mut buf).is_none());
     assert_eq!(sim.server.pending_count(), 0);
     // A full-size one is answered with no more octets than it carried.
-    let mut auth = handshake::client_auth(key.public_bytes(), &[]);
+    let mut auth = handshake::client_auth(key.public_bytes(), &[], None);
     sim.server.handle_datagram(now, addr(6000), &mut auth);
     let t = sim.server.poll_transmit(now, &mut buf).unwrap();
     assert!(t.len <= auth.len());
@@ -177,7 +177,7 @@ fn bad_finished_is_refused_with_1_3() {
     let from: SocketAddr = addr(6001);
     let now = sim.now;
     let eph = EphemeralKey::generate();
-    let mut auth = handshake::client_auth(eph.public_bytes(), &[]);
+    let mut auth = handshake::client_auth(eph.public_bytes(), &[], None);
     let client_auth = auth.clone();
     sim.server.handle_datagram(now, from, &mut auth);
     let mut buf = [0u8; 1500];

@@ -44,6 +44,9 @@ const PACKET_THRESHOLD: u32 = 3;
 const PN_LIMIT: u32 = u32::MAX - 64;
 /// Octets a datagram adds around its Data (header with fragment fields and IV, ACK fields).
 const DATAGRAM_OVERHEAD: usize = 10 + 4;
+/// The start of a PING's Data that challenges a new path (then 8 octets to echo).
+const PATH_CHALLENGE: &[u8] = b"path";
+
 /// Buffers kept for reuse per connection.
 const POOL_LIMIT: usize = 64;
 
@@ -198,6 +201,10 @@ pub struct Connection {
     resend_finished: bool,
     rotate: usize,
     paced_until: Option<Instant>,
+    /// A new address being validated: the address, the value its PONG must echo, and
+    /// whether the challenge went out.
+    challenge: Option<(SocketAddr, u64, bool)>,
+    challenges_sent: u64,
     loss_ewma: f64,
     stats: ConnectionStats,
     pool: Vec<Vec<u8>>,
@@ -285,6 +292,8 @@ impl Connection {
             resend_finished: false,
             rotate: 0,
             paced_until: None,
+            challenge: None,
+            challenges_sent: 0,
             loss_ewma: 0.0,
             stats: ConnectionStats::default(),
             pool: Vec::new(),
@@ -294,6 +303,11 @@ impl Connection {
     /// The connection's id.
     pub fn id(&self) -> ClientId {
         self.id
+    }
+
+    /// When the connection was established.
+    pub fn connected_at(&self) -> Instant {
+        self.epoch
     }
 
     /// The peer's address.
@@ -442,6 +456,7 @@ impl Connection {
     pub fn handle_packet(
         &mut self,
         now: Instant,
+        from: SocketAddr,
         packet: &Packet<'_>,
         len: usize,
         scratch: &mut Scratch,
@@ -468,7 +483,7 @@ impl Connection {
                 if reliable {
                     self.receiver.ack_later(now, pn);
                 }
-                if pn == 0 && self.finished.is_some() {
+                if pn == 0 && self.finished.is_some() && self.role == Role::Server {
                     self.resend_finished = true;
                 }
                 return;
@@ -508,7 +523,7 @@ impl Connection {
             if let Some((header, fields, n)) = complete {
                 let mut buf = self.reassembler.take_completed();
                 buf.truncate(n);
-                self.open_and_process(now, &header, fields, &mut buf, len, scratch, events);
+                self.open_and_process(now, from, &header, fields, &mut buf, len, scratch, events);
                 self.reassembler.recycle(buf);
             }
             return;
@@ -516,7 +531,7 @@ impl Connection {
         let mut buf = self.pool.pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(data);
-        self.open_and_process(now, &header, fields, &mut buf, len, scratch, events);
+        self.open_and_process(now, from, &header, fields, &mut buf, len, scratch, events);
         if self.pool.len() < POOL_LIMIT {
             self.pool.push(buf);
         }
@@ -526,6 +541,7 @@ impl Connection {
     fn open_and_process(
         &mut self,
         now: Instant,
+        from: SocketAddr,
         header: &Header,
         fields: TypeFields,
         payload: &mut [u8],
@@ -566,6 +582,10 @@ impl Connection {
                 return;
             }
             TypeFields::Heartbeat(Heartbeat::Pong) => {
+                if let Some(rest) = plaintext.strip_prefix(PATH_CHALLENGE) {
+                    self.on_path_response(from, rest, events);
+                    return;
+                }
                 if let Ok(b) = <[u8; 8]>::try_from(plaintext) {
                     let sent = self.epoch + Duration::from_micros(u64::from_be_bytes(b));
                     if sent <= now {
@@ -852,6 +872,68 @@ impl Connection {
         }
     }
 
+    /// A packet of this connection that opened arrived from `addr`, not its address: send a
+    /// challenge there; the connection moves only when the answer comes back from it.
+    pub fn start_path_challenge(&mut self, addr: SocketAddr) {
+        if self.state != State::Connected || addr == self.addr {
+            return;
+        }
+        if self.challenge.is_some_and(|(a, _, _)| a == addr) {
+            return;
+        }
+        self.challenges_sent += 1;
+        let value = (u64::from(self.next_pn) << 16) ^ self.challenges_sent;
+        self.challenge = Some((addr, value, false));
+    }
+
+    /// The address being validated, if any.
+    pub fn candidate_addr(&self) -> Option<SocketAddr> {
+        self.challenge.map(|(a, _, _)| a)
+    }
+
+    /// Whether `pn` would be accepted (used to find the connection of a datagram from an
+    /// unknown address before trying its key).
+    pub fn would_accept(&self, pn: u32) -> bool {
+        self.state == State::Connected && self.receiver.check(pn) == Seen::New
+    }
+
+    /// Whether a sealed, unfragmented packet opens under this connection's key (nothing
+    /// changes either way).
+    pub fn opens(&self, packet: &Packet<'_>, scratch: &mut Scratch) -> bool {
+        let Body::Data { fields, data } = packet.body else {
+            return false;
+        };
+        if packet.header.fragment.is_some() || !packet.header.flags.contains(Flags::ENCRYPTED) {
+            return false;
+        }
+        let mut buf = std::mem::take(&mut scratch.plain);
+        buf.clear();
+        buf.extend_from_slice(data);
+        let ok = scratch
+            .decoder
+            .open(&packet.header, &fields, &mut buf, Some(&self.recv_key))
+            .is_ok();
+        scratch.plain = buf;
+        ok
+    }
+
+    fn on_path_response(&mut self, from: SocketAddr, echo: &[u8], events: &mut VecDeque<Event>) {
+        let Some((addr, value, _)) = self.challenge else {
+            return;
+        };
+        if from != addr || echo != value.to_be_bytes() {
+            return;
+        }
+        let old = self.addr;
+        self.addr = addr;
+        self.challenge = None;
+        events.push_back(Event::AddressChanged {
+            client: self.id,
+            old,
+            new: addr,
+        });
+    }
+
     /// The reason to report once the connection is closed, taken once.
     pub fn take_report(&mut self) -> Option<DisconnectReason> {
         if self.state != State::Closed {
@@ -1023,9 +1105,35 @@ impl Connection {
     }
 
     /// Writes the next datagram for the peer into `buf` (at least
-    /// [`crate::wire::MAX_DATA_DATAGRAM`] octets) and returns its length, or `None` when
-    /// nothing is due.
+    /// [`crate::wire::MAX_DATA_DATAGRAM`] octets) and returns its length and destination, or
+    /// `None` when nothing is due.
     pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        scratch: &mut Scratch,
+        buf: &mut [u8],
+    ) -> Option<(usize, SocketAddr)> {
+        if let Some((addr, value, false)) = self.challenge {
+            if self.state == State::Connected {
+                let mut data = [0u8; 12];
+                data[..4].copy_from_slice(PATH_CHALLENGE);
+                data[4..].copy_from_slice(&value.to_be_bytes());
+                let n = self.write_small(
+                    now,
+                    TypeFields::Heartbeat(Heartbeat::Ping),
+                    &data,
+                    scratch,
+                    buf,
+                );
+                self.challenge = Some((addr, value, true));
+                return Some((n, addr));
+            }
+        }
+        let addr = self.addr;
+        self.poll_datagram(now, scratch, buf).map(|n| (n, addr))
+    }
+
+    fn poll_datagram(
         &mut self,
         now: Instant,
         scratch: &mut Scratch,
@@ -1072,10 +1180,10 @@ impl Connection {
             return Some(n);
         }
         if self.can_send_reliable(now) && self.build_packet(now, true, scratch) {
-            return self.poll_transmit(now, scratch, buf);
+            return self.poll_datagram(now, scratch, buf);
         }
         if self.has_unreliable() && self.pace(now) && self.build_packet(now, false, scratch) {
-            return self.poll_transmit(now, scratch, buf);
+            return self.poll_datagram(now, scratch, buf);
         }
         if now >= self.next_ping() {
             self.last_ping = now;

@@ -54,7 +54,25 @@ pub struct Client {
     scratch: Scratch,
     server_key: Option<ServerKey>,
     id: Option<ClientId>,
+    resumption: Option<Resumption>,
     dropped: u64,
+}
+
+/// What a client keeps to get its client id back after losing its connection: pass it to
+/// [`Client::resume`]. It holds a secret of the session; keep it in memory only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Resumption {
+    /// The id the server gave.
+    pub client: ClientId,
+    secret: [u8; 32],
+}
+
+impl std::fmt::Debug for Resumption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resumption")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -76,7 +94,23 @@ impl Client {
         server: SocketAddr,
         now: Instant,
     ) -> Result<Self, ConfigError> {
-        Self::connect_with_token(config, server, now, &[])
+        Self::start(config, server, now, &[], None)
+    }
+
+    /// Like [`Client::connect_with_token`], and asks the server to give back the client id of
+    /// an earlier session (see [`Client::resumption`]); if the server no longer knows it, the
+    /// connection gets a new id.
+    ///
+    /// # Errors
+    /// [`ConfigError`] if the configuration is invalid or the token is over 1024 octets.
+    pub fn resume(
+        config: ClientConfig,
+        server: SocketAddr,
+        now: Instant,
+        token: &[u8],
+        resumption: &Resumption,
+    ) -> Result<Self, ConfigError> {
+        Self::start(config, server, now, token, Some(resumption))
     }
 
     /// Like [`Client::connect`], presenting `token` (a connect token from the game's backend)
@@ -90,12 +124,24 @@ impl Client {
         now: Instant,
         token: &[u8],
     ) -> Result<Self, ConfigError> {
+        Self::start(config, server, now, token, None)
+    }
+
+    fn start(
+        config: ClientConfig,
+        server: SocketAddr,
+        now: Instant,
+        token: &[u8],
+        resumption: Option<&Resumption>,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         if token.len() > handshake::MAX_TOKEN {
             return Err(ConfigError("token over 1024 octets"));
         }
         let ephemeral = EphemeralKey::generate();
-        let auth = handshake::client_auth(ephemeral.public_bytes(), token);
+        let ticket = resumption
+            .map(|r| handshake::resume_ticket(r.client.0, &r.secret, ephemeral.public_bytes()));
+        let auth = handshake::client_auth(ephemeral.public_bytes(), token, ticket.as_ref());
         let conn_config = Arc::new(config.connection.clone());
         Ok(Self {
             state: State::Handshaking {
@@ -115,6 +161,7 @@ impl Client {
             scratch: Scratch::new(crate::wire::MAX_PAYLOAD),
             server_key: None,
             id: None,
+            resumption: None,
             dropped: 0,
         })
     }
@@ -127,6 +174,11 @@ impl Client {
     /// The id the server gave this client, once connected.
     pub fn id(&self) -> Option<ClientId> {
         self.id
+    }
+
+    /// Once connected: what [`Client::resume`] needs to reconnect as the same client id.
+    pub fn resumption(&self) -> Option<Resumption> {
+        self.resumption.clone()
     }
 
     /// The key the server proved it holds, once its certificate was checked.
@@ -216,6 +268,7 @@ impl Client {
             State::Connected(conn) => {
                 conn.handle_packet(
                     now,
+                    from,
                     &packet,
                     datagram.len(),
                     &mut self.scratch,
@@ -322,6 +375,10 @@ impl Client {
                     Some(finished),
                 );
                 self.id = Some(id);
+                self.resumption = Some(Resumption {
+                    client: id,
+                    secret: keys.resumption_secret,
+                });
                 self.state = State::Connected(Box::new(conn));
                 self.events.push_back(Event::Connected { client: id });
             }
@@ -415,7 +472,7 @@ impl Client {
             State::Connected(conn) => {
                 let n = conn.poll_transmit(now, &mut self.scratch, buf);
                 self.check_closed();
-                n.map(|len| Transmit { destination, len })
+                n.map(|(len, _)| Transmit { destination, len })
             }
             State::Handshaking {
                 auth,

@@ -7,9 +7,13 @@
 //!   ACK pn 0 sealed, Data = finished_c ->
 //!                                      <-  ACK pn 0 sealed, Data = finished_s || client id
 //! ```
-//! The client hello (AUTH's certificate field) is `token length (16) | token | zero padding`:
-//! the padding makes the client's AUTH at least [`MIN_CLIENT_AUTH`] octets, so that no reply
-//! of the server before the client proves its address is larger than what it received.
+//! The client hello (AUTH's certificate field) is
+//! `token length (16) | token | ticket length (8) | ticket | zero padding`: the token is a
+//! connect token (see [`crate::token`]), the ticket a resumption ticket (client id (64) then
+//! HMAC-SHA256 under the old session's resumption secret over "tickwire v0 resume" and the
+//! new client ephemeral key), and the padding makes the client's AUTH at least
+//! [`MIN_CLIENT_AUTH`] octets, so that no reply of the server before the client proves its
+//! address is larger than what it received.
 
 use crate::crypto::{FINISHED_LEN, PUBLIC_KEY_LEN};
 use crate::pipeline::{encode_into, fragment, PacketKey, Seal, SendOptions};
@@ -23,13 +27,27 @@ pub const MAX_TOKEN: usize = 1024;
 /// Length of the server's finished Data: the MAC then the client id.
 pub const SERVER_FINISHED_DATA: usize = FINISHED_LEN + 8;
 
-/// Writes the client's AUTH datagram: its ephemeral key and a hello carrying `token`, padded
-/// to [`MIN_CLIENT_AUTH`] octets.
-pub fn client_auth(public_key: &[u8; PUBLIC_KEY_LEN], token: &[u8]) -> Vec<u8> {
+/// Length of a resumption ticket: client id then MAC.
+pub const TICKET_LEN: usize = 8 + 32;
+
+/// Writes the client's AUTH datagram: its ephemeral key and a hello carrying `token` and an
+/// optional resumption `ticket`, padded to [`MIN_CLIENT_AUTH`] octets.
+pub fn client_auth(
+    public_key: &[u8; PUBLIC_KEY_LEN],
+    token: &[u8],
+    ticket: Option<&[u8; TICKET_LEN]>,
+) -> Vec<u8> {
     let token = &token[..token.len().min(MAX_TOKEN)];
     let mut hello = Vec::with_capacity(MIN_CLIENT_AUTH);
     hello.extend_from_slice(&(token.len() as u16).to_be_bytes());
     hello.extend_from_slice(token);
+    match ticket {
+        Some(t) => {
+            hello.push(TICKET_LEN as u8);
+            hello.extend_from_slice(t);
+        }
+        None => hello.push(0),
+    }
     let fixed = 4 + 2 + PUBLIC_KEY_LEN + 2;
     if fixed + hello.len() < MIN_CLIENT_AUTH {
         hello.resize(MIN_CLIENT_AUTH - fixed, 0);
@@ -53,13 +71,40 @@ pub fn auth_datagram(public_key: &[u8], certificate: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The token of a client hello, or `None` if the hello is malformed.
-pub fn hello_token(hello: &[u8]) -> Option<&[u8]> {
+/// What a client hello carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello<'a> {
+    /// The connect token (empty: none).
+    pub token: &'a [u8],
+    /// The resumption ticket, if any.
+    pub ticket: Option<&'a [u8; TICKET_LEN]>,
+}
+
+/// Parses a client hello, or `None` if it is malformed (padding is not checked).
+pub fn parse_hello(hello: &[u8]) -> Option<Hello<'_>> {
     let len = usize::from(u16::from_be_bytes([*hello.first()?, *hello.get(1)?]));
     if len > MAX_TOKEN {
         return None;
     }
-    hello.get(2..2 + len)
+    let token = hello.get(2..2 + len)?;
+    let rest = &hello[2 + len..];
+    let ticket = match rest.first() {
+        None | Some(0) => None,
+        Some(&n) if usize::from(n) == TICKET_LEN => {
+            Some(rest.get(1..1 + TICKET_LEN)?.try_into().ok()?)
+        }
+        Some(_) => return None,
+    };
+    Some(Hello { token, ticket })
+}
+
+/// The ticket that resumes client `id` with the old session's `secret` on a new handshake
+/// whose client ephemeral key is `client_ephemeral`.
+pub fn resume_ticket(id: u64, secret: &[u8; 32], client_ephemeral: &[u8]) -> [u8; TICKET_LEN] {
+    let mut t = [0u8; TICKET_LEN];
+    t[..8].copy_from_slice(&id.to_be_bytes());
+    t[8..].copy_from_slice(&crate::crypto::resume_mac(secret, client_ephemeral));
+    t
 }
 
 /// Writes a finished datagram: a sealed, unreliable ACK with packet number 0.

@@ -2,9 +2,11 @@
 //!
 //! Both are sans-IO: datagrams and time in, datagrams, events and a deadline out.
 
+pub mod admission;
 mod client;
 pub mod handshake;
 mod server;
 
-pub use client::Client;
+pub use admission::{Ban, BanList, IpPrefix, PrefixError};
+pub use client::{Client, Resumption};
 pub use server::{ClientInfo, Server, ServerStats};

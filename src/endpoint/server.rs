@@ -3,13 +3,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use super::admission::{Ban, BanList, IpPrefix};
 use super::handshake::{self, MIN_CLIENT_AUTH, SERVER_FINISHED_DATA};
 use crate::config::{ConfigError, ConnectionConfig, ServerConfig};
 use crate::connection::{Connection, Role, Scratch};
 use crate::crypto::{self, EphemeralKey, SessionKeys, FINISHED_LEN, PUBLIC_KEY_LEN};
 use crate::pipeline::seal;
+use crate::token::ConnectToken;
 use crate::types::{ChannelId, ClientId, ConnectionStats, Event, SendError, Transmit};
 use crate::wire::{Body, ErrorCode, Flags, Packet, PacketType, TypeFields};
 
@@ -19,7 +21,20 @@ struct Pending {
     reply: Vec<u8>,
     keys: SessionKeys,
     deadline: Instant,
+    /// The id a token or a resumption ticket gave the client.
+    client_id: Option<ClientId>,
 }
+
+/// A client id that may be resumed with its session's secret until `until`.
+struct Resumable {
+    secret: [u8; 32],
+    until: Option<Instant>,
+}
+
+/// The most connections a datagram from an unknown address is tried against.
+const MAX_MIGRATION_TRIALS: usize = 16;
+/// Token uses remembered (to refuse a token from a second address) at most.
+const MAX_TOKEN_USES: usize = 1 << 16;
 
 /// Counters of the server as a whole (per-connection ones are in [`ConnectionStats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,6 +52,17 @@ pub struct ServerStats {
     pub handshakes_expired: u64,
     /// Connections established.
     pub connections_accepted: u64,
+    /// AUTHs refused (ERROR 1.2, no state kept) because the address is banned.
+    pub refused_banned: u64,
+    /// AUTHs refused (ERROR 1.2, no state kept) because the address is not on the allow-list.
+    pub refused_not_allowed: u64,
+    /// AUTHs refused (ERROR 1.2, no state kept) for a missing, forged, expired, foreign or
+    /// reused connect token.
+    pub refused_token: u64,
+    /// Connections that resumed an earlier session's client id.
+    pub resumed: u64,
+    /// Connections that moved to a new, validated address.
+    pub migrations: u64,
 }
 
 /// What the server knows of one client.
@@ -46,6 +72,8 @@ pub struct ClientInfo {
     pub id: ClientId,
     /// Its current address.
     pub addr: SocketAddr,
+    /// When its connection was established.
+    pub connected_at: Instant,
     /// Its connection's counters.
     pub stats: ConnectionStats,
 }
@@ -67,6 +95,11 @@ pub struct Server {
     dirty: VecDeque<ClientId>,
     scratch: Scratch,
     stats: ServerStats,
+    bans: BanList,
+    resumable: HashMap<ClientId, Resumable>,
+    token_uses: HashMap<[u8; 32], (SocketAddr, u64)>,
+    wall_clock: Option<(Instant, u64)>,
+    last_now: Instant,
 }
 
 impl std::fmt::Debug for Server {
@@ -98,6 +131,11 @@ impl Server {
             handshake_out: VecDeque::new(),
             dirty: VecDeque::new(),
             stats: ServerStats::default(),
+            bans: BanList::default(),
+            resumable: HashMap::new(),
+            token_uses: HashMap::new(),
+            wall_clock: None,
+            last_now: Instant::now(),
         })
     }
 
@@ -133,6 +171,7 @@ impl Server {
             .map(|c| ClientInfo {
                 id: c.id(),
                 addr: c.addr(),
+                connected_at: c.connected_at(),
                 stats: c.stats(),
             })
             .collect();
@@ -211,8 +250,81 @@ impl Server {
         }
     }
 
+    /// Closes `client`'s connection with ERROR 2.0 and `reason` (a kick): the client sees
+    /// [`Event::Disconnected`] with the reason; this side sees it once the close is
+    /// acknowledged or timed out. Returns whether the client was connected.
+    pub fn kick(&mut self, now: Instant, client: ClientId, reason: &str) -> bool {
+        let connected = self.is_connected(client);
+        self.disconnect(now, client, reason);
+        connected
+    }
+
+    /// Bans `prefix` for `duration` (`None`: until [`Server::unban`]): its connected clients
+    /// are kicked, and its handshakes are refused with ERROR 1.2 without keeping any state.
+    /// Returns the clients kicked.
+    pub fn ban(
+        &mut self,
+        now: Instant,
+        prefix: IpPrefix,
+        duration: Option<Duration>,
+    ) -> Vec<ClientId> {
+        self.bans.ban(now, prefix, duration);
+        let kicked: Vec<ClientId> = self
+            .connections
+            .values()
+            .filter(|c| c.is_connected() && prefix.contains(c.addr().ip()))
+            .map(Connection::id)
+            .collect();
+        for &id in &kicked {
+            self.disconnect(now, id, "banned");
+        }
+        self.pending.retain(|addr, _| !prefix.contains(addr.ip()));
+        kicked
+    }
+
+    /// Lifts the ban of exactly `prefix`; returns whether there was one.
+    pub fn unban(&mut self, prefix: IpPrefix) -> bool {
+        self.bans.unban(prefix)
+    }
+
+    /// The bans in force at `now`, with their expiry.
+    pub fn bans(&self, now: Instant) -> Vec<Ban> {
+        self.bans
+            .iter()
+            .filter(|b| b.until.is_none_or(|u| now < u))
+            .copied()
+            .collect()
+    }
+
+    /// Adds `prefix` to the allow-list, turning allow-list mode on if it was off.
+    pub fn allow(&mut self, prefix: IpPrefix) {
+        self.config
+            .allow_list
+            .get_or_insert_with(Vec::new)
+            .push(prefix);
+    }
+
+    /// Tells the server the wall-clock time (Unix seconds) at `now`, for connect-token
+    /// expiry. The driver calls it at start; tests give any time they like.
+    pub fn set_wall_clock(&mut self, now: Instant, unix_secs: u64) {
+        self.wall_clock = Some((now, unix_secs));
+    }
+
+    /// Adds an address connect tokens may name for this server.
+    pub fn add_public_addr(&mut self, addr: SocketAddr) {
+        if !self.config.public_addrs.contains(&addr) {
+            self.config.public_addrs.push(addr);
+        }
+    }
+
+    fn unix_time(&self, now: Instant) -> Option<u64> {
+        self.wall_clock
+            .map(|(at, secs)| secs + now.saturating_duration_since(at).as_secs())
+    }
+
     /// Takes one datagram that arrived from `from` at `now`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
+        self.last_now = now;
         let packet = match Packet::parse(datagram) {
             Ok(p) => p,
             Err(e) => {
@@ -223,17 +335,28 @@ impl Server {
         };
         if let Some(&id) = self.by_addr.get(&from) {
             if let Some(conn) = self.connections.get_mut(&id) {
+                let before = conn.addr();
                 conn.handle_packet(
                     now,
+                    from,
                     &packet,
                     datagram.len(),
                     &mut self.scratch,
                     &mut self.events,
                 );
+                if conn.addr() != before {
+                    self.on_migrated(id, before);
+                }
                 self.dirty.push_back(id);
                 self.reap(id);
                 return;
             }
+        }
+        if packet.header.flags.contains(Flags::ENCRYPTED)
+            && seal::packet_number(&packet.header) != 0
+            && self.try_migration(now, from, &packet, datagram.len())
+        {
+            return;
         }
         match packet.body {
             Body::Auth(auth) => {
@@ -269,15 +392,34 @@ impl Server {
         hello: &[u8],
         datagram: &[u8],
     ) {
-        if len < MIN_CLIENT_AUTH || handshake::hello_token(hello).is_none() {
-            self.stats.datagrams_dropped += 1;
-            tracing::debug!(%from, len, "client AUTH too short or malformed hello");
-            return;
-        }
+        let hello = match handshake::parse_hello(hello) {
+            Some(h) if len >= MIN_CLIENT_AUTH => h,
+            _ => {
+                self.stats.datagrams_dropped += 1;
+                tracing::debug!(%from, len, "client AUTH too short or malformed hello");
+                return;
+            }
+        };
         let Ok(client_key) = <[u8; PUBLIC_KEY_LEN]>::try_from(client_key) else {
             self.stats.datagrams_dropped += 1;
             return;
         };
+        if self.bans.is_banned(now, from.ip()) {
+            self.stats.refused_banned += 1;
+            self.refuse(from, ErrorCode::CertificateInvalid, "banned");
+            return;
+        }
+        if let Some(allowed) = &self.config.allow_list {
+            if !allowed.iter().any(|p| p.contains(from.ip())) {
+                self.stats.refused_not_allowed += 1;
+                self.refuse(
+                    from,
+                    ErrorCode::CertificateInvalid,
+                    "address not authorized",
+                );
+                return;
+            }
+        }
         if let Some(p) = self.pending.get(&from) {
             if p.client_key == client_key {
                 // A resent AUTH: our reply was lost. Send the same reply again.
@@ -285,7 +427,21 @@ impl Server {
                 return;
             }
         }
-        if self.connections.len() >= self.config.max_clients {
+        let mut client_id = None;
+        if let Some(ticket) = hello.ticket {
+            client_id = self.check_ticket(now, ticket, &client_key);
+        }
+        match self.check_token(now, from, hello.token) {
+            Ok(Some(id)) => client_id = Some(id),
+            Ok(None) => {}
+            Err(why) => {
+                self.stats.refused_token += 1;
+                self.refuse(from, ErrorCode::CertificateInvalid, why);
+                return;
+            }
+        }
+        let replaces = client_id.is_some_and(|id| self.connections.contains_key(&id));
+        if self.connections.len() >= self.config.max_clients && !replaces {
             self.stats.refused_full += 1;
             let reply = handshake::error_datagram(ErrorCode::NoSpace, "server full");
             self.handshake_out.push_back((from, reply));
@@ -319,6 +475,7 @@ impl Server {
                 reply,
                 keys,
                 deadline: now + self.config.handshake_timeout,
+                client_id,
             },
         );
     }
@@ -350,8 +507,41 @@ impl Server {
             return;
         }
         let p = self.pending.remove(&from).expect("looked up above");
-        let id = ClientId(self.next_id);
-        self.next_id += 1;
+        let id = match p.client_id {
+            Some(id) => {
+                if let Some(old) = self.connections.remove(&id) {
+                    for a in std::iter::once(old.addr()).chain(old.candidate_addr()) {
+                        if self.by_addr.get(&a) == Some(&id) {
+                            self.by_addr.remove(&a);
+                        }
+                    }
+                    self.events.push_back(Event::Disconnected {
+                        client: id,
+                        reason: crate::types::DisconnectReason::Replaced,
+                    });
+                }
+                self.stats.resumed += u64::from(self.resumable.contains_key(&id));
+                id
+            }
+            None => {
+                // Ids from tokens are the backend's; ours skip any in use.
+                while self.connections.contains_key(&ClientId(self.next_id))
+                    || self.resumable.contains_key(&ClientId(self.next_id))
+                {
+                    self.next_id += 1;
+                }
+                let id = ClientId(self.next_id);
+                self.next_id += 1;
+                id
+            }
+        };
+        self.resumable.insert(
+            id,
+            Resumable {
+                secret: p.keys.resumption_secret,
+                until: None,
+            },
+        );
         let mut data = [0u8; SERVER_FINISHED_DATA];
         data[..FINISHED_LEN].copy_from_slice(&p.keys.server_finished);
         data[FINISHED_LEN..].copy_from_slice(&id.0.to_be_bytes());
@@ -373,6 +563,136 @@ impl Server {
         self.events.push_back(Event::Connected { client: id });
     }
 
+    /// Answers an AUTH with an unsealed ERROR, keeping no state.
+    fn refuse(&mut self, to: SocketAddr, code: ErrorCode, why: &str) {
+        tracing::debug!(%to, code = %code, why, "handshake refused");
+        self.handshake_out
+            .push_back((to, handshake::error_datagram(code, why)));
+    }
+
+    /// The client id a resumption ticket proves, if it is valid.
+    fn check_ticket(
+        &self,
+        now: Instant,
+        ticket: &[u8; handshake::TICKET_LEN],
+        client_key: &[u8],
+    ) -> Option<ClientId> {
+        let id = ClientId(u64::from_be_bytes(
+            ticket[..8].try_into().expect("8 octets"),
+        ));
+        let r = self.resumable.get(&id)?;
+        if r.until.is_some_and(|u| now >= u) {
+            return None;
+        }
+        let expected = crypto::resume_mac(&r.secret, client_key);
+        crypto::macs_equal(&ticket[8..], &expected).then_some(id)
+    }
+
+    /// Checks a connect token: `Ok(Some(id))` for a valid one, `Ok(None)` for none where
+    /// none is required, `Err(why)` to refuse.
+    fn check_token(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        token: &[u8],
+    ) -> Result<Option<ClientId>, &'static str> {
+        let Some(policy) = self.config.tokens else {
+            return Ok(None);
+        };
+        if token.is_empty() {
+            return if policy.required {
+                Err("connect token required")
+            } else {
+                Ok(None)
+            };
+        }
+        let t = ConnectToken::verify(token, &policy.authority).map_err(|_| "token invalid")?;
+        let unix = self
+            .unix_time(now)
+            .ok_or("server has no wall clock for tokens")?;
+        if t.expires <= unix {
+            return Err("token expired");
+        }
+        if !self.config.public_addrs.iter().any(|a| t.names(*a)) {
+            return Err("token not for this server");
+        }
+        let digest: [u8; 32] = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(token).into()
+        };
+        if let Some(&(first, _)) = self.token_uses.get(&digest) {
+            if first != from {
+                return Err("token already used from another address");
+            }
+        } else {
+            if self.token_uses.len() >= MAX_TOKEN_USES {
+                self.token_uses.retain(|_, (_, exp)| *exp > unix);
+            }
+            if self.token_uses.len() >= MAX_TOKEN_USES {
+                return Err("too many tokens in use");
+            }
+            self.token_uses.insert(digest, (from, t.expires));
+        }
+        Ok(Some(ClientId(t.client_id)))
+    }
+
+    /// A sealed datagram from an unknown address: if it is a new packet of a connection
+    /// (it opens under that connection's key), the connection challenges the new address and
+    /// moves there only when the challenge is answered from it. Only connections whose
+    /// replay window would take the packet are tried, those on the same IP first, at most
+    /// [`MAX_MIGRATION_TRIALS`].
+    fn try_migration(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        packet: &Packet<'_>,
+        len: usize,
+    ) -> bool {
+        if packet.header.fragment.is_some() {
+            return false;
+        }
+        let pn = seal::packet_number(&packet.header);
+        let mut candidates: Vec<(bool, ClientId)> = self
+            .connections
+            .values()
+            .filter(|c| c.would_accept(pn))
+            .map(|c| (c.addr().ip() != from.ip(), c.id()))
+            .collect();
+        candidates.sort_unstable();
+        for (_, id) in candidates.into_iter().take(MAX_MIGRATION_TRIALS) {
+            let conn = self.connections.get_mut(&id).expect("collected above");
+            if !conn.opens(packet, &mut self.scratch) {
+                continue;
+            }
+            if let Some(old) = conn.candidate_addr() {
+                if self.by_addr.get(&old) == Some(&id) {
+                    self.by_addr.remove(&old);
+                }
+            }
+            conn.start_path_challenge(from);
+            self.by_addr.insert(from, id);
+            let before = conn.addr();
+            conn.handle_packet(now, from, packet, len, &mut self.scratch, &mut self.events);
+            if conn.addr() != before {
+                self.on_migrated(id, before);
+            }
+            self.dirty.push_back(id);
+            return true;
+        }
+        false
+    }
+
+    /// Updates the address table after `id` moved away from `old`.
+    fn on_migrated(&mut self, id: ClientId, old: SocketAddr) {
+        if self.by_addr.get(&old) == Some(&id) {
+            self.by_addr.remove(&old);
+        }
+        if let Some(conn) = self.connections.get(&id) {
+            self.by_addr.insert(conn.addr(), id);
+        }
+        self.stats.migrations += 1;
+    }
+
     fn expire_pending(&mut self, now: Instant) {
         let before = self.pending.len();
         self.pending.retain(|_, p| p.deadline > now);
@@ -392,15 +712,25 @@ impl Server {
                 .push_back(Event::Disconnected { client: id, reason });
         }
         let addr = conn.addr();
+        let candidate = conn.candidate_addr();
         self.connections.remove(&id);
-        if self.by_addr.get(&addr) == Some(&id) {
-            self.by_addr.remove(&addr);
+        for a in std::iter::once(addr).chain(candidate) {
+            if self.by_addr.get(&a) == Some(&id) {
+                self.by_addr.remove(&a);
+            }
+        }
+        if let Some(r) = self.resumable.get_mut(&id) {
+            r.until = Some(self.last_now + self.config.resume_window);
         }
     }
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = now;
         self.expire_pending(now);
+        self.bans.expire(now);
+        self.resumable
+            .retain(|_, r| r.until.is_none_or(|u| now < u));
         let due: Vec<ClientId> = self
             .connections
             .iter()
@@ -430,8 +760,7 @@ impl Server {
             let Some(conn) = self.connections.get_mut(&id) else {
                 continue;
             };
-            if let Some(len) = conn.poll_transmit(now, &mut self.scratch, buf) {
-                let destination = conn.addr();
+            if let Some((len, destination)) = conn.poll_transmit(now, &mut self.scratch, buf) {
                 // Round robin: it goes to the back, others get their turn first.
                 self.dirty.push_back(id);
                 self.dedup_dirty();
@@ -468,6 +797,11 @@ impl Server {
             .values()
             .filter_map(Connection::poll_timeout);
         let pending = self.pending.values().map(|p| p.deadline);
-        conns.chain(pending).min()
+        let resumable = self.resumable.values().filter_map(|r| r.until);
+        conns
+            .chain(pending)
+            .chain(resumable)
+            .chain(self.bans.next_expiry())
+            .min()
     }
 }
