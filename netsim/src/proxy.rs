@@ -169,6 +169,7 @@ fn is_loopback(ip: IpAddr) -> bool {
 
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // made once per process; boxing buys nothing
 pub enum Command {
     /// Run the proxy.
     Run(ProxyConfig),
@@ -646,9 +647,9 @@ impl Proxy {
             match received {
                 Ok((len, from)) => {
                     if token == LISTEN {
-                        self.from_client(now, from, &buf[..len]);
+                        self.handle_client_datagram(now, from, &buf[..len]);
                     } else {
-                        self.from_upstream(now, token, from, &buf[..len]);
+                        self.handle_upstream_datagram(now, token, from, &buf[..len]);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
@@ -670,7 +671,7 @@ impl Proxy {
     }
 
     /// A datagram from a client: into its up link, the client made if it is new.
-    fn from_client(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+    fn handle_client_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         if !self.clients.contains_key(&from) {
             if self.clients.len() >= self.config.max_clients {
                 self.summary.rejected += 1;
@@ -698,7 +699,13 @@ impl Proxy {
     }
 
     /// A datagram on a client's upstream socket: into its down link if it is from upstream.
-    fn from_upstream(&mut self, now: Instant, token: Token, from: SocketAddr, data: &[u8]) {
+    fn handle_upstream_datagram(
+        &mut self,
+        now: Instant,
+        token: Token,
+        from: SocketAddr,
+        data: &[u8],
+    ) {
         if from != self.config.upstream {
             self.summary.stray += 1;
             return;

@@ -15,7 +15,8 @@
 //! let link = LinkConfig::perfect().with_delay(Duration::from_millis(20)).with_loss(0.1);
 //! let mut sim = Simulation::new(ServerConfig::new(ServerIdentity::generate()), 2, link, 7);
 //! sim.run_until_connected(Duration::from_secs(10)).unwrap();
-//! sim.client_mut(0).send(sim.now(), ChannelId(3), b"hi").unwrap();
+//! let now = sim.now();
+//! sim.client_mut(0).send(now, ChannelId(3), b"hi").unwrap();
 //! sim.run_for(Duration::from_secs(2)).unwrap();
 //! assert_eq!(sim.take_server_messages().len(), 1);
 //! ```

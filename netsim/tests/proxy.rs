@@ -104,11 +104,27 @@ fn client(ip: &str) -> UdpSocket {
     socket
 }
 
+/// Reads echoes tagged `tag` into `received` until it holds `until` or a read times out.
+fn receive(socket: &UdpSocket, proxy: SocketAddr, tag: u8, received: &mut Vec<u32>, until: usize) {
+    let mut buf = [0u8; 2048];
+    while received.len() < until {
+        let Ok((len, from)) = socket.recv_from(&mut buf) else {
+            return;
+        };
+        assert_eq!(from, proxy, "replies come from the listen socket");
+        assert_eq!(len, 64);
+        assert!(
+            buf[4..len].iter().all(|b| *b == tag),
+            "another client's echo"
+        );
+        received.push(u32::from_be_bytes(buf[..4].try_into().unwrap()));
+    }
+}
+
 /// Sends `count` numbered datagrams through `proxy` in windows, collecting the echoes in the
 /// order they arrive; a window ends when all its echoes are back or a read times out.
 fn exchange(socket: &UdpSocket, proxy: SocketAddr, tag: u8, count: u32) -> Vec<u32> {
     let mut received = Vec::new();
-    let mut buf = [0u8; 2048];
     let mut sent = 0;
     while sent < count {
         let window_end = (sent + WINDOW).min(count);
@@ -118,18 +134,7 @@ fn exchange(socket: &UdpSocket, proxy: SocketAddr, tag: u8, count: u32) -> Vec<u
             socket.send_to(&data, proxy).unwrap();
         }
         sent = window_end;
-        while received.len() < sent as usize {
-            let Ok((len, from)) = socket.recv_from(&mut buf) else {
-                break;
-            };
-            assert_eq!(from, proxy, "replies come from the listen socket");
-            assert_eq!(len, 64);
-            assert!(
-                buf[4..len].iter().all(|b| *b == tag),
-                "another client's echo"
-            );
-            received.push(u32::from_be_bytes(buf[..4].try_into().unwrap()));
-        }
+        receive(socket, proxy, tag, &mut received, sent as usize);
     }
     received
 }
@@ -167,8 +172,23 @@ fn lossy_run(seed: u64) -> (Vec<u32>, ProxySummary) {
     let link = LinkConfig::perfect().with_loss(0.5);
     let proxy = Running::start("127.0.0.1", echo.addr, link, seed);
     let socket = client("127.0.0.1");
-    let received = exchange(&socket, proxy.addr, 0x22, 200);
-    (received, proxy.stop())
+    let mut received = exchange(&socket, proxy.addr, 0x22, 200);
+    // Let stragglers through before stopping, then take everything the proxy sent: it is in
+    // the socket's buffer already.
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    receive(&socket, proxy.addr, 0x22, &mut received, 200);
+    let addr = proxy.addr;
+    let summary = proxy.stop();
+    receive(
+        &socket,
+        addr,
+        0x22,
+        &mut received,
+        summary.down.delivered as usize,
+    );
+    (received, summary)
 }
 
 #[test]

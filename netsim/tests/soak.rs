@@ -101,7 +101,7 @@ fn soak(seed: u64, clients: usize, link: LinkConfig, play: Duration, tick: Durat
     while sim.now() < end_of_play {
         tick_no += 1;
         let now = sim.now();
-        for i in 0..clients {
+        for (i, &id) in ids.iter().enumerate() {
             for ch in CHANNELS {
                 let len = if tick_no % 50 == 0 && ch >= 2 {
                     3000
@@ -118,12 +118,10 @@ fn soak(seed: u64, clients: usize, link: LinkConfig, play: Duration, tick: Durat
                     Err(e) => panic!("seed {seed}: client {i} send: {e}"),
                 }
                 let s = ledger.streams.entry((i, false, ch)).or_default();
-                match sim.server_mut().send(
-                    now,
-                    ids[i],
-                    ChannelId(ch),
-                    &message(i, ch, s.sent, len),
-                ) {
+                match sim
+                    .server_mut()
+                    .send(now, id, ChannelId(ch), &message(i, ch, s.sent, len))
+                {
                     Ok(()) => s.sent += 1,
                     Err(SendError::QueueFull) => {}
                     Err(e) => panic!("seed {seed}: server send to {i}: {e}"),

@@ -49,6 +49,8 @@ pub struct Sim {
     /// Datagrams seen per direction, counted before the filter.
     pub counts: [usize; 2],
     pub steps: usize,
+    /// Addresses whose datagrams (from or to) are dropped: a client whose network is gone.
+    pub muted: Vec<SocketAddr>,
 }
 
 pub fn addr(port: u16) -> SocketAddr {
@@ -70,6 +72,7 @@ impl Sim {
             filter: Box::new(|_, _, _| Fate::Deliver),
             counts: [0, 0],
             steps: 0,
+            muted: Vec::new(),
         }
     }
 
@@ -120,6 +123,9 @@ impl Sim {
     }
 
     fn put(&mut self, dir: Dir, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        if self.muted.contains(&from) || self.muted.contains(&to) {
+            return;
+        }
         let n = self.counts[dir as usize];
         self.counts[dir as usize] += 1;
         let at = self.now + self.delay;
@@ -161,10 +167,18 @@ impl Sim {
 
     /// One step: advance to the next event, deliver what is due, run timers, flush.
     pub fn step(&mut self) -> bool {
+        self.step_until(None)
+    }
+
+    /// One step that never jumps past `limit`.
+    pub fn step_until(&mut self, limit: Option<Instant>) -> bool {
         self.flush();
-        let Some(t) = self.next_time() else {
+        let Some(mut t) = self.next_time() else {
             return false;
         };
+        if let Some(l) = limit {
+            t = t.min(l);
+        }
         if t > self.now {
             self.now = t;
         }
@@ -205,7 +219,7 @@ impl Sim {
                 return false;
             }
             assert!(self.steps < 1_000_000, "livelock: too many steps");
-            if !self.step() {
+            if !self.step_until(Some(end)) {
                 return cond(self);
             }
         }
