@@ -208,6 +208,7 @@ pub struct Connection {
     loss_ewma: f64,
     stats: ConnectionStats,
     pool: Vec<Vec<u8>>,
+    range_pool: Vec<Vec<SeqRange>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -297,6 +298,7 @@ impl Connection {
             loss_ewma: 0.0,
             stats: ConnectionStats::default(),
             pool: Vec::new(),
+            range_pool: Vec::new(),
         }
     }
 
@@ -452,24 +454,32 @@ impl Connection {
         self.jobs.push_back(Job::Close);
     }
 
-    /// Takes one datagram from the peer (already parsed; `len` is its length on the wire).
-    pub fn handle_packet(
+    /// Takes one datagram from the peer; a sealed packet is opened in place, in `datagram`.
+    pub fn handle_datagram(
         &mut self,
         now: Instant,
         from: SocketAddr,
-        packet: &Packet<'_>,
-        len: usize,
+        datagram: &mut [u8],
         scratch: &mut Scratch,
         events: &mut VecDeque<Event>,
     ) {
         if self.state == State::Closed {
             return;
         }
+        let len = datagram.len();
+        let packet = match Packet::parse(datagram) {
+            Ok(p) => p,
+            Err(e) => {
+                self.drop_wire(e);
+                return;
+            }
+        };
         let header = packet.header;
         let Body::Data { fields, data } = packet.body else {
             self.drop_datagram("AUTH after the handshake");
             return;
         };
+        let data_at = len - data.len();
         if !header.flags.contains(Flags::ENCRYPTED) {
             self.drop_datagram("unsealed packet after the handshake");
             return;
@@ -495,7 +505,7 @@ impl Connection {
         }
         if header.fragment.is_some() {
             let due = self.frag_ack_due;
-            let complete = match self.reassembler.insert(now, packet) {
+            let complete = match self.reassembler.insert(now, &packet) {
                 Err(e) => {
                     self.drop_wire(e);
                     None
@@ -528,13 +538,8 @@ impl Connection {
             }
             return;
         }
-        let mut buf = self.pool.pop().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(data);
-        self.open_and_process(now, from, &header, fields, &mut buf, len, scratch, events);
-        if self.pool.len() < POOL_LIMIT {
-            self.pool.push(buf);
-        }
+        let data = &mut datagram[data_at..];
+        self.open_and_process(now, from, &header, fields, data, len, scratch, events);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -797,6 +802,9 @@ impl Connection {
     fn recycle_sent(&mut self, packet: SentPacket) {
         if self.pool.len() < POOL_LIMIT && packet.payload.capacity() <= 2 * MAX_DATA {
             self.pool.push(packet.payload);
+        }
+        if self.range_pool.len() < POOL_LIMIT && packet.ordered.capacity() > 0 {
+            self.range_pool.push(packet.ordered);
         }
     }
 
@@ -1263,7 +1271,8 @@ impl Connection {
         self.put_fragment_acks(plain, PACKET_PLAINTEXT / 4);
         let mut compress = true;
         let mut message_bytes = 0usize;
-        let mut ordered: Vec<SeqRange> = Vec::new();
+        let mut ordered = self.range_pool.pop().unwrap_or_default();
+        ordered.clear();
         let n = self.send_channels.len();
         let start = self.rotate % n;
         self.rotate = self.rotate.wrapping_add(1);
@@ -1316,6 +1325,7 @@ impl Connection {
             }
         }
         if !any {
+            self.range_pool.push(ordered);
             return false;
         }
         let fields = self.ack_fields();

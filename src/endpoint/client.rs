@@ -266,14 +266,7 @@ impl Client {
         };
         match &mut self.state {
             State::Connected(conn) => {
-                conn.handle_packet(
-                    now,
-                    from,
-                    &packet,
-                    datagram.len(),
-                    &mut self.scratch,
-                    &mut self.events,
-                );
+                conn.handle_datagram(now, from, datagram, &mut self.scratch, &mut self.events);
                 self.check_closed();
             }
             State::Handshaking { .. } => self.handshake_packet(now, &packet),

@@ -100,6 +100,8 @@ pub struct Server {
     token_uses: HashMap<[u8; 32], (SocketAddr, u64)>,
     wall_clock: Option<(Instant, u64)>,
     last_now: Instant,
+    /// Reused list of connections whose timers are due.
+    due: Vec<ClientId>,
 }
 
 impl std::fmt::Debug for Server {
@@ -136,6 +138,7 @@ impl Server {
             token_uses: HashMap::new(),
             wall_clock: None,
             last_now: Instant::now(),
+            due: Vec::new(),
         })
     }
 
@@ -325,25 +328,10 @@ impl Server {
     /// Takes one datagram that arrived from `from` at `now`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
         self.last_now = now;
-        let packet = match Packet::parse(datagram) {
-            Ok(p) => p,
-            Err(e) => {
-                self.stats.datagrams_dropped += 1;
-                tracing::debug!(%from, code = %e.code, reason = e.reason, "unreadable datagram");
-                return;
-            }
-        };
         if let Some(&id) = self.by_addr.get(&from) {
             if let Some(conn) = self.connections.get_mut(&id) {
                 let before = conn.addr();
-                conn.handle_packet(
-                    now,
-                    from,
-                    &packet,
-                    datagram.len(),
-                    &mut self.scratch,
-                    &mut self.events,
-                );
+                conn.handle_datagram(now, from, datagram, &mut self.scratch, &mut self.events);
                 if conn.addr() != before {
                     self.on_migrated(id, before);
                 }
@@ -352,12 +340,21 @@ impl Server {
                 return;
             }
         }
-        if packet.header.flags.contains(Flags::ENCRYPTED)
-            && seal::packet_number(&packet.header) != 0
-            && self.try_migration(now, from, &packet, datagram.len())
+        let header = match Packet::parse(datagram) {
+            Ok(p) => p.header,
+            Err(e) => {
+                self.stats.datagrams_dropped += 1;
+                tracing::debug!(%from, code = %e.code, reason = e.reason, "unreadable datagram");
+                return;
+            }
+        };
+        if header.flags.contains(Flags::ENCRYPTED)
+            && seal::packet_number(&header) != 0
+            && self.try_migration(now, from, datagram)
         {
             return;
         }
+        let packet = Packet::parse(datagram).expect("parsed above");
         match packet.body {
             Body::Auth(auth) => {
                 let (key, cert) = (auth.public_key, auth.certificate.unwrap_or(&[]));
@@ -641,13 +638,10 @@ impl Server {
     /// moves there only when the challenge is answered from it. Only connections whose
     /// replay window would take the packet are tried, those on the same IP first, at most
     /// [`MAX_MIGRATION_TRIALS`].
-    fn try_migration(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        packet: &Packet<'_>,
-        len: usize,
-    ) -> bool {
+    fn try_migration(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) -> bool {
+        let Ok(packet) = Packet::parse(datagram) else {
+            return false;
+        };
         if packet.header.fragment.is_some() {
             return false;
         }
@@ -659,11 +653,12 @@ impl Server {
             .map(|c| (c.addr().ip() != from.ip(), c.id()))
             .collect();
         candidates.sort_unstable();
-        for (_, id) in candidates.into_iter().take(MAX_MIGRATION_TRIALS) {
+        let owner = candidates
+            .into_iter()
+            .take(MAX_MIGRATION_TRIALS)
+            .find(|(_, id)| self.connections[id].opens(&packet, &mut self.scratch));
+        if let Some((_, id)) = owner {
             let conn = self.connections.get_mut(&id).expect("collected above");
-            if !conn.opens(packet, &mut self.scratch) {
-                continue;
-            }
             if let Some(old) = conn.candidate_addr() {
                 if self.by_addr.get(&old) == Some(&id) {
                     self.by_addr.remove(&old);
@@ -672,7 +667,7 @@ impl Server {
             conn.start_path_challenge(from);
             self.by_addr.insert(from, id);
             let before = conn.addr();
-            conn.handle_packet(now, from, packet, len, &mut self.scratch, &mut self.events);
+            conn.handle_datagram(now, from, datagram, &mut self.scratch, &mut self.events);
             if conn.addr() != before {
                 self.on_migrated(id, before);
             }
@@ -731,19 +726,22 @@ impl Server {
         self.bans.expire(now);
         self.resumable
             .retain(|_, r| r.until.is_none_or(|u| now < u));
-        let due: Vec<ClientId> = self
-            .connections
-            .iter()
-            .filter(|(_, c)| c.poll_timeout().is_some_and(|t| t <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
+        due.extend(
+            self.connections
+                .iter()
+                .filter(|(_, c)| c.poll_timeout().is_some_and(|t| t <= now))
+                .map(|(id, _)| *id),
+        );
+        for &id in &due {
             if let Some(conn) = self.connections.get_mut(&id) {
                 conn.handle_timeout(now, &mut self.events);
                 self.dirty.push_back(id);
             }
             self.reap(id);
         }
+        self.due = due;
     }
 
     /// Writes the next datagram to send into `buf` (at least 1200 octets), or returns `None`

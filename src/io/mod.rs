@@ -49,6 +49,7 @@
 //!             Event::Connected { .. } => client.send(ChannelId(3), b"hello")?,
 //!             Event::Message { data, .. } => echoed = data == b"hello",
 //!             Event::Disconnected { reason, .. } => panic!("{reason}"),
+//!             _ => {}
 //!         }
 //!     }
 //!     std::thread::sleep(Duration::from_millis(1)); // the rest of the tick
@@ -80,7 +81,7 @@
 //!                 server.recycle(data);
 //!             }
 //!             Event::Disconnected { .. } => break,
-//!             Event::Connected { .. } => {}
+//!             _ => {}
 //!         }
 //!     }
 //!     Ok(())
@@ -95,6 +96,7 @@
 //!             client.disconnect("done");
 //!         }
 //!         Event::Disconnected { .. } => break,
+//!         _ => {}
 //!     }
 //! }
 //! serving.join().expect("server thread")?;

@@ -97,3 +97,51 @@ pub fn buffer_sizes(socket: &mio::net::UdpSocket) -> io::Result<(usize, usize)> 
     let s = socket2::SockRef::from(socket);
     Ok((s.recv_buffer_size()?, s.send_buffer_size()?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_refuses_zeroes() {
+        assert!(SocketConfig::default().validate().is_ok());
+        let no_queue = SocketConfig {
+            send_queue_datagrams: 0,
+            ..SocketConfig::default()
+        };
+        assert!(no_queue.validate().is_err());
+        let no_buffer = SocketConfig {
+            recv_buffer_bytes: Some(0),
+            ..SocketConfig::default()
+        };
+        assert!(no_buffer.validate().is_err());
+    }
+
+    #[test]
+    fn ipv6_only_unless_dual_stack() {
+        for dual in [false, true] {
+            let config = SocketConfig {
+                dual_stack: dual,
+                ..SocketConfig::default()
+            };
+            let Ok(socket) = bind_socket("[::]:0".parse().unwrap(), &config) else {
+                eprintln!("note: no IPv6 here; skipping");
+                return;
+            };
+            assert_eq!(socket2::SockRef::from(&socket).only_v6().unwrap(), !dual);
+        }
+    }
+
+    #[test]
+    fn buffer_sizes_are_asked_for() {
+        let config = SocketConfig {
+            recv_buffer_bytes: Some(64 * 1024),
+            send_buffer_bytes: Some(64 * 1024),
+            ..SocketConfig::default()
+        };
+        let socket = bind_socket("127.0.0.1:0".parse().unwrap(), &config).unwrap();
+        let (recv, send) = buffer_sizes(&socket).unwrap();
+        // The system may round or double them, never ignore them entirely.
+        assert!(recv >= 32 * 1024 && send >= 32 * 1024, "{recv} {send}");
+    }
+}
