@@ -44,6 +44,9 @@ const PACKET_THRESHOLD: u32 = 3;
 const PN_LIMIT: u32 = u32::MAX - 64;
 /// Octets a datagram adds around its Data (header with fragment fields and IV, ACK fields).
 const DATAGRAM_OVERHEAD: usize = 10 + 4;
+/// Octets of a datagram carrying a bare ACK (sealed header, ACK fields, tag).
+const ACK_DATAGRAM_LEN: usize = 6 + 4 + seal::TAG_LEN;
+
 /// The start of a PING's Data that challenges a new path (then 8 octets to echo).
 const PATH_CHALLENGE: &[u8] = b"path";
 
@@ -117,6 +120,11 @@ struct SentPacket {
     message_bytes: usize,
     ordered: Vec<SeqRange>,
     declared_lost: bool,
+    /// The first packet number assigned after this packet's latest transmission began: an
+    /// acknowledgement of it or later shows this transmission had its chance.
+    sent_before_pn: u32,
+    /// Whether the receiver reported its fragments since the latest transmission.
+    fresh_report: bool,
 }
 
 /// A close in progress: the ERROR packet and what to report when it ends.
@@ -202,8 +210,9 @@ pub struct Connection {
     rotate: usize,
     paced_until: Option<Instant>,
     /// A new address being validated: the address, the value its PONG must echo, and
-    /// whether the challenge went out.
-    challenge: Option<(SocketAddr, u64, bool)>,
+    /// when the challenge last went out.
+    challenge: Option<(SocketAddr, u64, Option<Instant>)>,
+    path_response: Option<([u8; 16], usize)>,
     challenges_sent: u64,
     loss_ewma: f64,
     stats: ConnectionStats,
@@ -294,6 +303,7 @@ impl Connection {
             rotate: 0,
             paced_until: None,
             challenge: None,
+            path_response: None,
             challenges_sent: 0,
             loss_ewma: 0.0,
             stats: ConnectionStats::default(),
@@ -440,10 +450,11 @@ impl Connection {
         self.state = State::Closing {
             deadline: now + self.config.close_timeout,
         };
-        let mut msg = message.as_bytes();
-        if msg.len() > PACKET_PLAINTEXT {
-            msg = &msg[..PACKET_PLAINTEXT];
+        let mut end = message.len().min(PACKET_PLAINTEXT);
+        while !message.is_char_boundary(end) {
+            end -= 1;
         }
+        let msg = &message.as_bytes()[..end];
         self.close = Some(Closing {
             code,
             message: msg.to_vec(),
@@ -490,10 +501,26 @@ impl Connection {
             Seen::New => {}
             Seen::Duplicate => {
                 self.stats.duplicates += 1;
-                if reliable {
+                // Answer a duplicate (re-ack, resend our finished) only if it is authentic, or
+                // for a fragment (which cannot be opened alone) only if it is at least as large
+                // as the answer: a forged datagram never draws more octets than it carried.
+                let authentic = if header.fragment.is_some() {
+                    len >= ACK_DATAGRAM_LEN
+                } else {
+                    let mut copy = std::mem::take(&mut scratch.plain);
+                    copy.clear();
+                    copy.extend_from_slice(data);
+                    let ok = scratch
+                        .decoder
+                        .open(&header, &fields, &mut copy, Some(&self.recv_key))
+                        .is_ok();
+                    scratch.plain = copy;
+                    ok
+                };
+                if authentic && reliable {
                     self.receiver.ack_later(now, pn);
                 }
-                if pn == 0 && self.finished.is_some() && self.role == Role::Server {
+                if authentic && pn == 0 && self.finished.is_some() && self.role == Role::Server {
                     self.resend_finished = true;
                 }
                 return;
@@ -583,7 +610,11 @@ impl Connection {
                 let mut echo = [0u8; 16];
                 let n = plaintext.len().min(16);
                 echo[..n].copy_from_slice(&plaintext[..n]);
-                self.pong = Some((echo, n));
+                if plaintext.starts_with(PATH_CHALLENGE) {
+                    self.path_response = Some((echo, n));
+                } else {
+                    self.pong = Some((echo, n));
+                }
                 return;
             }
             TypeFields::Heartbeat(Heartbeat::Pong) => {
@@ -601,7 +632,8 @@ impl Connection {
             }
             TypeFields::Error(code) => {
                 let message = String::from_utf8_lossy(plaintext).into_owned();
-                if matches!(self.state, State::Connected | State::Closing { .. }) {
+                // Both sides closing at once: this side reports its own close only.
+                if self.state == State::Connected {
                     events.push_back(Event::Disconnected {
                         client: self.id,
                         reason: DisconnectReason::Peer { code, message },
@@ -816,9 +848,14 @@ impl Connection {
         if packet.header.fragment.map(|f| f.count) != Some(count) {
             return;
         }
+        // The latest report replaces the earlier ones: the receiver may have dropped an
+        // incomplete packet since (at its reassembly deadline).
+        packet.held = FragmentBitmap::ZERO;
         for (dst, src) in packet.held.as_raw_mut_slice().iter_mut().zip(bitmap) {
-            *dst |= *src;
+            *dst = *src;
         }
+        packet.held[usize::from(count)..].fill(false);
+        packet.fresh_report = true;
     }
 
     /// Packets unacknowledged while `PACKET_THRESHOLD` later ones were acked, or older than
@@ -834,10 +871,12 @@ impl Connection {
             if p.pn >= largest {
                 break;
             }
-            if p.declared_lost {
+            // Resends keep their packet number, so what counts is whether packets sent after
+            // this packet's latest transmission were acknowledged.
+            if p.declared_lost || largest < p.sent_before_pn {
                 continue;
             }
-            let by_count = largest - p.pn >= PACKET_THRESHOLD;
+            let by_count = largest - p.sent_before_pn + 1 >= PACKET_THRESHOLD;
             let by_time = now.saturating_duration_since(p.last_sent) >= time_threshold;
             if by_count || by_time {
                 p.declared_lost = true;
@@ -891,7 +930,7 @@ impl Connection {
         }
         self.challenges_sent += 1;
         let value = (u64::from(self.next_pn) << 16) ^ self.challenges_sent;
-        self.challenge = Some((addr, value, false));
+        self.challenge = Some((addr, value, None));
     }
 
     /// The address being validated, if any.
@@ -1031,6 +1070,11 @@ impl Connection {
             };
             let first_loss = !self.sent[i].declared_lost;
             self.sent[i].declared_lost = true;
+            if !self.sent[i].fresh_report {
+                // No fragment report since the last transmission: what the receiver held may
+                // be gone; send every fragment.
+                self.sent[i].held = FragmentBitmap::ZERO;
+            }
             if first_loss {
                 self.on_lost(now, pn);
             } else {
@@ -1095,7 +1139,14 @@ impl Connection {
         if let Some(due) = self.frag_ack_due {
             consider(due + self.frag_ack_interval());
         }
-        if !self.jobs.is_empty() || self.pong.is_some() || self.resend_finished {
+        if let Some((_, _, Some(sent))) = self.challenge {
+            consider(sent + self.rtt.rto());
+        }
+        if !self.jobs.is_empty()
+            || self.pong.is_some()
+            || self.path_response.is_some()
+            || self.resend_finished
+        {
             consider(self.last_send);
         }
         Some(t)
@@ -1121,8 +1172,9 @@ impl Connection {
         scratch: &mut Scratch,
         buf: &mut [u8],
     ) -> Option<(usize, SocketAddr)> {
-        if let Some((addr, value, false)) = self.challenge {
-            if self.state == State::Connected {
+        if let Some((addr, value, sent)) = self.challenge {
+            let due = sent.is_none_or(|t| now >= t + self.rtt.rto());
+            if self.state == State::Connected && due {
                 let mut data = [0u8; 12];
                 data[..4].copy_from_slice(PATH_CHALLENGE);
                 data[4..].copy_from_slice(&value.to_be_bytes());
@@ -1133,7 +1185,7 @@ impl Connection {
                     scratch,
                     buf,
                 );
-                self.challenge = Some((addr, value, true));
+                self.challenge = Some((addr, value, Some(now)));
                 return Some((n, addr));
             }
         }
@@ -1177,7 +1229,7 @@ impl Connection {
             }
             _ => {}
         }
-        if let Some((data, len)) = self.pong.take() {
+        if let Some((data, len)) = self.path_response.take().or_else(|| self.pong.take()) {
             let n = self.write_small(
                 now,
                 TypeFields::Heartbeat(Heartbeat::Pong),
@@ -1190,7 +1242,11 @@ impl Connection {
         if self.can_send_reliable(now) && self.build_packet(now, true, scratch) {
             return self.poll_datagram(now, scratch, buf);
         }
-        if self.has_unreliable() && self.pace(now) && self.build_packet(now, false, scratch) {
+        if self.has_unreliable()
+            && !self.window_exhausted()
+            && self.pace(now)
+            && self.build_packet(now, false, scratch)
+        {
             return self.poll_datagram(now, scratch, buf);
         }
         if now >= self.next_ping() {
@@ -1237,15 +1293,21 @@ impl Connection {
         if self.sent.len() >= MAX_IN_FLIGHT_PACKETS {
             return false;
         }
-        if let Some(oldest) = self.sent.front() {
-            if self.next_pn - oldest.pn >= recv::WINDOW - 512 {
-                return false;
-            }
+        if self.window_exhausted() {
+            return false;
         }
         if self.in_flight > 0 && self.in_flight + MAX_DATA as u64 > self.cc.window() {
             return false;
         }
         self.pace(now)
+    }
+
+    /// Whether the oldest unacknowledged reliable packet is so far behind that more new
+    /// packets could push its resends out of the receiver's replay window.
+    fn window_exhausted(&self) -> bool {
+        self.sent
+            .front()
+            .is_some_and(|oldest| self.next_pn - oldest.pn >= recv::WINDOW - 512)
     }
 
     /// Takes pacing tokens for one datagram, or records when they will be there.
@@ -1268,6 +1330,7 @@ impl Connection {
     fn build_packet(&mut self, now: Instant, reliable: bool, scratch: &mut Scratch) -> bool {
         let plain = &mut scratch.plain;
         plain.clear();
+        let frag_ack_due = self.frag_ack_due;
         self.put_fragment_acks(plain, PACKET_PLAINTEXT / 4);
         let mut compress = true;
         let mut message_bytes = 0usize;
@@ -1326,6 +1389,7 @@ impl Connection {
         }
         if !any {
             self.range_pool.push(ordered);
+            self.frag_ack_due = frag_ack_due;
             return false;
         }
         let fields = self.ack_fields();
@@ -1369,6 +1433,8 @@ impl Connection {
                 message_bytes,
                 ordered,
                 declared_lost: false,
+                sent_before_pn: self.next_pn,
+                fresh_report: false,
             });
             self.jobs.push_back(Job::Reliable { pn, next: 0 });
         } else {
@@ -1431,9 +1497,18 @@ impl Connection {
                 let i = self.sent.binary_search_by_key(&pn, |p| p.pn).ok()?;
                 let p = &mut self.sent[i];
                 let count = p.header.fragment.map_or(1, |f| usize::from(f.count));
+                if next == 0 && count > 1 && p.held[..count].all() {
+                    // Every fragment was reported held, yet no ack came: the receiver dropped
+                    // the packet after reassembly. Forget the report and send it all again.
+                    p.held = FragmentBitmap::ZERO;
+                }
                 let index = (next..count).find(|&k| count == 1 || !p.held[k])?;
                 let n = fragment::write_datagram(&p.header, &p.fields, &p.payload, index, buf)
                     .expect("buffer holds a full datagram");
+                if next == 0 {
+                    p.sent_before_pn = self.next_pn;
+                    p.fresh_report = false;
+                }
                 p.last_sent = now;
                 let resend = p.resends > 0 || p.declared_lost;
                 if index + 1 >= count {
@@ -1501,6 +1576,8 @@ impl Connection {
                         message_bytes: 0,
                         ordered: Vec::new(),
                         declared_lost: false,
+                        sent_before_pn: pn + 1,
+                        fresh_report: false,
                     });
                 }
                 let p = close.packet.as_mut().expect("built above");

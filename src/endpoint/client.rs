@@ -269,12 +269,12 @@ impl Client {
                 conn.handle_datagram(now, from, datagram, &mut self.scratch, &mut self.events);
                 self.check_closed();
             }
-            State::Handshaking { .. } => self.handshake_packet(now, &packet),
+            State::Handshaking { .. } => self.handshake_packet(now, &packet, datagram),
             State::Closed => {}
         }
     }
 
-    fn handshake_packet(&mut self, now: Instant, packet: &Packet<'_>) {
+    fn handshake_packet(&mut self, now: Instant, packet: &Packet<'_>, datagram: &[u8]) {
         let State::Handshaking {
             ephemeral,
             auth,
@@ -304,12 +304,8 @@ impl Client {
                     self.fail(ErrorCode::CertificateInvalid, "server key invalid");
                     return;
                 };
-                let mut server_datagram = vec![0u8; packet.len()];
-                if packet.emit(&mut server_datagram).is_err() {
-                    self.dropped += 1;
-                    return;
-                }
-                let transcript = crypto::transcript_hash(auth, &server_datagram);
+                // The transcript covers the bytes as received.
+                let transcript = crypto::transcript_hash(auth, datagram);
                 let keys = crypto::derive_session_keys(&shared, &transcript);
                 let finished =
                     handshake::finished_datagram(&keys.client_to_server, &keys.client_finished);
@@ -319,7 +315,7 @@ impl Client {
                     finished,
                 };
                 *interval = self.config.handshake_resend;
-                *resend_at = now;
+                *resend_at = now + *interval;
                 if let State::Handshaking { send_now, .. } = &mut self.state {
                     *send_now = true;
                 }

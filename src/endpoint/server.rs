@@ -31,6 +31,10 @@ struct Resumable {
     until: Option<Instant>,
 }
 
+/// With connect tokens configured, ids the server picks have this bit set, and tokens may
+/// not name such ids: the two never collide.
+pub const SERVER_ID_BIT: u64 = 1 << 63;
+
 /// The most connections a datagram from an unknown address is tried against.
 const MAX_MIGRATION_TRIALS: usize = 16;
 /// Token uses remembered (to refuse a token from a second address) at most.
@@ -328,7 +332,13 @@ impl Server {
     /// Takes one datagram that arrived from `from` at `now`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
         self.last_now = now;
-        if let Some(&id) = self.by_addr.get(&from) {
+        // A connected address that sends AUTH is a client that restarted: its new handshake
+        // proceeds, and replaces the old connection when it completes.
+        let handshake = datagram
+            .first()
+            .is_some_and(|b| b & 0x0F == PacketType::Auth.to_bits())
+            || (self.pending.contains_key(&from) && Self::is_finished(datagram));
+        if let Some(&id) = self.by_addr.get(&from).filter(|_| !handshake) {
             if let Some(conn) = self.connections.get_mut(&id) {
                 let before = conn.addr();
                 conn.handle_datagram(now, from, datagram, &mut self.scratch, &mut self.events);
@@ -504,6 +514,21 @@ impl Server {
             return;
         }
         let p = self.pending.remove(&from).expect("looked up above");
+        if let Some(old) = self.by_addr.get(&from).copied() {
+            // The client restarted on the same address: the old connection is gone.
+            if p.client_id != Some(old) {
+                if let Some(conn) = self.connections.remove(&old) {
+                    if let Some(c) = conn.candidate_addr() {
+                        self.by_addr.remove(&c);
+                    }
+                    self.events.push_back(Event::Disconnected {
+                        client: old,
+                        reason: crate::types::DisconnectReason::Replaced,
+                    });
+                }
+                self.by_addr.remove(&from);
+            }
+        }
         let id = match p.client_id {
             Some(id) => {
                 if let Some(old) = self.connections.remove(&id) {
@@ -521,13 +546,20 @@ impl Server {
                 id
             }
             None => {
-                // Ids from tokens are the backend's; ours skip any in use.
-                while self.connections.contains_key(&ClientId(self.next_id))
-                    || self.resumable.contains_key(&ClientId(self.next_id))
+                // With tokens, the backend owns ids below 2^63; the server picks above.
+                let base = if self.config.tokens.is_some() {
+                    SERVER_ID_BIT
+                } else {
+                    0
+                };
+                while self
+                    .connections
+                    .contains_key(&ClientId(base | self.next_id))
+                    || self.resumable.contains_key(&ClientId(base | self.next_id))
                 {
                     self.next_id += 1;
                 }
-                let id = ClientId(self.next_id);
+                let id = ClientId(base | self.next_id);
                 self.next_id += 1;
                 id
             }
@@ -558,6 +590,15 @@ impl Server {
         self.by_addr.insert(from, id);
         self.stats.connections_accepted += 1;
         self.events.push_back(Event::Connected { client: id });
+    }
+
+    /// Whether a datagram looks like a handshake finished: a sealed ACK with packet number 0.
+    fn is_finished(datagram: &[u8]) -> bool {
+        Packet::parse(datagram).is_ok_and(|p| {
+            p.header.packet_type == PacketType::Ack
+                && p.header.flags == Flags::ENCRYPTED
+                && seal::packet_number(&p.header) == 0
+        })
     }
 
     /// Answers an AUTH with an unsealed ERROR, keeping no state.
@@ -604,6 +645,9 @@ impl Server {
             };
         }
         let t = ConnectToken::verify(token, &policy.authority).map_err(|_| "token invalid")?;
+        if t.client_id & SERVER_ID_BIT != 0 {
+            return Err("token client id out of range");
+        }
         let unix = self
             .unix_time(now)
             .ok_or("server has no wall clock for tokens")?;

@@ -1,0 +1,608 @@
+//! An echo load test over real UDP through the mio drivers ([`tickwire::io`]).
+//!
+//! # Usage
+//! ```text
+//! cargo run --release --example echo                 # server + 4 clients on 127.0.0.1, 3 s
+//! cargo run --release --example echo -- --clients 16 --secs 5 --size 256
+//! cargo run --release --example echo -- --server 127.0.0.1:7777       # only a server
+//! cargo run --release --example echo -- --connect 127.0.0.1:7777 --server-key HEX
+//! ```
+//! Each client sends, every millisecond, one reliable-ordered message (channel 3) and one
+//! unreliable message (channel 0) of `--size` octets for `--secs` seconds; the server echoes
+//! every message back to its sender on the same channel. Then the clients stop sending, wait
+//! (at most 3 s) for the echoes still on their way, and disconnect. Each message is its sequence
+//! number, a pattern derived from it and the channel, and an FNV-1a checksum of all that; every
+//! echo is compared with the message regenerated from its sequence number.
+//!
+//! The program prints one row per client (smoothed RTT, reliable and unreliable messages sent
+//! and echoed, the loss estimate, resent datagrams, messages echoed per second) and exits with
+//! status 0 only if every client connected and every reliable message came back intact and in
+//! order (and no unreliable echo was corrupt or duplicated). Status 1: a check failed; 2: usage.
+//!
+//! `--server ADDR` serves (echoing) until interrupted, or for `--secs` if given, and prints
+//! `server key: HEX` for clients to pin. `--connect ADDR --server-key HEX` runs one client
+//! against such a server.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tickwire::io::{ClientDriver, IoStats, ServerDriver, SocketConfig};
+use tickwire::{
+    ChannelId, ClientConfig, ClientId, ConnectionConfig, ConnectionStats, Event, SendError,
+    ServerConfig, ServerIdentity, ServerKey, MAX_MESSAGE_SIZE,
+};
+
+const USAGE: &str = "usage: cargo run --release --example echo -- [OPTIONS]
+
+Without --server or --connect: a server and N clients over 127.0.0.1 in one process.
+
+options:
+  --clients N          clients (default 4)
+  --secs S             seconds of sending (default 3); with --server: serve this long
+  --size BYTES         message size, 8..=MAX_MESSAGE_SIZE (default 64)
+  --server ADDR        only serve on ADDR (e.g. 127.0.0.1:7777), until interrupted
+  --connect ADDR       only run one client against the server at ADDR
+  --server-key HEX     the server's key (printed by --server), required with --connect
+  -h, --help           this text";
+
+const UNRELIABLE: ChannelId = ChannelId(0);
+const RELIABLE_ORDERED: ChannelId = ChannelId(3);
+/// One reliable and one unreliable message per interval.
+const INTERVAL: Duration = Duration::from_millis(1);
+/// Intervals a late client catches up at most in one go (then it skips ahead).
+const MAX_CATCH_UP: u32 = 10;
+/// How long the clients wait for outstanding echoes after sending stopped.
+const DRAIN: Duration = Duration::from_secs(3);
+/// How long unreliable echoes are waited for once every reliable one is back.
+const UNRELIABLE_GRACE: Duration = Duration::from_millis(300);
+/// How long a handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a close may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Local,
+    Server(SocketAddr),
+    Client(SocketAddr, ServerKey),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Args {
+    mode: Mode,
+    clients: usize,
+    secs: Option<f64>,
+    size: usize,
+}
+
+impl Args {
+    fn send_for(&self) -> Duration {
+        Duration::from_secs_f64(self.secs.unwrap_or(3.0))
+    }
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut server = None;
+    let mut connect = None;
+    let mut key = None;
+    let mut args = Args {
+        mode: Mode::Local,
+        clients: 4,
+        secs: None,
+        size: 64,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            return Err(String::new());
+        }
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
+        match flag.as_str() {
+            "--clients" => args.clients = value.parse().map_err(|e| bad(&e))?,
+            "--secs" => args.secs = Some(value.parse().map_err(|e| bad(&e))?),
+            "--size" => args.size = value.parse().map_err(|e| bad(&e))?,
+            "--server" => server = Some(value.parse().map_err(|e| bad(&e))?),
+            "--connect" => connect = Some(value.parse().map_err(|e| bad(&e))?),
+            "--server-key" => key = Some(ServerKey::from_hex(&value).map_err(|e| bad(&e))?),
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    if !(8..=MAX_MESSAGE_SIZE).contains(&args.size) {
+        return Err(format!("--size must be 8..={MAX_MESSAGE_SIZE}"));
+    }
+    if !(1..=1000).contains(&args.clients) {
+        return Err("--clients must be 1..=1000".into());
+    }
+    if args.secs.is_some_and(|s| !(s > 0.0 && s <= 86_400.0)) {
+        return Err("--secs must be above 0 and at most a day".into());
+    }
+    args.mode = match (server, connect, key) {
+        (None, None, None) => Mode::Local,
+        (Some(addr), None, None) => Mode::Server(addr),
+        (None, Some(addr), Some(key)) => Mode::Client(addr, key),
+        (None, Some(_), None) => return Err("--connect needs --server-key".into()),
+        _ => return Err("use either --server, or --connect with --server-key".into()),
+    };
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("error: {e}\n");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match args.mode {
+        Mode::Local => run_local(&args),
+        Mode::Server(addr) => run_server_only(addr, &args),
+        Mode::Client(addr, key) => {
+            let report = run_client(ClientConfig::new(key), addr, &args);
+            print_reports(&[report], &args)
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Connection settings of both sides: messages of any size the protocol allows.
+fn connection_config() -> ConnectionConfig {
+    ConnectionConfig {
+        max_message_size: MAX_MESSAGE_SIZE,
+        ..ConnectionConfig::default()
+    }
+}
+
+fn run_local(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
+    let mut config = ServerConfig::new(ServerIdentity::generate());
+    config.connection = connection_config();
+    config.max_clients = args.clients.max(64);
+    let driver = ServerDriver::bind("127.0.0.1:0".parse()?, config, SocketConfig::default())?;
+    let addr = driver.local_addr()?;
+    let key = driver.server().public_key();
+    println!(
+        "server on {addr}, {} clients, {:.1} s of sending, {} octet messages every {:?} \
+         on channels 3 (reliable-ordered) and 0 (unreliable)",
+        args.clients,
+        args.send_for().as_secs_f64(),
+        args.size,
+        INTERVAL
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    // The server stops when told, and in any case some time after the clients must be done.
+    let hard_stop = Instant::now() + CONNECT_TIMEOUT + args.send_for() + DRAIN + CLOSE_TIMEOUT * 2;
+    let server = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || serve(driver, &stop, Some(hard_stop), false))
+    };
+    let clients: Vec<_> = (0..args.clients)
+        .map(|_| {
+            let args = *args;
+            std::thread::spawn(move || run_client(ClientConfig::new(key), addr, &args))
+        })
+        .collect();
+    let mut reports: Vec<ClientReport> = clients
+        .into_iter()
+        .map(|t| t.join().expect("client thread panicked"))
+        .collect();
+    reports.sort_by_key(|r| r.id);
+    stop.store(true, Ordering::Relaxed);
+    let summary = server.join().expect("server thread panicked")?;
+    let ok = print_reports(&reports, args)?;
+    println!(
+        "server: {} connections, {} messages echoed ({} echoes refused), io {}",
+        summary.connections,
+        summary.echoed,
+        summary.refused,
+        io_line(&summary.io)
+    );
+    Ok(ok)
+}
+
+fn run_server_only(addr: SocketAddr, args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
+    let mut config = ServerConfig::new(ServerIdentity::generate());
+    config.connection = connection_config();
+    let driver = ServerDriver::bind(addr, config, SocketConfig::default())?;
+    println!("server key: {}", driver.server().public_key());
+    println!("listening on {}", driver.local_addr()?);
+    let until = args
+        .secs
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let summary = serve(driver, &AtomicBool::new(false), until, true)?;
+    println!(
+        "served {} connections, {} messages echoed, io {}",
+        summary.connections,
+        summary.echoed,
+        io_line(&summary.io)
+    );
+    Ok(true)
+}
+
+/// What the server did.
+struct ServerSummary {
+    connections: u64,
+    echoed: u64,
+    /// Echoes `send` refused for another reason than a full queue (unreliable ones only).
+    refused: u64,
+    io: IoStats,
+}
+
+/// Echoes every message back on its channel until `stop` or `until`, then shuts down.
+fn serve(
+    mut driver: ServerDriver,
+    stop: &AtomicBool,
+    until: Option<Instant>,
+    log: bool,
+) -> std::io::Result<ServerSummary> {
+    let mut summary = ServerSummary {
+        connections: 0,
+        echoed: 0,
+        refused: 0,
+        io: IoStats::default(),
+    };
+    // Reliable echoes the send queue had no room for yet, per client, in order.
+    let mut backlog: HashMap<ClientId, VecDeque<(ChannelId, Vec<u8>)>> = HashMap::new();
+    while !stop.load(Ordering::Relaxed) && until.is_none_or(|u| Instant::now() < u) {
+        match driver.run_until_event(Some(Duration::from_millis(50)))? {
+            Some(Event::Connected { client }) => {
+                summary.connections += 1;
+                if log {
+                    let addr = driver
+                        .server()
+                        .clients()
+                        .iter()
+                        .find(|c| c.id == client)
+                        .map_or_else(|| "?".to_string(), |c| c.addr.to_string());
+                    println!("client {client} connected from {addr}");
+                }
+            }
+            Some(Event::Disconnected { client, reason }) => {
+                backlog.remove(&client);
+                if log {
+                    println!("client {client} disconnected: {reason}");
+                }
+            }
+            Some(Event::Message {
+                client,
+                channel,
+                data,
+            }) => {
+                let queue = backlog.entry(client).or_default();
+                if queue.is_empty() {
+                    match driver.send(client, channel, &data) {
+                        Ok(()) => {
+                            summary.echoed += 1;
+                            driver.recycle(data);
+                        }
+                        Err(SendError::QueueFull) => queue.push_back((channel, data)),
+                        Err(_) => summary.refused += 1,
+                    }
+                } else {
+                    queue.push_back((channel, data));
+                }
+            }
+            Some(Event::AddressChanged { client, old, new }) => {
+                if log {
+                    println!("client {client} moved from {old} to {new}");
+                }
+            }
+            Some(_) | None => {}
+        }
+        backlog.retain(|&client, queue| {
+            while let Some((channel, data)) = queue.front() {
+                match driver.send(client, *channel, data) {
+                    Ok(()) => summary.echoed += 1,
+                    Err(SendError::QueueFull) => return true,
+                    Err(_) => summary.refused += 1,
+                }
+                queue.pop_front();
+            }
+            false
+        });
+    }
+    driver.shutdown("server stopping");
+    let give_up = Instant::now() + CLOSE_TIMEOUT;
+    while !driver.server().is_idle() && Instant::now() < give_up {
+        driver.run_until_event(Some(Duration::from_millis(50)))?;
+    }
+    summary.io = driver.io_stats();
+    Ok(summary)
+}
+
+/// What one client saw.
+#[derive(Debug, Default)]
+struct ClientReport {
+    id: Option<ClientId>,
+    stats: ConnectionStats,
+    io: IoStats,
+    reliable_sent: u32,
+    reliable_echoed: u32,
+    unreliable_sent: u32,
+    unreliable_echoed: u32,
+    /// Sends refused because the reliable queue was full (retried at the next interval).
+    queue_full: u64,
+    sending: Duration,
+    /// The first thing that went wrong.
+    failure: Option<String>,
+}
+
+impl ClientReport {
+    fn fail(&mut self, why: String) {
+        self.failure.get_or_insert(why);
+    }
+
+    fn is_ok(&self) -> bool {
+        self.failure.is_none() && self.id.is_some() && self.reliable_echoed == self.reliable_sent
+    }
+}
+
+/// The message with sequence number `seq` on `channel`, `size` octets (at least 8):
+/// `seq`, a pattern derived from both, and the FNV-1a hash of everything before it.
+fn message(seq: u32, channel: ChannelId, size: usize) -> Vec<u8> {
+    let mut m = Vec::with_capacity(size);
+    m.extend_from_slice(&seq.to_be_bytes());
+    let base = seq
+        .wrapping_mul(31)
+        .wrapping_add(u32::from(channel.0) * 101);
+    m.extend((4..size - 4).map(|i| base.wrapping_add(i as u32 * 7) as u8));
+    let sum = fnv1a(&m);
+    m.extend_from_slice(&sum.to_be_bytes());
+    m
+}
+
+fn fnv1a(data: &[u8]) -> u32 {
+    data.iter().fold(0x811c_9dc5, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The sequence number of an echo if it is exactly the message that number stands for.
+fn check(data: &[u8], channel: ChannelId, size: usize) -> Option<u32> {
+    let seq = u32::from_be_bytes(data.get(..4)?.try_into().ok()?);
+    (data.len() == size && data == message(seq, channel, size).as_slice()).then_some(seq)
+}
+
+/// One client: connect, send for `args.secs`, wait for the echoes, disconnect.
+fn run_client(config: ClientConfig, server: SocketAddr, args: &Args) -> ClientReport {
+    let mut report = ClientReport::default();
+    let mut config = config;
+    config.connection = connection_config();
+    let mut driver = match ClientDriver::connect(config, server, SocketConfig::default()) {
+        Ok(d) => d,
+        Err(e) => {
+            report.fail(format!("cannot set up: {e}"));
+            return report;
+        }
+    };
+    if let Err(e) = exchange(&mut driver, args, &mut report) {
+        report.fail(format!("socket error: {e}"));
+    }
+    report.io = driver.io_stats();
+    report
+}
+
+fn exchange(driver: &mut ClientDriver, args: &Args, r: &mut ClientReport) -> std::io::Result<()> {
+    let give_up = Instant::now() + CONNECT_TIMEOUT;
+    while r.id.is_none() {
+        if Instant::now() >= give_up {
+            r.fail(format!("no connection within {CONNECT_TIMEOUT:?}"));
+            return Ok(());
+        }
+        match driver.run_until_event(Some(Duration::from_millis(100)))? {
+            Some(Event::Connected { client }) => r.id = Some(client),
+            Some(Event::Disconnected { reason, .. }) => {
+                r.fail(format!("could not connect: {reason}"));
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    let mut unreliable_seen: Vec<bool> = Vec::new();
+    let start = Instant::now();
+    let stop_sending = start + args.send_for();
+    let mut next = start;
+    // Sending: a pair of messages per interval, events in between.
+    loop {
+        let now = Instant::now();
+        if now >= stop_sending {
+            break;
+        }
+        let mut sent = 0;
+        while next <= now && sent < MAX_CATCH_UP {
+            let reliable = message(r.reliable_sent, RELIABLE_ORDERED, args.size);
+            match driver.send(RELIABLE_ORDERED, &reliable) {
+                Ok(()) => r.reliable_sent += 1,
+                Err(SendError::QueueFull) => r.queue_full += 1,
+                Err(e) => r.fail(format!("reliable send refused: {e}")),
+            }
+            let unreliable = message(r.unreliable_sent, UNRELIABLE, args.size);
+            match driver.send(UNRELIABLE, &unreliable) {
+                Ok(()) => {
+                    r.unreliable_sent += 1;
+                    unreliable_seen.push(false);
+                }
+                Err(e) => r.fail(format!("unreliable send refused: {e}")),
+            }
+            next += INTERVAL;
+            sent += 1;
+        }
+        if next <= now {
+            next = now + INTERVAL; // too far behind: skip rather than burst
+        }
+        let wait = next
+            .min(stop_sending)
+            .saturating_duration_since(Instant::now());
+        if let Some(ev) = driver.run_until_event(Some(wait))? {
+            if !on_event(ev, driver, args, r, &mut unreliable_seen) {
+                return Ok(());
+            }
+        }
+    }
+    r.sending = start.elapsed();
+    // Draining: the echoes still on their way.
+    let drain_end = Instant::now() + DRAIN;
+    let mut reliable_done_at = None;
+    loop {
+        let now = Instant::now();
+        if r.reliable_echoed == r.reliable_sent {
+            let done = *reliable_done_at.get_or_insert(now);
+            if r.unreliable_echoed == r.unreliable_sent || now >= done + UNRELIABLE_GRACE {
+                break;
+            }
+        }
+        if now >= drain_end {
+            break;
+        }
+        if let Some(ev) = driver.run_until_event(Some(Duration::from_millis(20)))? {
+            if !on_event(ev, driver, args, r, &mut unreliable_seen) {
+                return Ok(());
+            }
+        }
+    }
+    if r.reliable_echoed != r.reliable_sent {
+        r.fail(format!(
+            "{} of {} reliable echoes missing after {DRAIN:?}",
+            r.reliable_sent - r.reliable_echoed,
+            r.reliable_sent
+        ));
+    }
+    r.stats = driver.client().stats();
+    driver.disconnect("done");
+    let give_up = Instant::now() + CLOSE_TIMEOUT;
+    while Instant::now() < give_up {
+        if let Some(Event::Disconnected { .. }) =
+            driver.run_until_event(Some(Duration::from_millis(50)))?
+        {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Checks one event; false if the connection ended.
+fn on_event(
+    ev: Event,
+    driver: &mut ClientDriver,
+    args: &Args,
+    r: &mut ClientReport,
+    unreliable_seen: &mut [bool],
+) -> bool {
+    match ev {
+        Event::Message { channel, data, .. } => {
+            match (channel, check(&data, channel, args.size)) {
+                (RELIABLE_ORDERED, Some(seq)) if seq == r.reliable_echoed => r.reliable_echoed += 1,
+                (RELIABLE_ORDERED, Some(seq)) => r.fail(format!(
+                    "reliable echo {seq} out of order (expected {})",
+                    r.reliable_echoed
+                )),
+                (UNRELIABLE, Some(seq)) => match unreliable_seen.get_mut(seq as usize) {
+                    Some(seen @ false) => {
+                        *seen = true;
+                        r.unreliable_echoed += 1;
+                    }
+                    Some(true) => r.fail(format!("unreliable echo {seq} duplicated")),
+                    None => r.fail(format!("unreliable echo {seq} never sent")),
+                },
+                (channel, _) => r.fail(format!(
+                    "corrupt echo of {} octets on channel {}",
+                    data.len(),
+                    channel.0
+                )),
+            }
+            driver.recycle(data);
+            true
+        }
+        Event::Disconnected { reason, .. } => {
+            r.fail(format!("disconnected: {reason}"));
+            false
+        }
+        _ => true,
+    }
+}
+
+/// Prints the table; true if every client passed.
+fn print_reports(
+    reports: &[ClientReport],
+    args: &Args,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    println!(
+        "{:>6} {:>9} {:>9} {:>10} {:>10} {:>12} {:>6} {:>7} {:>9}",
+        "client",
+        "rtt",
+        "rel sent",
+        "rel echoed",
+        "unrel sent",
+        "unrel echoed",
+        "loss",
+        "resends",
+        "msg/s"
+    );
+    for r in reports {
+        let id = r.id.map_or_else(|| "-".to_string(), |id| id.to_string());
+        let secs = r.sending.as_secs_f64().max(1e-9);
+        let rate = f64::from(r.reliable_echoed + r.unreliable_echoed) / secs;
+        println!(
+            "{:>6} {:>9} {:>9} {:>10} {:>10} {:>12} {:>5.1}% {:>7} {:>9.0}",
+            id,
+            format!("{:.3}ms", r.stats.rtt.as_secs_f64() * 1e3),
+            r.reliable_sent,
+            r.reliable_echoed,
+            r.unreliable_sent,
+            r.unreliable_echoed,
+            r.stats.loss * 100.0,
+            r.stats.packets_resent,
+            rate
+        );
+    }
+    let total = |f: fn(&ClientReport) -> u64| reports.iter().map(f).sum::<u64>();
+    println!(
+        "total: {} reliable and {} unreliable messages echoed; {} sends refused for a full \
+         queue; {} datagrams sent, {} received; socket would block {} times",
+        total(|r| u64::from(r.reliable_echoed)),
+        total(|r| u64::from(r.unreliable_echoed)),
+        total(|r| r.queue_full),
+        total(|r| r.io.datagrams_sent),
+        total(|r| r.io.datagrams_received),
+        total(|r| r.io.send_would_block),
+    );
+    let mut ok = true;
+    for r in reports {
+        if !r.is_ok() {
+            ok = false;
+            let id = r.id.map_or_else(|| "-".to_string(), |id| id.to_string());
+            let why = r.failure.as_deref().unwrap_or("reliable echoes missing");
+            println!("FAIL client {id}: {why}");
+        }
+    }
+    if ok {
+        println!(
+            "OK: all {} clients got every reliable message back intact and in order \
+             ({} octets each)",
+            reports.len(),
+            args.size
+        );
+    }
+    Ok(ok)
+}
+
+fn io_line(io: &IoStats) -> String {
+    format!(
+        "{} datagrams in, {} out, would block {}, send errors {}, wakeups {}",
+        io.datagrams_received, io.datagrams_sent, io.send_would_block, io.send_errors, io.wakeups
+    )
+}
