@@ -22,6 +22,18 @@
 //! `--server ADDR` serves (echoing) until interrupted, or for `--secs` if given, and prints
 //! `server key: HEX` for clients to pin. `--connect ADDR --server-key HEX` runs one client
 //! against such a server.
+//!
+//! # Operator console
+//! With `--server`, standard input takes one command per line and each gets a one-line answer
+//! on standard output (standard input closing, or never being open, does not stop the server):
+//! ```text
+//! list                       ID ADDR since=S rtt=MS loss=% sent=N recv=N, one line each
+//! kick ID [REASON]           close that client's connection with ERROR 2.0 and the reason
+//! ban IP_OR_PREFIX DURATION  e.g. `ban 192.0.2.0/24 10m` (s, m, h, d; `forever`): kicks and refuses
+//! unban IP_OR_PREFIX         lift that ban
+//! bans                       the bans in force
+//! shutdown                   ERROR 2.1 to every client, wait for the acks (bounded), exit
+//! ```
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -32,8 +44,8 @@ use std::time::{Duration, Instant};
 
 use tickwire::io::{ClientDriver, IoStats, ServerDriver, SocketConfig};
 use tickwire::{
-    ChannelId, ClientConfig, ClientId, ConnectionConfig, ConnectionStats, Event, SendError,
-    ServerConfig, ServerIdentity, ServerKey, MAX_MESSAGE_SIZE,
+    ChannelId, ClientConfig, ClientId, ConnectionConfig, ConnectionStats, Event, IpPrefix,
+    SendError, Server, ServerConfig, ServerIdentity, ServerKey, MAX_MESSAGE_SIZE,
 };
 
 const USAGE: &str = "usage: cargo run --release --example echo -- [OPTIONS]
@@ -188,7 +200,7 @@ fn run_local(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let hard_stop = Instant::now() + CONNECT_TIMEOUT + args.send_for() + DRAIN + CLOSE_TIMEOUT * 2;
     let server = {
         let stop = Arc::clone(&stop);
-        std::thread::spawn(move || serve(driver, &stop, Some(hard_stop), false))
+        std::thread::spawn(move || serve(driver, &stop, Some(hard_stop), None))
     };
     let clients: Vec<_> = (0..args.clients)
         .map(|_| {
@@ -223,7 +235,8 @@ fn run_server_only(addr: SocketAddr, args: &Args) -> Result<bool, Box<dyn std::e
     let until = args
         .secs
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
-    let summary = serve(driver, &AtomicBool::new(false), until, true)?;
+    let console = spawn_console();
+    let summary = serve(driver, &AtomicBool::new(false), until, Some(&console))?;
     println!(
         "served {} connections, {} messages echoed, io {}",
         summary.connections,
@@ -247,8 +260,9 @@ fn serve(
     mut driver: ServerDriver,
     stop: &AtomicBool,
     until: Option<Instant>,
-    log: bool,
+    console: Option<&std::sync::mpsc::Receiver<String>>,
 ) -> std::io::Result<ServerSummary> {
+    let log = console.is_some();
     let mut summary = ServerSummary {
         connections: 0,
         echoed: 0,
@@ -258,6 +272,20 @@ fn serve(
     // Reliable echoes the send queue had no room for yet, per client, in order.
     let mut backlog: HashMap<ClientId, VecDeque<(ChannelId, Vec<u8>)>> = HashMap::new();
     while !stop.load(Ordering::Relaxed) && until.is_none_or(|u| Instant::now() < u) {
+        if let Some(lines) = console {
+            let mut quit = false;
+            while let Ok(line) = lines.try_recv() {
+                let (answer, shutdown) = console_command(&line, driver.server_mut());
+                if !answer.is_empty() {
+                    println!("{answer}");
+                }
+                quit |= shutdown;
+            }
+            driver.flush()?;
+            if quit {
+                break;
+            }
+        }
         match driver.run_until_event(Some(Duration::from_millis(50)))? {
             Some(Event::Connected { client }) => {
                 summary.connections += 1;
@@ -322,6 +350,133 @@ fn serve(
     }
     summary.io = driver.io_stats();
     Ok(summary)
+}
+
+/// Reads standard input on a thread, one command per line. When standard input closes (or
+/// is not open at all) the thread ends and the server goes on serving.
+fn spawn_console() -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Runs one console command; returns the answer and whether to shut down.
+fn console_command(line: &str, server: &mut Server) -> (String, bool) {
+    let now = Instant::now();
+    let mut words = line.split_whitespace();
+    let Some(cmd) = words.next() else {
+        return (String::new(), false);
+    };
+    let answer = match cmd {
+        "list" => {
+            let clients = server.clients();
+            if clients.is_empty() {
+                "no clients".to_string()
+            } else {
+                clients
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {} since={}s rtt={:.1}ms loss={:.1}% sent={} recv={} bytes_out={} bytes_in={}",
+                            c.id,
+                            c.addr,
+                            now.saturating_duration_since(c.connected_at).as_secs(),
+                            c.stats.rtt.as_secs_f64() * 1000.0,
+                            c.stats.loss * 100.0,
+                            c.stats.messages_sent,
+                            c.stats.messages_received,
+                            c.stats.bytes_sent,
+                            c.stats.bytes_received
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        }
+        "kick" => match words.next().map(str::parse::<u64>) {
+            Some(Ok(id)) => {
+                let reason = words.collect::<Vec<_>>().join(" ");
+                let reason = if reason.is_empty() { "kicked" } else { &reason };
+                if server.kick(now, ClientId(id), reason) {
+                    format!("kicked {id}: {reason}")
+                } else {
+                    format!("error: no client {id}")
+                }
+            }
+            _ => "error: usage: kick ID [REASON]".to_string(),
+        },
+        "ban" => match (words.next().map(str::parse::<IpPrefix>), words.next()) {
+            (Some(Ok(prefix)), Some(d)) => match parse_duration(d) {
+                Ok(duration) => {
+                    let kicked = server.ban(now, prefix, duration);
+                    let how_long = duration.map_or("ever".to_string(), |d| format!(" {}s", d.as_secs()));
+                    let kicked: Vec<String> = kicked.iter().map(|c| c.to_string()).collect();
+                    format!("banned {prefix} for{how_long}; kicked [{}]", kicked.join(","))
+                }
+                Err(e) => format!("error: {e}"),
+            },
+            (Some(Err(e)), _) => format!("error: {e}"),
+            _ => "error: usage: ban IP_OR_PREFIX DURATION".to_string(),
+        },
+        "unban" => match words.next().map(str::parse::<IpPrefix>) {
+            Some(Ok(prefix)) => {
+                if server.unban(prefix) {
+                    format!("unbanned {prefix}")
+                } else {
+                    format!("error: no ban on {prefix}")
+                }
+            }
+            Some(Err(e)) => format!("error: {e}"),
+            None => "error: usage: unban IP_OR_PREFIX".to_string(),
+        },
+        "bans" => {
+            let bans = server.bans(now);
+            if bans.is_empty() {
+                "no bans".to_string()
+            } else {
+                bans.iter()
+                    .map(|b| match b.until {
+                        Some(u) => format!("{} for {}s", b.prefix, u.saturating_duration_since(now).as_secs()),
+                        None => format!("{} forever", b.prefix),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        }
+        "shutdown" => return ("shutting down".to_string(), true),
+        "help" => "commands: list | kick ID [REASON] | ban IP_OR_PREFIX DURATION | unban IP_OR_PREFIX | bans | shutdown".to_string(),
+        other => format!("error: unknown command {other:?} (try help)"),
+    };
+    (answer, false)
+}
+
+/// `30s`, `10m`, `2h`, `1d`, a bare number of seconds, or `forever` (`None`).
+fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
+    if text == "forever" {
+        return Ok(None);
+    }
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("bad duration unit in {text:?} (s, m, h, d)")),
+    };
+    Ok(Some(Duration::from_secs(secs)))
 }
 
 /// What one client saw.

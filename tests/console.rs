@@ -1,0 +1,129 @@
+//! The echo example's operator console (`--server` mode), driven through standard input like
+//! an operator would: list, kick, ban, bans, unban, shutdown. Loopback only; every wait bounded.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+
+/// Kills the process when dropped, so a failing test leaves nothing running.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn echo_binary() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-q", "--example", "echo"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success());
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("debug").join("examples").join("echo")
+}
+
+/// Lines of a child's stdout, read on a thread.
+fn lines_of(child: &mut Child) -> Receiver<String> {
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (at most 20 s) for a line containing `needle`; returns it.
+fn expect(lines: &Receiver<String>, needle: &str) -> String {
+    loop {
+        match lines.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no line containing {needle:?}: {e}"),
+        }
+    }
+}
+
+fn say(stdin: &mut ChildStdin, line: &str) {
+    writeln!(stdin, "{line}").unwrap();
+    stdin.flush().unwrap();
+}
+
+#[test]
+fn operator_console_lists_kicks_bans_and_shuts_down() {
+    let echo = echo_binary();
+    let mut server = Guard(
+        Command::new(&echo)
+            .args(["--server", "127.0.0.1:0", "--secs", "60"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let out = lines_of(&mut server.0);
+    let key = expect(&out, "server key: ").replace("server key: ", "");
+    let addr = expect(&out, "listening on ").replace("listening on ", "");
+    let mut stdin = server.0.stdin.take().unwrap();
+    say(&mut stdin, "list");
+    expect(&out, "no clients");
+    let _client = Guard(
+        Command::new(&echo)
+            .args(["--connect", &addr, "--server-key", &key, "--secs", "30"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    expect(&out, "client 1 connected from 127.0.0.1:");
+    say(&mut stdin, "list");
+    let row = expect(&out, "rtt=");
+    assert!(row.starts_with("1 127.0.0.1:"), "{row}");
+    say(&mut stdin, "kick 1 no cheating");
+    expect(&out, "kicked 1: no cheating");
+    expect(&out, "client 1 disconnected");
+    say(&mut stdin, "kick 99");
+    expect(&out, "error: no client 99");
+    say(&mut stdin, "ban 127.0.0.0/8 10m");
+    expect(&out, "banned 127.0.0.0/8 for 600s");
+    say(&mut stdin, "bans");
+    expect(&out, "127.0.0.0/8 for 5");
+    say(&mut stdin, "unban 127.0.0.0/8");
+    expect(&out, "unbanned 127.0.0.0/8");
+    say(&mut stdin, "frobnicate");
+    expect(&out, "error: unknown command");
+    say(&mut stdin, "shutdown");
+    expect(&out, "shutting down");
+    expect(&out, "served ");
+    let status = server.0.wait().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn closed_stdin_does_not_stop_the_server() {
+    let echo = echo_binary();
+    let mut server = Guard(
+        Command::new(&echo)
+            .args(["--server", "127.0.0.1:0", "--secs", "2"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let out = lines_of(&mut server.0);
+    expect(&out, "listening on ");
+    // It serves until --secs runs out, then reports.
+    expect(&out, "served 0 connections");
+    assert!(server.0.wait().unwrap().success());
+}
