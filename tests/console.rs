@@ -127,3 +127,22 @@ fn closed_stdin_does_not_stop_the_server() {
     expect(&out, "served 0 connections");
     assert!(server.0.wait().unwrap().success());
 }
+
+/// The README's main job, as CI runs it: the echo example with its defaults exits 0 only if
+/// every reliable message came back intact and in order.
+#[test]
+fn echo_example_runs_clean() {
+    let echo = echo_binary();
+    let run = Command::new(&echo)
+        .args(["--secs", "1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "echo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("OK: all 4 clients"), "{stdout}");
+}
