@@ -129,3 +129,37 @@ fn steady_state_send_and_receive_do_not_allocate() {
     assert!(delivered >= 7900, "messages flowed: {delivered}");
     assert_eq!(allocations, 0, "allocations on the steady-state path");
 }
+
+/// An idle connection holds little memory (the performance issue's bound: 8 KiB), once the
+/// traffic that grew its buffers has stopped.
+#[test]
+fn idle_connection_holds_at_most_8_kib() {
+    let now = Instant::now();
+    let server = Server::new(ServerConfig::new(ServerIdentity::generate())).unwrap();
+    let server_addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+    let client = Client::connect(ClientConfig::new(server.public_key()), server_addr, now).unwrap();
+    let mut p = Pair {
+        now,
+        server,
+        client,
+        buf: vec![0; 1500],
+        server_addr,
+        client_addr: "127.0.0.1:5000".parse().unwrap(),
+        delivered: 0,
+    };
+    for _ in 0..50 {
+        p.tick();
+    }
+    for _ in 0..100 {
+        p.send_all(&[1u8; 100]);
+        p.tick();
+    }
+    for _ in 0..5000 {
+        p.tick();
+    }
+    let server_side = p.server.clients()[0].stats.memory_bytes;
+    let client_side = p.client.stats().memory_bytes;
+    println!("idle connection: server side {server_side} octets, client side {client_side}");
+    assert!(server_side <= 8192, "server side holds {server_side}");
+    assert!(client_side <= 8192, "client side holds {client_side}");
+}

@@ -50,6 +50,10 @@ const ACK_DATAGRAM_LEN: usize = 6 + 4 + seal::TAG_LEN;
 /// The start of a PING's Data that challenges a new path (then 8 octets to echo).
 const PATH_CHALLENGE: &[u8] = b"path";
 
+/// After this long without a message sent or delivered, a connection gives back the buffers
+/// traffic grew.
+const IDLE_TRIM: Duration = Duration::from_secs(2);
+
 /// Buffers kept for reuse per connection.
 const POOL_LIMIT: usize = 64;
 
@@ -218,6 +222,9 @@ pub struct Connection {
     stats: ConnectionStats,
     pool: Vec<Vec<u8>>,
     range_pool: Vec<Vec<SeqRange>>,
+    /// When a message was last queued or delivered.
+    last_data: Instant,
+    trimmed: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -309,6 +316,8 @@ impl Connection {
             stats: ConnectionStats::default(),
             pool: Vec::new(),
             range_pool: Vec::new(),
+            last_data: now,
+            trimmed: false,
         }
     }
 
@@ -383,6 +392,7 @@ impl Connection {
             n += p.payload.capacity() + p.ordered.capacity() * size_of::<SeqRange>();
         }
         n += self.jobs.capacity() * size_of::<Job>();
+        n += self.receiver.memory_bytes();
         n
     }
 
@@ -439,6 +449,8 @@ impl Connection {
             enqueued: now,
         });
         self.stats.messages_sent += 1;
+        self.last_data = now;
+        self.trimmed = false;
         Ok(())
     }
 
@@ -599,6 +611,10 @@ impl Connection {
         }
         self.receiver.accept(pn);
         self.last_recv = now;
+        if matches!(fields, TypeFields::Default | TypeFields::Ack(_)) && !plaintext.is_empty() {
+            self.last_data = now;
+            self.trimmed = false;
+        }
         self.stats.packets_received += 1;
         self.stats.bytes_received += len as u64;
         if header.flags.contains(Flags::RELIABLE) {
@@ -1086,6 +1102,40 @@ impl Connection {
         if self.reassembler.expire(now) > 0 {
             tracing::debug!(client = self.id.0, "incomplete packets expired");
         }
+        if !self.trimmed && now.saturating_duration_since(self.last_data) >= IDLE_TRIM {
+            self.trim_when_idle();
+        }
+    }
+
+    /// With nothing queued, in flight or in reassembly, gives back the buffers that traffic
+    /// grew, so that an idle connection holds little memory.
+    fn trim_when_idle(&mut self) {
+        let idle = self.sent.is_empty()
+            && self.jobs.is_empty()
+            && self.reassembler.is_empty()
+            && self.send_channels.iter().all(|c| c.queue.is_empty())
+            && self.recv_channels.iter().all(|c| c.held.is_empty());
+        if !idle {
+            return;
+        }
+        self.pool.truncate(2);
+        self.pool.retain(|b| b.capacity() <= 2 * MAX_DATA);
+        self.range_pool.truncate(4);
+        if self.unreliable_payload.capacity() > 2 * MAX_DATA {
+            self.unreliable_payload = Vec::new();
+        }
+        self.reassembler.trim();
+        self.receiver.trim();
+        self.sent.shrink_to(0);
+        self.jobs.shrink_to(0);
+        for ch in &mut self.send_channels {
+            ch.queue.shrink_to(0);
+            ch.window.shrink_to(0);
+        }
+        for ch in &mut self.recv_channels {
+            ch.held.shrink_to(0);
+        }
+        self.trimmed = true;
     }
 
     /// The earliest time [`Connection::handle_timeout`] has work.

@@ -104,6 +104,16 @@ impl Receiver {
         self.pending_since.get_or_insert(now);
     }
 
+    /// Octets held on the heap (the window itself is inline).
+    pub fn memory_bytes(&self) -> usize {
+        self.pending.capacity() * std::mem::size_of::<u32>()
+    }
+
+    /// Gives back the owed-acknowledgement queue's spare room.
+    pub fn trim(&mut self) {
+        self.pending.shrink_to(0);
+    }
+
     /// Whether acknowledgements are owed.
     pub fn has_pending_acks(&self) -> bool {
         !self.pending.is_empty()

@@ -320,6 +320,15 @@ impl Reassembler {
         })
     }
 
+    /// Gives back the buffers kept for reuse (when the connection goes idle).
+    pub fn trim(&mut self) {
+        self.pool.clear();
+        self.completed = Vec::new();
+        if self.slots.is_empty() {
+            self.slots = Vec::new();
+        }
+    }
+
     /// Takes the buffer of the packet the last [`Reassembly::Complete`] returned (its
     /// payload is at the start), to work on it while the reassembler takes more fragments.
     /// Hand it back with [`Reassembler::recycle`].
