@@ -555,3 +555,96 @@ fn many_clients_each_get_their_own_messages() {
         assert_eq!(data, vec![(client - 1) as u8; 10]);
     }
 }
+
+#[test]
+fn forged_duplicate_draws_no_answer() {
+    let mut sim = sim_with_client();
+    sim.connect_all();
+    sim.run_for(Duration::from_millis(100));
+    let client_addr = sim.clients[0].0;
+    let now = sim.now;
+    // Looks like the client's finished (sealed ACK, packet number 0), six octets long.
+    for forged in [[0x01u8, 0x10, 0, 0, 0, 0], [0x01, 0x90, 0, 0, 0, 0]] {
+        let mut d = forged.to_vec();
+        sim.server.handle_datagram(now, client_addr, &mut d);
+    }
+    let mut buf = [0u8; 1500];
+    assert!(
+        sim.server.poll_transmit(now, &mut buf).is_none(),
+        "no amplification"
+    );
+}
+
+#[test]
+fn simultaneous_close_is_reported_once_per_side() {
+    let mut sim = sim_with_client();
+    sim.connect_all();
+    let now = sim.now;
+    sim.clients[0].1.disconnect(now, "client leaves");
+    sim.server
+        .disconnect(now, tickwire::ClientId(1), "server kicks");
+    sim.run_for(Duration::from_secs(3));
+    let client_reports = sim.client_events[0]
+        .iter()
+        .filter(|e| matches!(e, Event::Disconnected { .. }))
+        .count();
+    let server_reports = sim
+        .server_events
+        .iter()
+        .filter(|e| matches!(e, Event::Disconnected { .. }))
+        .count();
+    assert_eq!((client_reports, server_reports), (1, 1));
+}
+
+#[test]
+fn client_restarting_on_the_same_address_reconnects_at_once() {
+    let mut sim = sim_with_client();
+    sim.connect_all();
+    // The game restarts: a fresh client on the same address and port.
+    let cfg = sim.client_config();
+    let now = sim.now;
+    sim.clients[0].1 = tickwire::Client::connect(cfg, sim.server_addr, now).unwrap();
+    assert!(sim.run_until(Duration::from_secs(2), |s| s.clients[0].1.is_connected()));
+    assert!(sim.server_events.iter().any(|e| matches!(
+        e,
+        Event::Disconnected {
+            reason: DisconnectReason::Replaced,
+            ..
+        }
+    )));
+    assert_eq!(sim.server.client_count(), 1);
+}
+
+#[test]
+fn busy_application_stalls_nothing_once_it_polls_again() {
+    // The server's application stops taking events; its receive buffer fills; packets are
+    // dropped unacknowledged; when it polls again, every message arrives.
+    let mut config = tickwire::ServerConfig::new(tickwire::ServerIdentity::generate());
+    config.connection.receive_buffer_bytes = 100_000;
+    config.connection.max_message_size = 60_000;
+    let mut sim = Sim::new(config);
+    let mut cfg = sim.client_config();
+    cfg.connection.max_message_size = 60_000;
+    sim.add_client(cfg);
+    sim.connect_all();
+    sim.hold_server_events = true;
+    let now = sim.now;
+    for i in 0..5u8 {
+        sim.clients[0]
+            .1
+            .send(now, ChannelId(3), &[i; 50_000])
+            .unwrap();
+    }
+    sim.run_for(Duration::from_secs(3));
+    sim.hold_server_events = false;
+    assert!(sim.run_until(Duration::from_secs(30), |s| s
+        .server_events
+        .iter()
+        .filter(|e| matches!(e, Event::Message { .. }))
+        .count()
+        == 5));
+    let got = sim.server_messages();
+    for (i, (_, _, data)) in got.iter().enumerate() {
+        assert_eq!(data, &vec![i as u8; 50_000]);
+    }
+}

@@ -51,6 +51,8 @@ pub struct Sim {
     pub steps: usize,
     /// Addresses whose datagrams (from or to) are dropped: a client whose network is gone.
     pub muted: Vec<SocketAddr>,
+    /// While true, the server's events are left in the server (the application is busy).
+    pub hold_server_events: bool,
 }
 
 pub fn addr(port: u16) -> SocketAddr {
@@ -73,6 +75,7 @@ impl Sim {
             counts: [0, 0],
             steps: 0,
             muted: Vec::new(),
+            hold_server_events: false,
         }
     }
 
@@ -103,7 +106,10 @@ impl Sim {
                 buf[..t.len].to_vec(),
             );
         }
-        while let Some(e) = self.server.poll_event() {
+        while let Some(e) = (!self.hold_server_events)
+            .then(|| self.server.poll_event())
+            .flatten()
+        {
             self.server_events.push(e);
         }
         for i in 0..self.clients.len() {
