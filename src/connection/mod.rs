@@ -2,7 +2,7 @@
 //! resends, fragment acks), channels, congestion and pacing, heartbeats, timeouts and closing.
 //!
 //! A connection does no I/O and reads no clock: every call takes `now`. The endpoint owns the
-//! connections and drives them: [`Connection::handle_packet`] for each datagram from the peer,
+//! connections and drives them: [`Connection::handle_datagram`] for each datagram from the peer,
 //! [`Connection::poll_transmit`] until it returns `None`, [`Connection::handle_timeout`] at
 //! [`Connection::poll_timeout`].
 
