@@ -139,6 +139,28 @@ struct Closing {
     report: Option<DisconnectReason>,
 }
 
+impl SentPacket {
+    /// The record of packet `pn`, first sent at `now`, with its processed payload.
+    fn new(now: Instant, pn: u32, header: Header, fields: TypeFields, payload: Vec<u8>) -> Self {
+        Self {
+            pn,
+            header,
+            fields,
+            payload,
+            held: FragmentBitmap::ZERO,
+            first_sent: now,
+            last_sent: now,
+            resends: 0,
+            size: 0,
+            message_bytes: 0,
+            ordered: Vec::new(),
+            declared_lost: false,
+            sent_before_pn: pn.saturating_add(1),
+            fresh_report: false,
+        }
+    }
+}
+
 /// A datagram job: the fragments of a packet still to write.
 #[derive(Debug, Clone, Copy)]
 enum Job {
@@ -1470,22 +1492,11 @@ impl Connection {
             let count = header.fragment.map_or(1, |f| usize::from(f.count));
             let size = (out.len() + count * DATAGRAM_OVERHEAD) as u64;
             self.in_flight += size;
-            self.sent.push_back(SentPacket {
-                pn,
-                header,
-                fields,
-                payload: out,
-                held: FragmentBitmap::ZERO,
-                first_sent: now,
-                last_sent: now,
-                resends: 0,
-                size,
-                message_bytes,
-                ordered,
-                declared_lost: false,
-                sent_before_pn: self.next_pn,
-                fresh_report: false,
-            });
+            let mut packet = SentPacket::new(now, pn, header, fields, out);
+            packet.size = size;
+            packet.message_bytes = message_bytes;
+            packet.ordered = ordered;
+            self.sent.push_back(packet);
             self.jobs.push_back(Job::Reliable { pn, next: 0 });
         } else {
             self.unreliable_payload = out;
@@ -1613,22 +1624,7 @@ impl Connection {
                         &mut out,
                     )
                     .expect("close message fits one packet");
-                    close.packet = Some(SentPacket {
-                        pn,
-                        header,
-                        fields,
-                        payload: out,
-                        held: FragmentBitmap::ZERO,
-                        first_sent: now,
-                        last_sent: now,
-                        resends: 0,
-                        size: 0,
-                        message_bytes: 0,
-                        ordered: Vec::new(),
-                        declared_lost: false,
-                        sent_before_pn: pn + 1,
-                        fresh_report: false,
-                    });
+                    close.packet = Some(SentPacket::new(now, pn, header, fields, out));
                 }
                 let p = close.packet.as_mut().expect("built above");
                 let n = fragment::write_datagram(&p.header, &p.fields, &p.payload, 0, buf)

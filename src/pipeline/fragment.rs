@@ -220,18 +220,7 @@ impl Reassembler {
                 "fragment fields without FRAG",
             ));
         }
-        if count == 0 {
-            return Err(WireError::new(
-                ErrorCode::FragmentNumber,
-                "fragment number 0",
-            ));
-        }
-        if id >= count {
-            return Err(WireError::new(
-                ErrorCode::FragmentId,
-                "fragment id not below fragment number",
-            ));
-        }
+        FragmentFields { id, count }.check()?;
         let is_last = id == count - 1;
         let len_ok = if is_last {
             (1..=MAX_DATA).contains(&data.len())

@@ -202,6 +202,28 @@ pub struct FragmentFields {
     pub count: u8,
 }
 
+impl FragmentFields {
+    /// Checks the fields against each other.
+    ///
+    /// # Errors
+    /// 3.6 for Fragment Number 0, 3.5 for Fragment ID >= Fragment Number.
+    pub fn check(&self) -> Result<(), WireError> {
+        if self.count == 0 {
+            return Err(WireError::new(
+                ErrorCode::FragmentNumber,
+                "fragment number 0",
+            ));
+        }
+        if self.id >= self.count {
+            return Err(WireError::new(
+                ErrorCode::FragmentId,
+                "fragment id not below fragment number",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Header {
     /// A header of `packet_type` with no flags and no optional field.
     pub const fn new(packet_type: PacketType, sequence: u16) -> Self {
@@ -251,20 +273,12 @@ impl Header {
                 .get(at..at + 2)
                 .ok_or(WireError::unreadable("truncated fragment fields"))?;
             at += 2;
-            let (id, count) = (b[0], b[1]);
-            if count == 0 {
-                return Err(WireError::new(
-                    ErrorCode::FragmentNumber,
-                    "fragment number 0",
-                ));
-            }
-            if id >= count {
-                return Err(WireError::new(
-                    ErrorCode::FragmentId,
-                    "fragment id not below fragment number",
-                ));
-            }
-            Some(FragmentFields { id, count })
+            let fields = FragmentFields {
+                id: b[0],
+                count: b[1],
+            };
+            fields.check()?;
+            Some(fields)
         } else {
             None
         };
