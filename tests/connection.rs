@@ -648,3 +648,42 @@ fn busy_application_stalls_nothing_once_it_polls_again() {
         assert_eq!(data, &vec![i as u8; 50_000]);
     }
 }
+
+#[test]
+fn close_delivers_what_send_accepted_first() {
+    let mut sim = sim_with_client();
+    sim.connect_all();
+    sim.filter = lossy(3, 0.2, 0.0, 0.0, 0);
+    let now = sim.now;
+    for i in 0..50u8 {
+        sim.server
+            .send(now, tickwire::ClientId(1), ChannelId(3), &[i; 300])
+            .unwrap();
+    }
+    sim.server.disconnect(now, tickwire::ClientId(1), "GOODBYE");
+    sim.run_for(Duration::from_secs(3));
+    // The messages came before the disconnection.
+    let last_message = sim.client_events[0]
+        .iter()
+        .rposition(|e| matches!(e, Event::Message { .. }));
+    let disconnected = sim.client_events[0]
+        .iter()
+        .position(|e| matches!(e, Event::Disconnected { .. }));
+    assert!(last_message.is_some() && last_message < disconnected);
+    let got = sim.client_messages(0);
+    assert_eq!(
+        got.len(),
+        50,
+        "every accepted message arrived before the close"
+    );
+    for (i, (_, data)) in got.iter().enumerate() {
+        assert_eq!(data, &vec![i as u8; 300]);
+    }
+    assert_eq!(
+        client_disconnect_reason(&sim, 0),
+        Some(DisconnectReason::Peer {
+            code: ErrorCode::Disconnect,
+            message: "GOODBYE".into()
+        })
+    );
+}

@@ -477,7 +477,15 @@ impl Connection {
     }
 
     /// Starts a graceful close with `code` (2.x) and a message for the peer's logs.
+    ///
+    /// Reliable messages `send` accepted are delivered first: the ERROR goes out once every
+    /// one of them is acknowledged (unreliable ones still queued are dropped), all within
+    /// `close_timeout`.
     pub fn close(&mut self, now: Instant, code: ErrorCode, message: &str) {
+        self.start_close(now, code, message, true);
+    }
+
+    fn start_close(&mut self, now: Instant, code: ErrorCode, message: &str, flush: bool) {
         if self.state != State::Connected {
             return;
         }
@@ -495,8 +503,26 @@ impl Connection {
             packet: None,
             report: Some(DisconnectReason::Local { code }),
         });
-        self.jobs.clear();
-        self.jobs.push_back(Job::Close);
+        for ch in &mut self.send_channels {
+            if !ch.mode.is_reliable() {
+                self.stats.unreliable_dropped += ch.queue.len() as u64;
+                ch.queue.clear();
+            }
+        }
+        if !flush {
+            self.jobs.clear();
+            self.jobs.push_back(Job::Close);
+        }
+    }
+
+    /// Whether a flushing close has nothing left to deliver before its ERROR.
+    fn close_ready(&self) -> bool {
+        self.sent.is_empty()
+            && !self.jobs.iter().any(|j| matches!(j, Job::Reliable { .. }))
+            && self
+                .send_channels
+                .iter()
+                .all(|c| !c.mode.is_reliable() || c.queue.is_empty())
     }
 
     /// Takes one datagram from the peer; a sealed packet is opened in place, in `datagram`.
@@ -949,7 +975,7 @@ impl Connection {
                 client: self.id,
                 reason: DisconnectReason::ProtocolViolation(code),
             });
-            self.close(now, code, "protocol violation");
+            self.start_close(now, code, "protocol violation", false);
             if let Some(c) = self.close.as_mut() {
                 // The event is out already: closing ends silently.
                 c.report = None;
@@ -1067,8 +1093,8 @@ impl Connection {
                 {
                     self.jobs.push_back(Job::Close);
                 }
+                return;
             }
-            return;
         }
         // Unreliable messages that could not go out in time.
         let deadline = self.config.unreliable_deadline;
@@ -1179,6 +1205,13 @@ impl Connection {
                 }) = &self.close
                 {
                     consider(p.last_sent + self.rtt.backoff_rto(p.resends));
+                    return Some(t);
+                }
+                for p in &self.sent {
+                    consider(p.last_sent + self.rtt.backoff_rto(p.resends));
+                }
+                if !self.jobs.is_empty() {
+                    consider(self.last_send);
                 }
                 return Some(t);
             }
@@ -1291,7 +1324,20 @@ impl Connection {
             self.jobs.pop_front();
         }
         match self.state {
-            State::Closing { .. } => return self.write_ack(now, scratch, buf),
+            State::Closing { .. } => {
+                let sealed = self.close.as_ref().is_some_and(|c| c.packet.is_some());
+                if !sealed {
+                    // Deliver what `send` accepted, then the ERROR.
+                    if self.can_send_reliable(now) && self.build_packet(now, true, scratch) {
+                        return self.poll_datagram(now, scratch, buf);
+                    }
+                    if self.close_ready() && !self.jobs.iter().any(|j| matches!(j, Job::Close)) {
+                        self.jobs.push_back(Job::Close);
+                        return self.poll_datagram(now, scratch, buf);
+                    }
+                }
+                return self.write_ack(now, scratch, buf);
+            }
             State::Draining => {
                 let n = self.write_ack(now, scratch, buf);
                 if n.is_none() {
