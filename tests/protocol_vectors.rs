@@ -252,6 +252,7 @@ fn client_connection(h: &Handshake, now: Instant, config: ConnectionConfig) -> C
         h.keys.client_to_server.clone(),
         h.keys.server_to_client.clone(),
         Some(h.client_finished.clone()),
+        None,
     )
 }
 
@@ -265,6 +266,7 @@ fn server_connection(h: &Handshake, now: Instant, config: ConnectionConfig) -> C
         h.keys.server_to_client.clone(),
         h.keys.client_to_server.clone(),
         Some(h.server_finished.clone()),
+        None,
     )
 }
 

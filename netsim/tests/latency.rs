@@ -75,3 +75,53 @@ fn reliable_ordered_p99_under_20_percent_loss() {
         );
     }
 }
+
+/// Time to deliver one largest message (about 246 KiB) over a 10 Mbit/s link with 20 ms
+/// one-way delay, at `loss`.
+fn large_message_time(loss: f64, seed: u64) -> Duration {
+    let link = LinkConfig::perfect()
+        .with_delay(Duration::from_millis(20))
+        .with_rate(10_000_000)
+        .with_queue_bytes(1 << 20)
+        .with_loss(loss);
+    let mut config = ServerConfig::new(ServerIdentity::generate());
+    config.connection.max_message_size = tickwire::MAX_MESSAGE_SIZE;
+    let mut client_config = tickwire::ClientConfig::new(config.identity.public_key());
+    client_config.connection.max_message_size = tickwire::MAX_MESSAGE_SIZE;
+    let mut sim = Simulation::empty(config, seed);
+    sim.add_client(client_config, link.clone(), link);
+    sim.run_until_connected(Duration::from_secs(30)).unwrap();
+    let msg: Vec<u8> = (0..tickwire::MAX_MESSAGE_SIZE)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    let start = sim.now();
+    sim.client_mut(0).send(start, ChannelId(3), &msg).unwrap();
+    let mut got = None;
+    while got.is_none() {
+        sim.run_for(Duration::from_millis(1)).unwrap();
+        if let Some((_, _, data)) = sim.take_server_messages().pop() {
+            assert_eq!(data, msg);
+            got = Some(sim.now() - start);
+        }
+        assert!(
+            sim.now() - start < Duration::from_secs(30),
+            "seed {seed}: not delivered"
+        );
+    }
+    got.unwrap()
+}
+
+/// The performance issue's target: a 250 KiB message at 5% loss arrives within twice its
+/// lossless time (simulated, so the figures are exact).
+#[test]
+fn large_message_at_5_percent_loss_within_twice_lossless() {
+    let lossless = large_message_time(0.0, 1);
+    for seed in 1..=8 {
+        let lossy = large_message_time(0.05, seed);
+        println!("246 KiB: lossless {lossless:?}, 5% loss (seed {seed}) {lossy:?}");
+        assert!(
+            lossy <= lossless * 2,
+            "seed {seed}: {lossy:?} vs {lossless:?}"
+        );
+    }
+}

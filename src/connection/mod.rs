@@ -54,6 +54,11 @@ const PATH_CHALLENGE: &[u8] = b"path";
 /// traffic grew.
 const IDLE_TRIM: Duration = Duration::from_secs(2);
 
+/// Reliable packets up to this size are sent twice while loss lasts.
+const REDUNDANT_MAX: usize = 600;
+/// The smoothed loss estimate from which small reliable packets are sent twice.
+const REDUNDANCY_LOSS: f64 = 0.02;
+
 /// Buffers kept for reuse per connection.
 const POOL_LIMIT: usize = 64;
 
@@ -129,6 +134,10 @@ struct SentPacket {
     sent_before_pn: u32,
     /// Whether the receiver reported its fragments since the latest transmission.
     fresh_report: bool,
+    /// The highest fragment index written in the latest transmission.
+    last_index: usize,
+    /// When the receiver last reported the fragments it holds.
+    last_report: Option<Instant>,
 }
 
 /// A close in progress: the ERROR packet and what to report when it ends.
@@ -140,6 +149,16 @@ struct Closing {
 }
 
 impl SentPacket {
+    /// What the resend timer counts from: the latest transmission, or the latest fragment
+    /// report if later (a large packet crossing a slow link keeps reporting progress, and is
+    /// not resent while it does).
+    fn timer_base(&self) -> Instant {
+        match self.last_report {
+            Some(r) if r > self.last_sent => r,
+            _ => self.last_sent,
+        }
+    }
+
     /// The record of packet `pn`, first sent at `now`, with its processed payload.
     fn new(now: Instant, pn: u32, header: Header, fields: TypeFields, payload: Vec<u8>) -> Self {
         Self {
@@ -157,6 +176,8 @@ impl SentPacket {
             declared_lost: false,
             sent_before_pn: pn.saturating_add(1),
             fresh_report: false,
+            last_index: 0,
+            last_report: None,
         }
     }
 }
@@ -244,6 +265,9 @@ pub struct Connection {
     stats: ConnectionStats,
     pool: Vec<Vec<u8>>,
     range_pool: Vec<Vec<SeqRange>>,
+    /// Second copies of datagrams due: (when, packet number, fragment index). Small reliable
+    /// packets while loss lasts, and the tail of every fragmented transmission.
+    copies: VecDeque<(Instant, u32, u8)>,
     /// When a message was last queued or delivered.
     last_data: Instant,
     trimmed: bool,
@@ -273,6 +297,7 @@ impl Connection {
         send_key: PacketKey,
         recv_key: PacketKey,
         finished: Option<Vec<u8>>,
+        handshake_rtt: Option<Duration>,
     ) -> Self {
         let send_channels = config
             .channels
@@ -297,12 +322,16 @@ impl Connection {
             .collect();
         let mut receiver = Receiver::new();
         receiver.accept(0);
+        let mut rtt = RttEstimator::new(config.initial_rtt, config.min_rto, config.max_rto);
+        if let Some(sample) = handshake_rtt {
+            rtt.update(sample);
+        }
         Self {
             id,
             addr,
             role,
             state: State::Connected,
-            rtt: RttEstimator::new(config.initial_rtt, config.min_rto, config.max_rto),
+            rtt,
             reassembler: Reassembler::new(config.reassembly),
             config,
             send_key,
@@ -338,6 +367,7 @@ impl Connection {
             stats: ConnectionStats::default(),
             pool: Vec::new(),
             range_pool: Vec::new(),
+            copies: VecDeque::new(),
             last_data: now,
             trimmed: false,
         }
@@ -727,7 +757,7 @@ impl Connection {
                     packet_number,
                     count,
                     bitmap,
-                }) => self.on_fragment_ack(packet_number, count, bitmap),
+                }) => self.on_fragment_ack(now, packet_number, count, bitmap),
             }
         }
         if let Some(code) = violation {
@@ -904,7 +934,7 @@ impl Connection {
         }
     }
 
-    fn on_fragment_ack(&mut self, pn: u32, count: u8, bitmap: &[u8]) {
+    fn on_fragment_ack(&mut self, now: Instant, pn: u32, count: u8, bitmap: &[u8]) {
         let Ok(i) = self.sent.binary_search_by_key(&pn, |p| p.pn) else {
             return;
         };
@@ -920,6 +950,27 @@ impl Connection {
         }
         packet.held[usize::from(count)..].fill(false);
         packet.fresh_report = true;
+        packet.last_report = Some(now);
+        // Fragments missing below the last one the receiver holds of this transmission are
+        // lost (the fragment-level packet threshold): resend them now rather than at the
+        // resend timeout. A report that arrives while the packet is being (re)sent, or
+        // after it was already declared lost, changes nothing.
+        let count = usize::from(count);
+        // (No time rule: on a slow link the fragments of one burst arrive over a long time,
+        // and a report in the middle of it would make every fragment still in flight look
+        // lost.)
+        let received_last = packet.held[..count]
+            .last_one()
+            .is_some_and(|i| i >= packet.last_index);
+        let missing = packet.held[..count].not_all();
+        let queued = self
+            .jobs
+            .iter()
+            .any(|j| matches!(j, Job::Reliable { pn: p, .. } if *p == pn));
+        if received_last && missing && !packet.declared_lost && !queued {
+            packet.declared_lost = true;
+            self.on_lost(now, pn);
+        }
     }
 
     /// Packets unacknowledged while `PACKET_THRESHOLD` later ones were acked, or older than
@@ -1117,7 +1168,7 @@ impl Connection {
         // Resend timeouts.
         let mut expired = Vec::new();
         for p in &self.sent {
-            if now >= p.last_sent + self.rtt.backoff_rto(p.resends) {
+            if now >= p.timer_base() + self.rtt.backoff_rto(p.resends) {
                 expired.push(p.pn);
             }
         }
@@ -1134,10 +1185,15 @@ impl Connection {
             };
             let first_loss = !self.sent[i].declared_lost;
             self.sent[i].declared_lost = true;
-            if !self.sent[i].fresh_report {
-                // No fragment report since the last transmission: what the receiver held may
-                // be gone; send every fragment.
-                self.sent[i].held = FragmentBitmap::ZERO;
+            let reassembly_timeout = self.config.reassembly.timeout;
+            let p = &mut self.sent[i];
+            if !p.fresh_report
+                && p.last_report
+                    .is_some_and(|t| now.saturating_duration_since(t) >= reassembly_timeout)
+            {
+                // No report for as long as the receiver keeps an incomplete packet: what it
+                // held is gone; send every fragment.
+                p.held = FragmentBitmap::ZERO;
             }
             if first_loss {
                 self.on_lost(now, pn);
@@ -1208,7 +1264,7 @@ impl Connection {
                     return Some(t);
                 }
                 for p in &self.sent {
-                    consider(p.last_sent + self.rtt.backoff_rto(p.resends));
+                    consider(p.timer_base() + self.rtt.backoff_rto(p.resends));
                 }
                 if !self.jobs.is_empty() {
                     consider(self.last_send);
@@ -1223,7 +1279,7 @@ impl Connection {
         }
         consider(self.next_ping());
         for p in &self.sent {
-            consider(p.last_sent + self.rtt.backoff_rto(p.resends));
+            consider(p.timer_base() + self.rtt.backoff_rto(p.resends));
         }
         for ch in &self.send_channels {
             if let Some(q) = ch.queue.front() {
@@ -1237,6 +1293,9 @@ impl Connection {
         }
         if let Some(d) = self.reassembler.next_deadline() {
             consider(d);
+        }
+        if let Some(&(due, _, _)) = self.copies.front() {
+            consider(due);
         }
         if let Some(since) = self.receiver.pending_since() {
             consider(since + self.config.ack_delay);
@@ -1322,6 +1381,23 @@ impl Connection {
                 return Some(n);
             }
             self.jobs.pop_front();
+        }
+        while let Some(&(due, pn, index)) = self.copies.front() {
+            if due > now {
+                break;
+            }
+            self.copies.pop_front();
+            let Ok(i) = self.sent.binary_search_by_key(&pn, |p| p.pn) else {
+                continue; // acknowledged already
+            };
+            let p = &self.sent[i];
+            let index = usize::from(index);
+            if p.header.fragment.is_some() && p.held[index] {
+                continue; // the receiver has it
+            }
+            let n = fragment::write_datagram(&p.header, &p.fields, &p.payload, index, buf)
+                .expect("buffer holds a full datagram");
+            return Some(self.count_sent(now, n, true));
         }
         match self.state {
             State::Closing { .. } => {
@@ -1616,9 +1692,31 @@ impl Connection {
                     p.sent_before_pn = self.next_pn;
                     p.fresh_report = false;
                 }
+                p.last_index = index;
                 p.last_sent = now;
                 let resend = p.resends > 0 || p.declared_lost;
-                if index + 1 >= count {
+                let gap = (self.rtt.srtt() / 4).max(Duration::from_millis(2));
+                if !resend
+                    && count == 1
+                    && p.payload.len() <= REDUNDANT_MAX
+                    && self.loss_ewma >= REDUNDANCY_LOSS
+                    && self.in_flight + p.size <= self.cc.window()
+                {
+                    // While loss lasts, a small reliable packet goes out twice, a quarter RTT
+                    // apart: a game cannot wait a resend timeout for its inputs.
+                    self.copies.push_back((now + gap, pn, 0));
+                } else if count > 1 {
+                    // The last fragment of a transmission goes twice (losing it costs a resend
+                    // timeout, as nothing after it shows the gap), and so does every fragment
+                    // of a resend round of a few: one more loss there costs the same.
+                    let missing = count - p.held[..count].count_ones();
+                    let last_of_round = (index + 1..count).all(|k| p.held[k]);
+                    if last_of_round || (resend && missing <= 8) {
+                        self.copies.push_back((now + gap, pn, index as u8));
+                    }
+                }
+                // The transmission ends at the last fragment the receiver lacks.
+                if (index + 1..count).all(|k| p.held[k]) {
                     if p.declared_lost {
                         p.resends += 1;
                         p.declared_lost = false;

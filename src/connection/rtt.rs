@@ -61,9 +61,16 @@ impl RttEstimator {
         self.has_sample
     }
 
-    /// SRTT + 4 RTTVAR, clamped to the configured bounds.
+    /// SRTT + max(4 RTTVAR, SRTT / 4, 2 ms), clamped to the configured bounds.
+    ///
+    /// RFC 6298's clock-granularity term is SRTT / 4 here (at least 2 ms): on a steady path
+    /// RTTVAR decays towards zero, and a timer at exactly SRTT would fire for every ack that
+    /// waited for the peer's next tick.
     pub fn rto(&self) -> Duration {
-        (self.srtt + self.rttvar * 4).clamp(self.min_rto, self.max_rto)
+        let spread = (self.rttvar * 4)
+            .max(self.srtt / 4)
+            .max(Duration::from_millis(2));
+        (self.srtt + spread).clamp(self.min_rto, self.max_rto)
     }
 
     /// The resend timeout after `resends` resends (doubling, capped at the maximum).

@@ -34,6 +34,11 @@ enum State {
         interval: Duration,
         deadline: Instant,
         send_now: bool,
+        /// When the current stage's datagram last went out, and how many times it went out.
+        sent_at: Instant,
+        sends: u32,
+        /// The RTT the AUTH exchange gave, if its AUTH went out once.
+        rtt: Option<Duration>,
     },
     Connected(Box<Connection>),
     Closed,
@@ -152,6 +157,9 @@ impl Client {
                 interval: config.handshake_resend,
                 deadline: now + config.handshake_timeout,
                 send_now: true,
+                sent_at: now,
+                sends: 0,
+                rtt: None,
             },
             config,
             conn_config,
@@ -281,6 +289,9 @@ impl Client {
             stage,
             resend_at,
             interval,
+            sent_at,
+            sends,
+            rtt,
             ..
         } = &mut self.state
         else {
@@ -316,6 +327,9 @@ impl Client {
                 };
                 *interval = self.config.handshake_resend;
                 *resend_at = now + *interval;
+                // Karn: an AUTH sent more than once gives no RTT sample.
+                *rtt = (*sends == 1).then(|| now.saturating_duration_since(*sent_at));
+                *sends = 0;
                 if let State::Handshaking { send_now, .. } = &mut self.state {
                     *send_now = true;
                 }
@@ -347,6 +361,11 @@ impl Client {
                     return;
                 }
                 let id = ClientId(u64::from_be_bytes(id.try_into().expect("8 octets")));
+                // The finished exchange is the latest RTT sample (if the finished went out
+                // once); else the AUTH exchange's.
+                let handshake_rtt = (*sends == 1)
+                    .then(|| now.saturating_duration_since(*sent_at))
+                    .or(*rtt);
                 let finished = finished.clone();
                 let Stage::AwaitingFinished { keys, .. } =
                     std::mem::replace(stage, Stage::AwaitingAuth)
@@ -362,6 +381,7 @@ impl Client {
                     keys.client_to_server,
                     keys.server_to_client,
                     Some(finished),
+                    handshake_rtt,
                 );
                 self.id = Some(id);
                 self.resumption = Some(Resumption {
@@ -467,12 +487,16 @@ impl Client {
                 auth,
                 stage,
                 send_now,
+                sent_at,
+                sends,
                 ..
             } => {
                 if !*send_now {
                     return None;
                 }
                 *send_now = false;
+                *sent_at = now;
+                *sends += 1;
                 let datagram = match stage {
                     Stage::AwaitingAuth => &auth[..],
                     Stage::AwaitingFinished { finished, .. } => &finished[..],

@@ -23,6 +23,9 @@ struct Pending {
     deadline: Instant,
     /// The id a token or a resumption ticket gave the client.
     client_id: Option<ClientId>,
+    /// When our AUTH last went out, and whether it was a resend (no RTT sample then).
+    replied_at: Instant,
+    resent: bool,
 }
 
 /// A client id that may be resumed with its session's secret until `until`.
@@ -427,9 +430,10 @@ impl Server {
                 return;
             }
         }
-        if let Some(p) = self.pending.get(&from) {
+        if let Some(p) = self.pending.get_mut(&from) {
             if p.client_key == client_key {
                 // A resent AUTH: our reply was lost. Send the same reply again.
+                p.resent = true;
                 self.handshake_out.push_back((from, p.reply.clone()));
                 return;
             }
@@ -483,6 +487,8 @@ impl Server {
                 keys,
                 deadline: now + self.config.handshake_timeout,
                 client_id,
+                replied_at: now,
+                resent: false,
             },
         );
     }
@@ -585,6 +591,7 @@ impl Server {
             p.keys.server_to_client,
             p.keys.client_to_server,
             Some(finished),
+            (!p.resent).then(|| now.saturating_duration_since(p.replied_at)),
         );
         self.connections.insert(id, conn);
         self.by_addr.insert(from, id);
