@@ -113,6 +113,12 @@ impl ClientDriver {
         self.io.held()
     }
 
+    /// Whether the socket batches its system calls with segmentation offload (see
+    /// [`SocketConfig::offload`]): asked for, and available here.
+    pub fn has_offload(&self) -> bool {
+        self.io.has_offload()
+    }
+
     /// Queues a message on `channel` (sent at the next flush).
     ///
     /// # Errors
@@ -161,26 +167,32 @@ impl ClientDriver {
     /// Blocks until the client has an event and returns it, or returns `None` once `max_wait`
     /// has passed (`None`: no limit; `Some(Duration::ZERO)`: one pass that never blocks).
     ///
-    /// While waiting it sleeps in [`Poll::poll`](mio::Poll::poll) until a datagram or the
-    /// client's next deadline, runs timers at their deadlines and sends what is due. Once the
-    /// client is closed it has no deadline: without `max_wait` this then waits for a datagram
-    /// that changes nothing, so pass a limit or stop at [`Event::Disconnected`].
+    /// An event the client already has is returned at once, without a pass over the socket
+    /// (the events of one pass come out one call each). Otherwise it first sends what is
+    /// queued (so what [`ClientDriver::send`] queued goes out before it waits), then sleeps in
+    /// [`Poll::poll`](mio::Poll::poll) until a datagram or the client's next deadline, runs
+    /// timers at their deadlines and sends what is due. Once the client is closed it has no
+    /// deadline: without `max_wait` this then waits for a datagram that changes nothing, so
+    /// pass a limit or stop at [`Event::Disconnected`].
     ///
     /// # Errors
     /// An error of [`Poll::poll`](mio::Poll::poll) or its registry.
     pub fn run_until_event(&mut self, max_wait: Option<Duration>) -> io::Result<Option<Event>> {
+        // An event already there costs no system call and no clock read: a pass can leave
+        // hundreds (a message per event), and this is called once per event.
+        if let Some(ev) = self.client.poll_event() {
+            return Ok(Some(ev));
+        }
         let limit = max_wait.and_then(|d| Instant::now().checked_add(d));
         self.io.flush(&mut self.client)?;
-        let mut passed = false;
         loop {
+            self.io.wait_and_pump(&mut self.client, limit)?;
             if let Some(ev) = self.client.poll_event() {
                 return Ok(Some(ev));
             }
-            if passed && limit.is_some_and(|l| Instant::now() >= l) {
+            if limit.is_some_and(|l| Instant::now() >= l) {
                 return Ok(None);
             }
-            self.io.wait_and_pump(&mut self.client, limit)?;
-            passed = true;
         }
     }
 }

@@ -2,11 +2,19 @@
 //! [`Server`](crate::Server) and [`Client`](crate::Client).
 //!
 //! A [`ServerDriver`] or [`ClientDriver`] owns a non-blocking UDP socket set up with socket2
-//! ([`SocketConfig`]: buffer sizes, IPv6 dual-stack) and registered with its own mio
+//! ([`SocketConfig`]: buffer sizes, IPv6 dual-stack, offload) and registered with its own mio
 //! [`Poll`](mio::Poll), and the endpoint it drives. Each pass follows the endpoint's rule: read
 //! every datagram until `WouldBlock` and feed it, draining the endpoint's `poll_transmit` after
-//! each; run the timers that are due; send what is due. Events stay in the endpoint until
-//! taken with `poll_event`, so that its receive buffer limit keeps working as flow control.
+//! each batch the system call returned (and every 16 datagrams); run the timers that are due;
+//! send what is due. Events stay in the endpoint until taken with `poll_event`, so that its
+//! receive buffer limit keeps working as flow control.
+//!
+//! Batching ([`SocketConfig::offload`], on by default; Linux, through quinn-udp): consecutive
+//! datagrams for one peer, of one size but the last, leave in one `sendmsg` with UDP GSO (up to
+//! 64 of them); reads take several datagrams per `recvmmsg`, and with UDP GRO a run of
+//! datagrams from one peer per buffer, which the driver splits again before feeding them. The
+//! clock is read once per batch. Where the system has none of it, or with offload off, each
+//! datagram takes one `send_to` or `recv_from`. [`IoStats`] counts datagrams and system calls.
 //!
 //! Sending: a datagram the socket would not take (`WouldBlock`) is kept, in order, in a small
 //! bounded queue while WRITABLE interest is registered; when that queue is full the rest waits
@@ -15,8 +23,10 @@
 //!
 //! Waiting: [`ServerDriver::run_until_event`] sleeps in [`Poll::poll`](mio::Poll::poll) with
 //! the timeout `min(poll_timeout - now, max_wait)`. mio rounds timeouts up to whole
-//! milliseconds, and a deadline that turns out not due yet just means another wait. An idle
-//! endpoint wakes only at its deadlines (heartbeats, resends, the idle timeout).
+//! milliseconds; on Linux a wait shorter than 10 ms that is not a whole number of milliseconds
+//! (a pacing deadline, typically) also sets a `timerfd` registered with the same poll, which
+//! ends the wait on time. A deadline that turns out not due yet just means another wait. An
+//! idle endpoint wakes only at its deadlines (heartbeats, resends, the idle timeout).
 //!
 //! # Once per game tick
 //! [`ServerDriver::poll_once`] never blocks; the events follow with `poll_event`.
@@ -108,6 +118,7 @@ mod client;
 mod driver;
 mod server;
 mod socket;
+mod timer;
 
 use std::fmt;
 

@@ -22,18 +22,28 @@ pub struct SocketConfig {
     pub dual_stack: bool,
     /// Datagrams kept, in order, while the socket would block; past it the driver leaves the
     /// rest in the endpoint (which keeps its own queues and resends) until the socket is
-    /// writable again. At least 1.
+    /// writable again. At least 1. (A GSO run that meets a full socket is held whole.)
     pub send_queue_datagrams: usize,
+    /// Batch the system calls where the system can (Linux, through quinn-udp): UDP GSO sends
+    /// consecutive datagrams for one peer in one call, `recvmmsg` and UDP GRO read many in one.
+    /// With it the socket is also set to report each datagram's destination address and
+    /// traffic class, and on Linux to send with DF set whatever the path MTU cache says
+    /// (`IP_PMTUDISC_PROBE`; tickwire's datagrams fit any MTU). Off, or where the system has
+    /// none of it, every datagram takes one `send_to` or `recv_from`. A busy driver then holds
+    /// up to 1 MiB of receive buffers (16 of 64 KiB, added as reads fill them) instead of one.
+    pub offload: bool,
 }
 
 impl Default for SocketConfig {
-    /// 2 MiB socket buffers, IPv6 only on an IPv6 address, 256 held-back datagrams.
+    /// 2 MiB socket buffers, IPv6 only on an IPv6 address, 256 held-back datagrams, offload
+    /// on.
     fn default() -> Self {
         Self {
             recv_buffer_bytes: Some(2 << 20),
             send_buffer_bytes: Some(2 << 20),
             dual_stack: false,
             send_queue_datagrams: 256,
+            offload: true,
         }
     }
 }
@@ -43,6 +53,13 @@ impl SocketConfig {
     #[must_use]
     pub fn dual_stack(mut self) -> Self {
         self.dual_stack = true;
+        self
+    }
+
+    /// This configuration with one system call per datagram (see [`SocketConfig::offload`]).
+    #[must_use]
+    pub fn without_offload(mut self) -> Self {
+        self.offload = false;
         self
     }
 
@@ -67,8 +84,10 @@ impl SocketConfig {
 /// Don't-fragment: tickwire's datagrams are at most 1,002 octets after the handshake (its
 /// AUTH at most about 1,100), under IPv6's minimum MTU of 1,280, so they never need
 /// fragmenting. socket2 offers no `IP_MTU_DISCOVER` setter and this crate forbids `unsafe`, so
-/// the option is left at the system's default; on Linux that is `IP_PMTUDISC_WANT` (unless
-/// `net.ipv4.ip_no_pmtu_disc` is set), which already sends datagrams this small with DF set.
+/// the option is left at the system's default here; on Linux that is `IP_PMTUDISC_WANT`
+/// (unless `net.ipv4.ip_no_pmtu_disc` is set), which already sends datagrams this small with DF
+/// set. A driver with [`SocketConfig::offload`] then sets `IP_PMTUDISC_PROBE` (through
+/// quinn-udp).
 ///
 /// # Errors
 /// Any error of `socket`, `setsockopt` or `bind`.
