@@ -83,8 +83,9 @@ impl Congestion {
         ((2 * self.window) as f64 / secs).max(65536.0) as u64
     }
 
-    /// Whether `len` octets may go out now under pacing; takes the tokens if so.
-    pub fn try_pace(&mut self, now: Instant, srtt: Duration, len: usize) -> bool {
+    /// Whether a datagram may go out now under pacing (some tokens are left). What it costs is
+    /// charged afterwards with [`Congestion::on_sent`], at its real size.
+    pub fn try_pace(&mut self, now: Instant, srtt: Duration) -> bool {
         let rate = self.pacing_rate(srtt) as f64;
         let burst = (self.window as f64).max(16.0 * MSS as f64);
         if let Some(last) = self.last_refill {
@@ -92,22 +93,21 @@ impl Congestion {
             self.tokens = (self.tokens + dt * rate).min(burst);
         }
         self.last_refill = Some(now);
-        if self.tokens >= len as f64 || self.tokens >= burst {
-            self.tokens -= len as f64;
-            true
-        } else {
-            false
-        }
+        self.tokens > 0.0
     }
 
-    /// When `len` octets of tokens will be there, from the last refill.
-    pub fn pace_deadline(&self, srtt: Duration, len: usize) -> Option<Instant> {
+    /// A datagram of `len` octets went out.
+    pub fn on_sent(&mut self, len: usize) {
+        self.tokens -= len as f64;
+    }
+
+    /// When tokens will be there again, from the last refill.
+    pub fn pace_deadline(&self, srtt: Duration) -> Option<Instant> {
         let last = self.last_refill?;
-        let missing = len as f64 - self.tokens;
-        if missing <= 0.0 {
+        if self.tokens > 0.0 {
             return Some(last);
         }
         let rate = self.pacing_rate(srtt) as f64;
-        Some(last + Duration::from_secs_f64(missing / rate))
+        Some(last + Duration::from_secs_f64((1.0 - self.tokens) / rate))
     }
 }

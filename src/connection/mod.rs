@@ -54,6 +54,12 @@ const PATH_CHALLENGE: &[u8] = b"path";
 /// traffic grew.
 const IDLE_TRIM: Duration = Duration::from_secs(2);
 
+/// Every this many unreliable data packets, the receiver sends an ACK.
+const UNRELIABLE_ACK_EVERY: u32 = 8;
+
+/// Unreliable data packets remembered for congestion control at most.
+const UNRELIABLE_TRACKED: usize = 1024;
+
 /// Reliable packets up to this size are sent twice while loss lasts.
 const REDUNDANT_MAX: usize = 600;
 /// The smoothed loss estimate from which small reliable packets are sent twice.
@@ -92,6 +98,8 @@ struct SendChannel {
     mode: DeliveryMode,
     compress: bool,
     queue: VecDeque<Queued>,
+    /// Octets of the messages in `queue`.
+    queued: usize,
     next_seq: u16,
     /// Reliable-ordered: acked flags of messages from `window_base` on.
     window: VecDeque<bool>,
@@ -265,6 +273,11 @@ pub struct Connection {
     stats: ConnectionStats,
     pool: Vec<Vec<u8>>,
     range_pool: Vec<Vec<SeqRange>>,
+    /// Unreliable data packets recently sent: (packet number, octets, when), so that their
+    /// acknowledgements grow the window and their gaps shrink it like reliable packets'.
+    unreliable_sent: VecDeque<(u32, u32, Instant)>,
+    /// Unreliable data packets received since the last one that asked for an ACK.
+    unreliable_unacked: u32,
     /// Second copies of datagrams due: (when, packet number, fragment index). Small reliable
     /// packets while loss lasts, and the tail of every fragmented transmission.
     copies: VecDeque<(Instant, u32, u8)>,
@@ -306,6 +319,7 @@ impl Connection {
                 mode: c.mode,
                 compress: c.compress,
                 queue: VecDeque::new(),
+                queued: 0,
                 next_seq: 0,
                 window: VecDeque::new(),
                 window_base: 0,
@@ -368,6 +382,8 @@ impl Connection {
             pool: Vec::new(),
             range_pool: Vec::new(),
             copies: VecDeque::new(),
+            unreliable_sent: VecDeque::new(),
+            unreliable_unacked: 0,
             last_data: now,
             trimmed: false,
         }
@@ -484,18 +500,18 @@ impl Connection {
             self.queued_bytes += data.len();
         } else {
             // Unreliable messages never block the sender: the oldest make room.
-            let mut queued: usize = ch.queue.iter().map(|q| q.data.len()).sum();
-            while queued + data.len() > self.config.send_queue_bytes {
+            while ch.queued + data.len() > self.config.send_queue_bytes {
                 let Some(old) = ch.queue.pop_front() else {
                     break;
                 };
-                queued -= old.data.len();
+                ch.queued -= old.data.len();
                 self.stats.unreliable_dropped += 1;
                 if self.pool.len() < POOL_LIMIT {
                     self.pool.push(old.data);
                 }
             }
         }
+        ch.queued += buf.len();
         ch.queue.push_back(Queued {
             data: buf,
             enqueued: now,
@@ -537,6 +553,7 @@ impl Connection {
             if !ch.mode.is_reliable() {
                 self.stats.unreliable_dropped += ch.queue.len() as u64;
                 ch.queue.clear();
+                ch.queued = 0;
             }
         }
         if !flush {
@@ -697,6 +714,14 @@ impl Connection {
         self.stats.bytes_received += len as u64;
         if header.flags.contains(Flags::RELIABLE) {
             self.receiver.ack_later(now, pn);
+        } else if matches!(fields, TypeFields::Default | TypeFields::Ack(_)) {
+            // Unreliable data is acknowledged too, every few packets (one ACK covers 17), so
+            // that the sender's window and pacing follow what actually gets through.
+            self.unreliable_unacked += 1;
+            if self.unreliable_unacked >= UNRELIABLE_ACK_EVERY {
+                self.unreliable_unacked = 0;
+                self.receiver.ack_later(now, pn);
+            }
         }
         match fields {
             TypeFields::Ack(ack) => self.on_ack_fields(now, &ack),
@@ -883,7 +908,33 @@ impl Connection {
         if self.largest_acked.is_none_or(|l| ack_pn > l) {
             self.largest_acked = Some(ack_pn);
         }
+        self.unreliable_acks(now, ack, ack_pn);
         self.detect_losses(now);
+    }
+
+    /// Acknowledged unreliable packets grow the window; those left behind by
+    /// `PACKET_THRESHOLD` newer acknowledged ones count as a loss (once per round trip).
+    fn unreliable_acks(&mut self, now: Instant, ack: &AckFields, ack_pn: u32) {
+        let mut i = 0;
+        while i < self.unreliable_sent.len() {
+            let (pn, size, sent) = self.unreliable_sent[i];
+            let back = ack_pn.wrapping_sub(pn);
+            let acked =
+                back == 0 || (1..=16).contains(&back) && ack.ack_bits & (0x8000 >> (back - 1)) != 0;
+            if acked {
+                self.cc.on_ack(u64::from(size), sent);
+                self.unreliable_sent.remove(i);
+            } else if pn < ack_pn && back >= PACKET_THRESHOLD && back <= 16 {
+                // Inside the window the ACK describes and not in it: lost.
+                self.cc.on_loss(now, sent);
+                self.unreliable_sent.remove(i);
+            } else if pn < ack_pn && back > 16 {
+                // Older than any ACK will describe again: forget it.
+                self.unreliable_sent.remove(i);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn on_packet_acked(&mut self, now: Instant, pn: u32) {
@@ -1159,6 +1210,7 @@ impl Connection {
                 .is_some_and(|q| now.saturating_duration_since(q.enqueued) >= deadline)
             {
                 let q = ch.queue.pop_front().expect("front checked");
+                ch.queued -= q.data.len();
                 self.stats.unreliable_dropped += 1;
                 if self.pool.len() < POOL_LIMIT {
                     self.pool.push(q.data);
@@ -1506,14 +1558,11 @@ impl Connection {
 
     /// Takes pacing tokens for one datagram, or records when they will be there.
     fn pace(&mut self, now: Instant) -> bool {
-        if self.cc.try_pace(now, self.rtt.srtt(), MAX_DATA) {
+        if self.cc.try_pace(now, self.rtt.srtt()) {
             self.paced_until = None;
             true
         } else {
-            let at = self
-                .cc
-                .pace_deadline(self.rtt.srtt(), MAX_DATA)
-                .unwrap_or(now);
+            let at = self.cc.pace_deadline(self.rtt.srtt()).unwrap_or(now);
             self.paced_until = Some(at.max(now + Duration::from_micros(100)));
             false
         }
@@ -1553,6 +1602,7 @@ impl Connection {
                     break;
                 }
                 let q = ch.queue.pop_front().expect("front checked");
+                ch.queued -= q.data.len();
                 frame::put_message(plain, ci as u8, seq, &q.data);
                 any = true;
                 compress &= ch.compress;
@@ -1621,6 +1671,12 @@ impl Connection {
             self.sent.push_back(packet);
             self.jobs.push_back(Job::Reliable { pn, next: 0 });
         } else {
+            if self.unreliable_sent.len() >= UNRELIABLE_TRACKED {
+                self.unreliable_sent.pop_front();
+            }
+            let count = header.fragment.map_or(1, |f| usize::from(f.count));
+            let size = (out.len() + count * DATAGRAM_OVERHEAD) as u32;
+            self.unreliable_sent.push_back((pn, size, now));
             self.unreliable_payload = out;
             self.unreliable_header = Some((header, fields));
             self.jobs.push_back(Job::Unreliable { next: 0 });
@@ -1849,6 +1905,7 @@ impl Connection {
     }
 
     fn count_sent(&mut self, now: Instant, len: usize, resend: bool) -> usize {
+        self.cc.on_sent(len);
         self.last_send = now;
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += len as u64;

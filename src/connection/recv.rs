@@ -150,10 +150,20 @@ impl Receiver {
         }
     }
 
-    /// ACK fields that acknowledge the newest owed packet number and every owed one among the
-    /// 16 before it, which are then no longer owed. `None` when nothing is owed.
+    /// ACK fields that acknowledge the oldest owed packet number and every owed one among the
+    /// 16 after it (the ACK ID is the newest of those), which are then no longer owed. `None`
+    /// when nothing is owed.
     pub fn take_ack(&mut self) -> Option<AckFields> {
-        let newest = *self.pending.iter().max()?;
+        // Oldest first, so that the sender sees acknowledgements in the order it sent: an ACK
+        // of a newer packet ahead of an older one's would make the older look lost.
+        let oldest = *self.pending.iter().min()?;
+        let newest = self
+            .pending
+            .iter()
+            .copied()
+            .filter(|&p| p - oldest <= 16)
+            .max()
+            .expect("oldest itself qualifies");
         let fields = self.fields_for(newest);
         self.pending.retain(|&p| p > newest || newest - p > 16);
         if self.pending.is_empty() {
@@ -202,11 +212,11 @@ mod tests {
             r.ack_later(now, pn);
         }
         let a = r.take_ack().unwrap();
-        assert_eq!(a.ack_id, 41);
-        assert!(a.acknowledges(40));
+        assert_eq!(a.ack_id, 3);
+        assert!(a.acknowledges(1) && a.acknowledges(2));
         let b = r.take_ack().unwrap();
-        assert_eq!(b.ack_id, 3);
-        assert!(b.acknowledges(1) && b.acknowledges(2));
+        assert_eq!(b.ack_id, 41);
+        assert!(b.acknowledges(40));
         assert!(r.take_ack().is_none());
     }
 }
