@@ -924,7 +924,7 @@ impl Connection {
             if acked {
                 self.cc.on_ack(u64::from(size), sent);
                 self.unreliable_sent.remove(i);
-            } else if pn < ack_pn && back >= PACKET_THRESHOLD && back <= 16 {
+            } else if pn < ack_pn && (PACKET_THRESHOLD..=16).contains(&back) {
                 // Inside the window the ACK describes and not in it: lost.
                 self.cc.on_loss(now, sent);
                 self.unreliable_sent.remove(i);
