@@ -249,6 +249,10 @@ pub struct Connection {
     largest_acked: Option<u32>,
     queued_bytes: usize,
     undelivered_bytes: usize,
+    /// Octets of reliable-ordered messages held for a gap before them (bounded by the
+    /// sender's ordered window, ORDER_WINDOW messages per channel). They do not count against
+    /// the receive buffer: the packet that fills the gap must always get in.
+    held_bytes: usize,
     jobs: VecDeque<Job>,
     unreliable_header: Option<(Header, TypeFields)>,
     unreliable_payload: Vec<u8>,
@@ -360,6 +364,7 @@ impl Connection {
             largest_acked: None,
             queued_bytes: 0,
             undelivered_bytes: 0,
+            held_bytes: 0,
             jobs: VecDeque::new(),
             unreliable_header: None,
             unreliable_payload: Vec::new(),
@@ -843,7 +848,7 @@ impl Connection {
                     }
                     if ch.held[offset].is_none() {
                         let buf = take_buf(data);
-                        self.undelivered_bytes += data.len();
+                        self.held_bytes += data.len();
                         ch.held[offset] = Some(buf);
                     }
                     return Ok(());
@@ -863,6 +868,8 @@ impl Connection {
                 }
                 while let Some(Some(_)) = ch.held.front() {
                     let msg = ch.held.pop_front().flatten().expect("front is Some");
+                    self.held_bytes -= msg.len();
+                    self.undelivered_bytes += msg.len();
                     self.stats.messages_received += 1;
                     events.push_back(Event::Message {
                         client,
@@ -993,6 +1000,10 @@ impl Connection {
         if packet.header.fragment.map(|f| f.count) != Some(count) {
             return;
         }
+        // Fragments newly reported held grow the window as acknowledged octets would, so a
+        // large transfer opens it (slow start) without waiting for its one final ack.
+        let before = packet.held.count_ones();
+        let sent_at = packet.last_sent;
         // The latest report replaces the earlier ones: the receiver may have dropped an
         // incomplete packet since (at its reassembly deadline).
         packet.held = FragmentBitmap::ZERO;
@@ -1002,6 +1013,8 @@ impl Connection {
         packet.held[usize::from(count)..].fill(false);
         packet.fresh_report = true;
         packet.last_report = Some(now);
+        let gained = packet.held.count_ones().saturating_sub(before);
+        self.cc.on_ack((gained * MAX_DATA) as u64, sent_at);
         // Fragments missing below the last one the receiver holds of this transmission are
         // lost (the fragment-level packet threshold): resend them now rather than at the
         // resend timeout. A report that arrives while the packet is being (re)sent, or
@@ -1358,7 +1371,8 @@ impl Connection {
         if let Some((_, _, Some(sent))) = self.challenge {
             consider(sent + self.rtt.rto());
         }
-        if !self.jobs.is_empty()
+        // Jobs waiting for pacing tokens wait for `paced_until` (considered above).
+        if (!self.jobs.is_empty() && self.paced_until.is_none())
             || self.pong.is_some()
             || self.path_response.is_some()
             || self.resend_finished
@@ -1429,6 +1443,14 @@ impl Connection {
             }
         }
         while let Some(job) = self.jobs.front().copied() {
+            // The fragments of a large packet are paced like any datagram: a burst of 255 at
+            // once overflows socket buffers on the way. (Small jobs, the close, go at once.)
+            if matches!(job, Job::Reliable { .. } | Job::Unreliable { .. })
+                && self.job_is_large(job)
+                && !self.pace(now)
+            {
+                break;
+            }
             if let Some(n) = self.run_job(now, job, scratch, buf) {
                 return Some(n);
             }
@@ -1546,6 +1568,20 @@ impl Connection {
             return false;
         }
         self.pace(now)
+    }
+
+    /// Whether a job writes a fragmented packet (and is therefore paced).
+    fn job_is_large(&self, job: Job) -> bool {
+        match job {
+            Job::Reliable { pn, .. } => self
+                .sent
+                .binary_search_by_key(&pn, |p| p.pn)
+                .is_ok_and(|i| self.sent[i].header.fragment.is_some()),
+            Job::Unreliable { .. } => self
+                .unreliable_header
+                .is_some_and(|(h, _)| h.fragment.is_some()),
+            Job::Close => false,
+        }
     }
 
     /// Whether the oldest unacknowledged reliable packet is so far behind that more new
