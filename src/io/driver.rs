@@ -92,6 +92,9 @@ pub(crate) trait Endpoint {
     fn handle_timeout(&mut self, now: Instant);
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit>;
     fn poll_timeout(&self) -> Option<Instant>;
+    fn poll_event(&mut self) -> Option<crate::Event> {
+        None
+    }
 }
 
 impl Endpoint for Server {
@@ -107,6 +110,9 @@ impl Endpoint for Server {
     fn poll_timeout(&self) -> Option<Instant> {
         Server::poll_timeout(self)
     }
+    fn poll_event(&mut self) -> Option<crate::Event> {
+        Server::poll_event(self)
+    }
 }
 
 impl Endpoint for Client {
@@ -121,6 +127,9 @@ impl Endpoint for Client {
     }
     fn poll_timeout(&self) -> Option<Instant> {
         Client::poll_timeout(self)
+    }
+    fn poll_event(&mut self) -> Option<crate::Event> {
+        Client::poll_event(self)
     }
 }
 
@@ -420,6 +429,31 @@ impl Io {
     /// socket takes them: with GSO, consecutive datagrams for one peer of one size (the last
     /// may be shorter) go out in one call. Registers WRITABLE interest while anything is held
     /// back.
+    /// The drivers' `run_until_event`: an event already there at once, else send what is
+    /// queued, then wait and pump until an event or `max_wait`.
+    pub(crate) fn run_until_event<E: Endpoint>(
+        &mut self,
+        endpoint: &mut E,
+        max_wait: Option<Duration>,
+    ) -> io::Result<Option<crate::Event>> {
+        // An event already there costs no system call and no clock read: a pass can leave
+        // hundreds (a message per event), and this is called once per event.
+        if let Some(ev) = endpoint.poll_event() {
+            return Ok(Some(ev));
+        }
+        let limit = max_wait.and_then(|d| Instant::now().checked_add(d));
+        self.flush(endpoint)?;
+        loop {
+            self.wait_and_pump(endpoint, limit)?;
+            if let Some(ev) = endpoint.poll_event() {
+                return Ok(Some(ev));
+            }
+            if limit.is_some_and(|l| Instant::now() >= l) {
+                return Ok(None);
+            }
+        }
+    }
+
     pub(crate) fn flush<E: Endpoint>(&mut self, endpoint: &mut E) -> io::Result<()> {
         while let Some((to, data)) = self.held.front() {
             match self.socket.send_to(data, *to) {

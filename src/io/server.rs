@@ -181,21 +181,6 @@ impl ServerDriver {
     /// # Errors
     /// An error of [`Poll::poll`](mio::Poll::poll) or its registry.
     pub fn run_until_event(&mut self, max_wait: Option<Duration>) -> io::Result<Option<Event>> {
-        // An event already there costs no system call and no clock read: a pass can leave
-        // hundreds (a message per event), and this is called once per event.
-        if let Some(ev) = self.server.poll_event() {
-            return Ok(Some(ev));
-        }
-        let limit = max_wait.and_then(|d| Instant::now().checked_add(d));
-        self.io.flush(&mut self.server)?;
-        loop {
-            self.io.wait_and_pump(&mut self.server, limit)?;
-            if let Some(ev) = self.server.poll_event() {
-                return Ok(Some(ev));
-            }
-            if limit.is_some_and(|l| Instant::now() >= l) {
-                return Ok(None);
-            }
-        }
+        self.io.run_until_event(&mut self.server, max_wait)
     }
 }
