@@ -6,6 +6,11 @@
 //! the packet number does not wrap (the connection layer closes or rekeys before it does).
 //! The 16-octet tag ends the sealed Data. The associated data is the header fields that do not
 //! change between fragments plus the type-specific fields (see [`associated_data`]).
+//!
+//! The cipher is the RustCrypto `aes-gcm` crate. With the cargo feature `ring`, sealing and
+//! opening go through `ring`'s AES-128-GCM instead (several times faster where the CPU has
+//! AES and carry-less multiply instructions); the bytes on the wire are the same, and
+//! `tests/aead_backends.rs` checks the two against each other.
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes128Gcm, Nonce, Tag};
@@ -25,6 +30,8 @@ pub const MAX_AAD: usize = 11;
 #[derive(Clone)]
 pub struct PacketKey {
     cipher: Aes128Gcm,
+    #[cfg(feature = "ring")]
+    ring: ring::aead::LessSafeKey,
     salt: [u8; SALT_LEN],
 }
 
@@ -39,6 +46,11 @@ impl PacketKey {
     pub fn new(key: &[u8; KEY_LEN], salt: &[u8; SALT_LEN]) -> Self {
         Self {
             cipher: Aes128Gcm::new(key.into()),
+            #[cfg(feature = "ring")]
+            ring: ring::aead::LessSafeKey::new(
+                ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, key)
+                    .expect("a 16-octet key suits AES-128-GCM"),
+            ),
             salt: *salt,
         }
     }
@@ -57,12 +69,20 @@ impl PacketKey {
     ///
     /// `buf` should have 16 octets of spare capacity, so that the tag needs no allocation.
     pub fn seal(&self, pn: u32, aad: &[u8], buf: &mut Vec<u8>) {
-        let nonce = self.nonce(pn);
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(&Nonce::from(nonce), aad, buf)
-            .expect("AES-GCM seals any payload under 64 GiB");
-        buf.extend_from_slice(&tag);
+        #[cfg(feature = "ring")]
+        {
+            let tag = self
+                .ring
+                .seal_in_place_separate_tag(
+                    ring::aead::Nonce::assume_unique_for_key(self.nonce(pn)),
+                    ring::aead::Aad::from(aad),
+                    buf,
+                )
+                .expect("AES-GCM seals any payload under 64 GiB");
+            buf.extend_from_slice(tag.as_ref());
+        }
+        #[cfg(not(feature = "ring"))]
+        self.seal_rustcrypto(pn, aad, buf);
     }
 
     /// Opens `buf` (ciphertext then tag) in place and returns the plaintext's length.
@@ -71,19 +91,62 @@ impl PacketKey {
     /// 3.7 if `buf` is shorter than the tag or the tag does not verify; `buf` is then left
     /// in an unspecified state and nothing it held may be used.
     pub fn open(&self, pn: u32, aad: &[u8], buf: &mut [u8]) -> Result<usize, WireError> {
+        #[cfg(feature = "ring")]
+        {
+            if buf.len() < TAG_LEN {
+                return Err(too_short());
+            }
+            let plain = self
+                .ring
+                .open_in_place(
+                    ring::aead::Nonce::assume_unique_for_key(self.nonce(pn)),
+                    ring::aead::Aad::from(aad),
+                    buf,
+                )
+                .map_err(|_| failed_to_open())?;
+            Ok(plain.len())
+        }
+        #[cfg(not(feature = "ring"))]
+        self.open_rustcrypto(pn, aad, buf)
+    }
+
+    /// [`seal`](Self::seal) through the RustCrypto `aes-gcm` crate whatever the features;
+    /// for tests that compare the backends.
+    #[doc(hidden)]
+    pub fn seal_rustcrypto(&self, pn: u32, aad: &[u8], buf: &mut Vec<u8>) {
+        let nonce = self.nonce(pn);
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(&Nonce::from(nonce), aad, buf)
+            .expect("AES-GCM seals any payload under 64 GiB");
+        buf.extend_from_slice(&tag);
+    }
+
+    /// [`open`](Self::open) through the RustCrypto `aes-gcm` crate whatever the features;
+    /// for tests that compare the backends.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    #[doc(hidden)]
+    pub fn open_rustcrypto(&self, pn: u32, aad: &[u8], buf: &mut [u8]) -> Result<usize, WireError> {
         let Some(body_len) = buf.len().checked_sub(TAG_LEN) else {
-            return Err(WireError::new(
-                ErrorCode::InitVector,
-                "sealed Data shorter than its tag",
-            ));
+            return Err(too_short());
         };
         let (body, tag) = buf.split_at_mut(body_len);
         let tag: [u8; TAG_LEN] = (&*tag).try_into().expect("split at TAG_LEN from the end");
         self.cipher
             .decrypt_in_place_detached(&Nonce::from(self.nonce(pn)), aad, body, &Tag::from(tag))
-            .map_err(|_| WireError::new(ErrorCode::InitVector, "packet failed to open"))?;
+            .map_err(|_| failed_to_open())?;
         Ok(body_len)
     }
+}
+
+fn too_short() -> WireError {
+    WireError::new(ErrorCode::InitVector, "sealed Data shorter than its tag")
+}
+
+fn failed_to_open() -> WireError {
+    WireError::new(ErrorCode::InitVector, "packet failed to open")
 }
 
 /// The 32-bit packet number of a sealed packet: Init Vector high, Sequence ID low.
