@@ -465,6 +465,8 @@ impl Connection {
             n += p.payload.capacity() + p.ordered.capacity() * size_of::<SeqRange>();
         }
         n += self.jobs.capacity() * size_of::<Job>();
+        n += self.unreliable_sent.capacity() * size_of::<(u32, u32, Instant)>();
+        n += self.copies.capacity() * size_of::<(Instant, u32, u8)>();
         n += self.receiver.memory_bytes();
         n
     }
@@ -1297,6 +1299,10 @@ impl Connection {
         self.receiver.trim();
         self.sent.shrink_to(0);
         self.jobs.shrink_to(0);
+        // Unacknowledged unreliable packets this old will never be acknowledged.
+        self.unreliable_sent.clear();
+        self.unreliable_sent.shrink_to(0);
+        self.copies.shrink_to(0);
         for ch in &mut self.send_channels {
             ch.queue.shrink_to(0);
             ch.window.shrink_to(0);
