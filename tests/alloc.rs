@@ -47,6 +47,28 @@ struct Pair {
 }
 
 impl Pair {
+    /// A server and a client over a perfect in-memory network, after the handshake.
+    fn connected() -> Self {
+        let now = Instant::now();
+        let server = Server::new(ServerConfig::new(ServerIdentity::generate())).unwrap();
+        let server_addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let client =
+            Client::connect(ClientConfig::new(server.public_key()), server_addr, now).unwrap();
+        let mut p = Pair {
+            now,
+            server,
+            client,
+            buf: vec![0; 1500],
+            server_addr,
+            client_addr: "127.0.0.1:5000".parse().unwrap(),
+            delivered: 0,
+        };
+        for _ in 0..50 {
+            p.tick();
+        }
+        p
+    }
+
     /// One tick: both sides send what they have, the other side receives it, events are
     /// drained and their buffers recycled.
     fn tick(&mut self) {
@@ -92,22 +114,7 @@ impl Pair {
 
 #[test]
 fn steady_state_send_and_receive_do_not_allocate() {
-    let now = Instant::now();
-    let server = Server::new(ServerConfig::new(ServerIdentity::generate())).unwrap();
-    let server_addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-    let client = Client::connect(ClientConfig::new(server.public_key()), server_addr, now).unwrap();
-    let mut p = Pair {
-        now,
-        server,
-        client,
-        buf: vec![0; 1500],
-        server_addr,
-        client_addr: "127.0.0.1:5000".parse().unwrap(),
-        delivered: 0,
-    };
-    for _ in 0..50 {
-        p.tick();
-    }
+    let mut p = Pair::connected();
     assert!(p.client.is_connected());
     let msg = [7u8; 100];
     // Warm-up: pools, queues and windows reach their working size.
@@ -134,22 +141,7 @@ fn steady_state_send_and_receive_do_not_allocate() {
 /// traffic that grew its buffers has stopped.
 #[test]
 fn idle_connection_holds_at_most_8_kib() {
-    let now = Instant::now();
-    let server = Server::new(ServerConfig::new(ServerIdentity::generate())).unwrap();
-    let server_addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-    let client = Client::connect(ClientConfig::new(server.public_key()), server_addr, now).unwrap();
-    let mut p = Pair {
-        now,
-        server,
-        client,
-        buf: vec![0; 1500],
-        server_addr,
-        client_addr: "127.0.0.1:5000".parse().unwrap(),
-        delivered: 0,
-    };
-    for _ in 0..50 {
-        p.tick();
-    }
+    let mut p = Pair::connected();
     for _ in 0..100 {
         p.send_all(&[1u8; 100]);
         p.tick();

@@ -230,6 +230,21 @@ fn optional_tokens_let_tokenless_clients_in() {
     sim.connect_all();
 }
 
+/// Adds a client on port `port` that resumes the session `resumption` came from.
+fn add_resumed_client(sim: &mut Sim, port: u16, resumption: &tickwire::Resumption) -> usize {
+    let client = Client::resume(
+        ClientConfig::new(sim.server.public_key()),
+        sim.server_addr,
+        sim.now,
+        &[],
+        resumption,
+    )
+    .unwrap();
+    sim.clients.push((addr(port), client));
+    sim.client_events.push(Vec::new());
+    sim.clients.len() - 1
+}
+
 /// Changes client `i`'s address (a NAT rebinding): its datagrams now come from `new`.
 fn rebind(sim: &mut Sim, i: usize, port: u16) {
     sim.clients[i].0 = addr(port);
@@ -341,16 +356,7 @@ fn reconnecting_client_resumes_its_id() {
     sim.run_for(Duration::from_secs(11));
     assert!(!sim.server.is_connected(ClientId(1)));
     // It comes back from a new address with its resumption ticket.
-    let client = Client::resume(
-        ClientConfig::new(sim.server.public_key()),
-        sim.server_addr,
-        sim.now,
-        &[],
-        &resumption,
-    )
-    .unwrap();
-    sim.clients.push((addr(8888), client));
-    sim.client_events.push(Vec::new());
+    add_resumed_client(&mut sim, 8888, &resumption);
     sim.run_until(Duration::from_secs(5), |s| s.clients[2].1.is_connected());
     assert_eq!(sim.clients[2].1.id(), Some(ClientId(1)));
     assert!(sim.server.is_connected(ClientId(1)));
@@ -370,16 +376,7 @@ fn resumption_expires_after_its_window() {
     let dead = sim.clients[0].0;
     sim.muted.push(dead);
     sim.run_for(Duration::from_secs(20));
-    let client = Client::resume(
-        ClientConfig::new(sim.server.public_key()),
-        sim.server_addr,
-        sim.now,
-        &[],
-        &resumption,
-    )
-    .unwrap();
-    sim.clients.push((addr(8890), client));
-    sim.client_events.push(Vec::new());
+    add_resumed_client(&mut sim, 8890, &resumption);
     sim.run_until(Duration::from_secs(5), |s| s.clients[1].1.is_connected());
     assert_ne!(
         sim.clients[1].1.id(),
@@ -393,16 +390,7 @@ fn resumption_expires_after_its_window() {
 fn resuming_while_the_old_connection_lives_replaces_it() {
     let mut sim = connected_sim(1);
     let resumption = sim.clients[0].1.resumption().unwrap();
-    let client = Client::resume(
-        ClientConfig::new(sim.server.public_key()),
-        sim.server_addr,
-        sim.now,
-        &[],
-        &resumption,
-    )
-    .unwrap();
-    sim.clients.push((addr(8889), client));
-    sim.client_events.push(Vec::new());
+    add_resumed_client(&mut sim, 8889, &resumption);
     sim.run_until(Duration::from_secs(5), |s| s.clients[1].1.is_connected());
     assert_eq!(sim.clients[1].1.id(), Some(ClientId(1)));
     assert!(sim.server_events.iter().any(|e| matches!(
