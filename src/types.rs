@@ -194,4 +194,25 @@ pub struct ConnectionStats {
     /// Octets of memory the connection holds: its state, queues, unacknowledged packets,
     /// reassembly buffers and reusable buffers.
     pub memory_bytes: u64,
+    /// Octets charged to the receive budget now (`ConnectionConfig::receive_buffer_bytes`):
+    /// messages not yet taken by `poll_event`, messages held for ordering, and packets in
+    /// reassembly.
+    pub receive_buffered_bytes: u64,
+    /// Octets charged to the send budget now (`ConnectionConfig::send_queue_bytes`): queued
+    /// reliable messages and unacknowledged ones, each counted as its length plus
+    /// `MESSAGE_OVERHEAD`.
+    pub send_queued_bytes: u64,
+    /// Packets dropped unacknowledged because they would have put the receive budget over its
+    /// limit (the peer resends them later). Also counted in `datagrams_dropped`.
+    pub dropped_over_budget: u64,
+    /// Fragments refused: a packet number this connection could not legitimately receive yet
+    /// (far above the newest one accepted), or reassembly full of packets still progressing.
+    /// Also counted in `datagrams_dropped`.
+    pub fragments_refused: u64,
+    /// Incomplete packets dropped from reassembly to make room for a new one (the least
+    /// complete, longest idle first).
+    pub reassembly_evictions: u64,
+    /// Times a path challenge waited because the new address had been sent three times what
+    /// it sent (the anti-amplification limit before validation).
+    pub amplification_limited: u64,
 }

@@ -6,6 +6,7 @@
 //! [`Connection::poll_transmit`] until it returns `None`, [`Connection::handle_timeout`] at
 //! [`Connection::poll_timeout`].
 
+pub mod budget;
 pub mod congestion;
 pub mod frame;
 pub mod recv;
@@ -26,6 +27,7 @@ use crate::wire::{
     AckFields, Body, ErrorCode, Flags, Header, Heartbeat, Packet, TypeFields, WireError, MAX_DATA,
     MAX_PAYLOAD,
 };
+use budget::{message_cost, Admit, Budget, Incoming};
 use congestion::Congestion;
 use frame::{Frame, Frames};
 use recv::{Receiver, Seen};
@@ -46,6 +48,8 @@ const PN_LIMIT: u32 = u32::MAX - 64;
 const DATAGRAM_OVERHEAD: usize = 10 + 4;
 /// Octets of a datagram carrying a bare ACK (sealed header, ACK fields, tag).
 const ACK_DATAGRAM_LEN: usize = 6 + 4 + seal::TAG_LEN;
+/// Octets of a sealed path-challenge PING (header with IV, heartbeat octet, 12 octets, tag).
+const CHALLENGE_DATAGRAM_LEN: u64 = 6 + 1 + 12 + seal::TAG_LEN as u64;
 
 /// The start of a PING's Data that challenges a new path (then 8 octets to echo).
 const PATH_CHALLENGE: &[u8] = b"path";
@@ -53,6 +57,11 @@ const PATH_CHALLENGE: &[u8] = b"path";
 /// After this long without a message sent or delivered, a connection gives back the buffers
 /// traffic grew.
 const IDLE_TRIM: Duration = Duration::from_secs(2);
+
+/// A fragment whose packet number is more than this above the newest one accepted is refused:
+/// the peer keeps fewer packets than this in flight (reliable ones stay within the replay
+/// window), so only a forger sends it.
+const FRAGMENT_AHEAD: u32 = recv::WINDOW;
 
 /// Every this many unreliable data packets, the receiver sends an ACK.
 const UNRELIABLE_ACK_EVERY: u32 = 8;
@@ -67,6 +76,29 @@ const REDUNDANCY_LOSS: f64 = 0.02;
 
 /// Buffers kept for reuse per connection.
 const POOL_LIMIT: usize = 64;
+
+/// Until a new address answers its challenge, it is sent at most this many times the octets
+/// of authentic packets received from it (RFC 9000's anti-amplification rule).
+const AMPLIFICATION_FACTOR: u64 = 3;
+
+/// A new peer address being validated: the random value its PONG must echo, when the
+/// challenge last went out, and the octets exchanged with that address so far.
+#[derive(Debug, Clone, Copy)]
+struct Challenge {
+    addr: SocketAddr,
+    value: [u8; 8],
+    sent_at: Option<Instant>,
+    bytes_received: u64,
+    bytes_sent: u64,
+}
+
+/// The most plaintext a peer's sealed packet may carry after decompression with this
+/// configuration: one packet of coalesced messages and frames, or fragment reports and one
+/// message of `max_message_size` alone. A packet that decompresses to more is refused before
+/// anything is charged for it (the decompression buffer is the endpoint's, of this size).
+pub fn plaintext_limit(config: &ConnectionConfig) -> usize {
+    (PACKET_PLAINTEXT + frame::message_frame_len(config.max_message_size, true)).min(MAX_PAYLOAD)
+}
 
 /// Which side of the connection this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +165,7 @@ struct SentPacket {
     last_sent: Instant,
     resends: u32,
     size: u64,
-    /// Octets of messages it carries (released from the send queue budget when acked).
+    /// What its messages cost the send budget (released when acked).
     message_bytes: usize,
     ordered: Vec<SeqRange>,
     declared_lost: bool,
@@ -247,12 +279,8 @@ pub struct Connection {
     sent: VecDeque<SentPacket>,
     in_flight: u64,
     largest_acked: Option<u32>,
-    queued_bytes: usize,
-    undelivered_bytes: usize,
-    /// Octets of reliable-ordered messages held for a gap before them (bounded by the
-    /// sender's ordered window, ORDER_WINDOW messages per channel). They do not count against
-    /// the receive buffer: the packet that fills the gap must always get in.
-    held_bytes: usize,
+    /// Every octet held for the peer, charged against the connection's limits.
+    budget: Budget,
     jobs: VecDeque<Job>,
     unreliable_header: Option<(Header, TypeFields)>,
     unreliable_payload: Vec<u8>,
@@ -268,11 +296,9 @@ pub struct Connection {
     resend_finished: bool,
     rotate: usize,
     paced_until: Option<Instant>,
-    /// A new address being validated: the address, the value its PONG must echo, and
-    /// when the challenge last went out.
-    challenge: Option<(SocketAddr, u64, Option<Instant>)>,
+    /// A new address being validated.
+    challenge: Option<Challenge>,
     path_response: Option<([u8; 16], usize)>,
-    challenges_sent: u64,
     loss_ewma: f64,
     stats: ConnectionStats,
     pool: Vec<Vec<u8>>,
@@ -345,6 +371,7 @@ impl Connection {
             rtt.update(sample);
         }
         Self {
+            budget: Budget::new(config.send_queue_bytes, config.receive_buffer_bytes),
             id,
             addr,
             role,
@@ -362,9 +389,6 @@ impl Connection {
             sent: VecDeque::new(),
             in_flight: 0,
             largest_acked: None,
-            queued_bytes: 0,
-            undelivered_bytes: 0,
-            held_bytes: 0,
             jobs: VecDeque::new(),
             unreliable_header: None,
             unreliable_payload: Vec::new(),
@@ -381,7 +405,6 @@ impl Connection {
             paced_until: None,
             challenge: None,
             path_response: None,
-            challenges_sent: 0,
             loss_ewma: 0.0,
             stats: ConnectionStats::default(),
             pool: Vec::new(),
@@ -440,6 +463,8 @@ impl Connection {
         s.congestion_window = self.cc.window();
         s.send_rate = self.cc.pacing_rate(self.rtt.srtt());
         s.memory_bytes = self.memory_bytes() as u64;
+        s.receive_buffered_bytes = self.budget.received(self.reassembler.reserved_bytes()) as u64;
+        s.send_queued_bytes = self.budget.queued as u64;
         s
     }
 
@@ -471,9 +496,13 @@ impl Connection {
         n
     }
 
-    /// Octets of delivered messages the application has not taken yet.
-    pub fn release_delivered(&mut self, len: usize) {
-        self.undelivered_bytes = self.undelivered_bytes.saturating_sub(len);
+    /// The application took a delivered message of `len` octets in a buffer of `capacity`
+    /// octets: its charge leaves the receive budget.
+    pub fn release_delivered(&mut self, len: usize, capacity: usize) {
+        self.budget.undelivered = self
+            .budget
+            .undelivered
+            .saturating_sub(message_cost(len, capacity));
     }
 
     /// Queues a message.
@@ -496,29 +525,41 @@ impl Connection {
             });
         }
         let reliable = ch.mode.is_reliable();
-        if reliable && self.queued_bytes + data.len() > self.config.send_queue_bytes {
-            return Err(SendError::QueueFull);
-        }
-        let mut buf = self.pool.pop().unwrap_or_default();
+        // A pooled buffer much larger than the message would be charged (and held) whole.
+        let mut buf = match self.pool.pop() {
+            Some(b) if b.capacity() <= 2 * data.len() + MAX_DATA => b,
+            Some(b) => {
+                self.pool.push(b);
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
         buf.clear();
         buf.extend_from_slice(data);
+        let cost = message_cost(buf.len(), buf.capacity());
+        if reliable && !self.budget.can_queue(cost) {
+            if self.pool.len() < POOL_LIMIT {
+                self.pool.push(buf);
+            }
+            return Err(SendError::QueueFull);
+        }
         let ch = &mut self.send_channels[usize::from(channel.0)];
         if reliable {
-            self.queued_bytes += data.len();
+            self.budget.queued += cost;
         } else {
             // Unreliable messages never block the sender: the oldest make room.
-            while ch.queued + data.len() > self.config.send_queue_bytes {
+            while ch.queued + cost > self.config.send_queue_bytes {
                 let Some(old) = ch.queue.pop_front() else {
                     break;
                 };
-                ch.queued -= old.data.len();
+                ch.queued -= message_cost(old.data.len(), old.data.capacity());
                 self.stats.unreliable_dropped += 1;
                 if self.pool.len() < POOL_LIMIT {
                     self.pool.push(old.data);
                 }
             }
         }
-        ch.queued += buf.len();
+        ch.queued += cost;
         ch.queue.push_back(Queued {
             data: buf,
             enqueued: now,
@@ -644,14 +685,39 @@ impl Connection {
                 return;
             }
         }
-        if header.fragment.is_some() {
+        if let Some(f) = header.fragment {
+            // Fragments cannot be authenticated before the packet is whole, so a forged one is
+            // refused if its packet number is one the peer cannot have sent yet, and a new
+            // packet must fit the receive budget.
+            let plausible = self
+                .receiver
+                .largest()
+                .is_none_or(|l| pn <= l.saturating_add(FRAGMENT_AHEAD));
+            if !plausible {
+                self.stats.fragments_refused += 1;
+                self.drop_datagram("fragment of an implausible packet number");
+                return;
+            }
+            if self.reassembler.held(pn).is_none() {
+                let reserve = usize::from(f.count) * MAX_DATA;
+                if !self
+                    .budget
+                    .can_reassemble(self.reassembler.reserved_bytes(), reserve)
+                {
+                    self.stats.dropped_over_budget += 1;
+                    self.drop_datagram("receive budget full: no room for a new fragmented packet");
+                    return;
+                }
+            }
             let due = self.frag_ack_due;
+            let evictions = self.reassembler.evictions();
             let complete = match self.reassembler.insert(now, &packet) {
                 Err(e) => {
                     self.drop_wire(e);
                     None
                 }
                 Ok(Reassembly::Refused) => {
+                    self.stats.fragments_refused += 1;
                     self.drop_datagram("reassembly limits reached");
                     None
                 }
@@ -671,6 +737,7 @@ impl Connection {
                     payload,
                 }) => Some((header, fields, payload.len())),
             };
+            self.stats.reassembly_evictions += self.reassembler.evictions() - evictions;
             if let Some((header, fields, n)) = complete {
                 let mut buf = self.reassembler.take_completed();
                 buf.truncate(n);
@@ -707,8 +774,13 @@ impl Connection {
         };
         let pn = opened.packet_number;
         let plaintext = opened.plaintext;
-        if self.undelivered_bytes + plaintext.len() > self.config.receive_buffer_bytes {
-            self.drop_datagram("receive buffer full: the application is not polling events");
+        let reassembly = self.reassembler.reserved_bytes();
+        let admit = self
+            .budget
+            .admit(reassembly, plaintext.len(), || self.scan_incoming(plaintext));
+        if admit == Admit::OverBudget {
+            self.stats.dropped_over_budget += 1;
+            self.drop_datagram("receive budget full: the application is not polling events, or the peer sends past an ordering gap");
             return;
         }
         self.receiver.accept(pn);
@@ -797,6 +869,42 @@ impl Connection {
         }
     }
 
+    /// What an opened packet's messages would add to the receive budget, read without acting
+    /// on them. Each channel's messages in one packet are consecutive (the sender packs them
+    /// so), so the first one of a channel says whether the rest are in order.
+    fn scan_incoming(&self, plaintext: &[u8]) -> Incoming {
+        let mut s = Incoming::default();
+        let mut current: Option<(u8, u16)> = None;
+        for frame in Frames::new(plaintext) {
+            let Ok(Frame::Message { channel, seq, data }) = frame else {
+                continue;
+            };
+            let cost = message_cost(data.len(), 0);
+            s.bytes += cost;
+            let Some(ch) = self.recv_channels.get(usize::from(channel)) else {
+                continue;
+            };
+            let (DeliveryMode::ReliableOrdered, Some(seq)) = (ch.mode, seq) else {
+                continue;
+            };
+            let next = match current {
+                Some((c, n)) if c == channel => n,
+                _ => ch.seq.unwrap_or(0),
+            };
+            let offset = seq.wrapping_sub(next);
+            if offset == 0 {
+                s.fills_gap |= !ch.held.is_empty();
+                current = Some((channel, next.wrapping_add(1)));
+            } else if offset < ORDER_WINDOW {
+                if ch.held.get(usize::from(offset)).is_none_or(Option::is_none) {
+                    s.held += cost;
+                }
+                current = Some((channel, next));
+            }
+        }
+        s
+    }
+
     fn deliver(
         &mut self,
         channel: u8,
@@ -850,14 +958,14 @@ impl Connection {
                     }
                     if ch.held[offset].is_none() {
                         let buf = take_buf(data);
-                        self.held_bytes += data.len();
+                        self.budget.held += message_cost(buf.len(), buf.capacity());
                         ch.held[offset] = Some(buf);
                     }
                     return Ok(());
                 }
                 // In order: deliver it, then everything held behind it.
                 let buf = take_buf(data);
-                self.undelivered_bytes += data.len();
+                self.budget.undelivered += message_cost(buf.len(), buf.capacity());
                 self.stats.messages_received += 1;
                 events.push_back(Event::Message {
                     client,
@@ -870,8 +978,9 @@ impl Connection {
                 }
                 while let Some(Some(_)) = ch.held.front() {
                     let msg = ch.held.pop_front().flatten().expect("front is Some");
-                    self.held_bytes -= msg.len();
-                    self.undelivered_bytes += msg.len();
+                    let cost = message_cost(msg.len(), msg.capacity());
+                    self.budget.held -= cost;
+                    self.budget.undelivered += cost;
                     self.stats.messages_received += 1;
                     events.push_back(Event::Message {
                         client,
@@ -886,7 +995,7 @@ impl Connection {
             _ => {}
         }
         let buf = take_buf(data);
-        self.undelivered_bytes += data.len();
+        self.budget.undelivered += message_cost(buf.len(), buf.capacity());
         self.stats.messages_received += 1;
         events.push_back(Event::Message {
             client,
@@ -967,7 +1076,7 @@ impl Connection {
         }
         self.in_flight = self.in_flight.saturating_sub(packet.size);
         self.cc.on_ack(packet.size, packet.first_sent);
-        self.queued_bytes = self.queued_bytes.saturating_sub(packet.message_bytes);
+        self.budget.queued = self.budget.queued.saturating_sub(packet.message_bytes);
         self.loss_ewma *= 0.99;
         for r in &packet.ordered {
             let ch = &mut self.send_channels[usize::from(r.channel)];
@@ -1106,17 +1215,25 @@ impl Connection {
         if self.state != State::Connected || addr == self.addr {
             return;
         }
-        if self.challenge.is_some_and(|(a, _, _)| a == addr) {
+        if self.challenge.is_some_and(|c| c.addr == addr) {
             return;
         }
-        self.challenges_sent += 1;
-        let value = (u64::from(self.next_pn) << 16) ^ self.challenges_sent;
-        self.challenge = Some((addr, value, None));
+        // The value comes from the OS's CSPRNG: the peer (which may be the one spoofing the
+        // new address) cannot predict it, so only a host that receives at `addr` answers.
+        let mut value = [0u8; 8];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut value);
+        self.challenge = Some(Challenge {
+            addr,
+            value,
+            sent_at: None,
+            bytes_received: 0,
+            bytes_sent: 0,
+        });
     }
 
     /// The address being validated, if any.
     pub fn candidate_addr(&self) -> Option<SocketAddr> {
-        self.challenge.map(|(a, _, _)| a)
+        self.challenge.map(|c| c.addr)
     }
 
     /// Whether `pn` would be accepted (used to find the connection of a datagram from an
@@ -1146,19 +1263,19 @@ impl Connection {
     }
 
     fn on_path_response(&mut self, from: SocketAddr, echo: &[u8], events: &mut VecDeque<Event>) {
-        let Some((addr, value, _)) = self.challenge else {
+        let Some(c) = self.challenge else {
             return;
         };
-        if from != addr || echo != value.to_be_bytes() {
+        if from != c.addr || !crate::crypto::macs_equal(echo, &c.value) {
             return;
         }
         let old = self.addr;
-        self.addr = addr;
+        self.addr = c.addr;
         self.challenge = None;
         events.push_back(Event::AddressChanged {
             client: self.id,
             old,
-            new: addr,
+            new: c.addr,
         });
     }
 
@@ -1225,7 +1342,7 @@ impl Connection {
                 .is_some_and(|q| now.saturating_duration_since(q.enqueued) >= deadline)
             {
                 let q = ch.queue.pop_front().expect("front checked");
-                ch.queued -= q.data.len();
+                ch.queued -= message_cost(q.data.len(), q.data.capacity());
                 self.stats.unreliable_dropped += 1;
                 if self.pool.len() < POOL_LIMIT {
                     self.pool.push(q.data);
@@ -1374,7 +1491,11 @@ impl Connection {
         if let Some(due) = self.frag_ack_due {
             consider(due + self.frag_ack_interval());
         }
-        if let Some((_, _, Some(sent))) = self.challenge {
+        if let Some(Challenge {
+            sent_at: Some(sent),
+            ..
+        }) = self.challenge
+        {
             consider(sent + self.rtt.rto());
         }
         // Jobs waiting for pacing tokens wait for `paced_until` (considered above).
@@ -1408,12 +1529,16 @@ impl Connection {
         scratch: &mut Scratch,
         buf: &mut [u8],
     ) -> Option<(usize, SocketAddr)> {
-        if let Some((addr, value, sent)) = self.challenge {
-            let due = sent.is_none_or(|t| now >= t + self.rtt.rto());
-            if self.state == State::Connected && due {
+        if let Some(c) = self.challenge {
+            let due = c.sent_at.is_none_or(|t| now >= t + self.rtt.rto());
+            // A challenge is about 35 octets; it goes only while the address has been sent
+            // less than AMPLIFICATION_FACTOR times what it sent.
+            let allowed = c.bytes_sent + CHALLENGE_DATAGRAM_LEN
+                <= AMPLIFICATION_FACTOR * c.bytes_received;
+            if self.state == State::Connected && due && allowed {
                 let mut data = [0u8; 12];
                 data[..4].copy_from_slice(PATH_CHALLENGE);
-                data[4..].copy_from_slice(&value.to_be_bytes());
+                data[4..].copy_from_slice(&c.value);
                 let n = self.write_small(
                     now,
                     TypeFields::Heartbeat(Heartbeat::Ping),
@@ -1421,8 +1546,16 @@ impl Connection {
                     scratch,
                     buf,
                 );
-                self.challenge = Some((addr, value, Some(now)));
-                return Some((n, addr));
+                self.challenge = Some(Challenge {
+                    sent_at: Some(now),
+                    bytes_sent: c.bytes_sent + n as u64,
+                    ..c
+                });
+                return Some((n, c.addr));
+            } else if self.state == State::Connected && due && !allowed && c.sent_at.is_some() {
+                // Wait for more from the address (its next packet re-arms the challenge).
+                self.stats.amplification_limited += 1;
+                self.challenge = Some(Challenge { sent_at: None, ..c });
             }
         }
         let addr = self.addr;
@@ -1644,12 +1777,13 @@ impl Connection {
                     break;
                 }
                 let q = ch.queue.pop_front().expect("front checked");
-                ch.queued -= q.data.len();
+                let cost = message_cost(q.data.len(), q.data.capacity());
+                ch.queued -= cost;
                 frame::put_message(plain, ci as u8, seq, &q.data);
                 any = true;
                 compress &= ch.compress;
                 if reliable {
-                    message_bytes += q.data.len();
+                    message_bytes += cost;
                 }
                 if ch.mode == DeliveryMode::ReliableOrdered {
                     ch.window.push_back(false);

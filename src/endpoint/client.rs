@@ -148,6 +148,7 @@ impl Client {
             .map(|r| handshake::resume_ticket(r.client.0, &r.secret, ephemeral.public_bytes()));
         let auth = handshake::client_auth(ephemeral.public_bytes(), token, ticket.as_ref());
         let conn_config = Arc::new(config.connection.clone());
+        let scratch = Scratch::new(crate::connection::plaintext_limit(&conn_config));
         Ok(Self {
             state: State::Handshaking {
                 ephemeral: Box::new(ephemeral),
@@ -166,7 +167,7 @@ impl Client {
             server,
             events: VecDeque::new(),
             error_out: None,
-            scratch: Scratch::new(crate::wire::MAX_PAYLOAD),
+            scratch,
             server_key: None,
             id: None,
             resumption: None,
@@ -515,7 +516,7 @@ impl Client {
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front()?;
         if let (Event::Message { data, .. }, State::Connected(conn)) = (&ev, &mut self.state) {
-            conn.release_delivered(data.len());
+            conn.release_delivered(data.len(), data.capacity());
         }
         Some(ev)
     }

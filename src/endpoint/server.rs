@@ -129,7 +129,7 @@ impl Server {
         config.validate()?;
         let conn_config = Arc::new(config.connection.clone());
         Ok(Self {
-            scratch: Scratch::new(crate::wire::MAX_PAYLOAD),
+            scratch: Scratch::new(crate::connection::plaintext_limit(&config.connection)),
             conn_config,
             config,
             connections: HashMap::new(),
@@ -833,7 +833,7 @@ impl Server {
         let ev = self.events.pop_front()?;
         if let Event::Message { client, data, .. } = &ev {
             if let Some(conn) = self.connections.get_mut(client) {
-                conn.release_delivered(data.len());
+                conn.release_delivered(data.len(), data.capacity());
             }
         }
         Some(ev)

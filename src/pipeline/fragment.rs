@@ -70,6 +70,9 @@ pub fn write_datagram(
     .emit(buf)
 }
 
+/// An incomplete packet that received no fragment for this long may make room for a new one.
+pub const STALE_AFTER: Duration = Duration::from_secs(1);
+
 /// Limits of a [`Reassembler`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReassemblyConfig {
@@ -125,6 +128,8 @@ struct Slot {
     reserved: usize,
     buf: Vec<u8>,
     deadline: Instant,
+    /// When its latest fragment arrived.
+    last: Instant,
 }
 
 /// Puts the fragments of packets back together, within bounded memory.
@@ -140,6 +145,7 @@ pub struct Reassembler {
     reserved: usize,
     pool: Vec<Vec<u8>>,
     completed: Vec<u8>,
+    evictions: u64,
 }
 
 impl std::fmt::Debug for Reassembler {
@@ -160,6 +166,7 @@ impl Reassembler {
             reserved: 0,
             pool: Vec::new(),
             completed: Vec::new(),
+            evictions: 0,
         }
     }
 
@@ -255,10 +262,15 @@ impl Reassembler {
             }
             None => {
                 let reserve = usize::from(count) * MAX_DATA;
-                if self.slots.len() >= self.config.max_packets
+                if reserve > self.config.max_bytes {
+                    return Ok(Reassembly::Refused);
+                }
+                while self.slots.len() >= self.config.max_packets
                     || self.reserved + reserve > self.config.max_bytes
                 {
-                    return Ok(Reassembly::Refused);
+                    if !self.evict_one(now) {
+                        return Ok(Reassembly::Refused);
+                    }
                 }
                 let mut buf = self.pool.pop().unwrap_or_default();
                 buf.clear();
@@ -275,11 +287,13 @@ impl Reassembler {
                     reserved: reserve,
                     buf,
                     deadline: now + self.config.timeout,
+                    last: now,
                 });
                 self.slots.len() - 1
             }
         };
         let slot = &mut self.slots[index];
+        slot.last = now;
         let start = usize::from(id) * MAX_DATA;
         slot.buf[start..start + data.len()].copy_from_slice(data);
         slot.held.set(usize::from(id), true);
@@ -307,6 +321,37 @@ impl Reassembler {
             fields: slot.fields,
             payload: &mut self.completed[..len],
         })
+    }
+
+    /// Makes room for a new packet by dropping the least complete incomplete packet (the
+    /// longest idle among equals), if it is no further along than a new packet's first
+    /// fragment or has been idle for [`STALE_AFTER`]: a packet that is making progress is
+    /// never dropped for one that has just begun. Returns whether one was dropped.
+    fn evict_one(&mut self, now: Instant) -> bool {
+        let Some((i, victim)) = self
+            .slots
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, s)| (s.received, s.last))
+        else {
+            return false;
+        };
+        let stale = now.saturating_duration_since(victim.last) >= STALE_AFTER;
+        if victim.received > 1 && !stale {
+            return false;
+        }
+        let slot = self.slots.swap_remove(i);
+        self.reserved -= slot.reserved;
+        if self.pool.len() < POOL_LIMIT {
+            self.pool.push(slot.buf);
+        }
+        self.evictions += 1;
+        true
+    }
+
+    /// Incomplete packets dropped so far to make room for new ones.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
     }
 
     /// Gives back the buffers kept for reuse (when the connection goes idle).
