@@ -188,6 +188,38 @@ pub struct ServerConfig {
     pub public_addrs: Vec<SocketAddr>,
     /// How long a closed connection's client may resume its id with its resumption secret.
     pub resume_window: Duration,
+    /// Connections from one IP address (IPv6: one /64) at most; a client beyond gets ERROR
+    /// 1.1 `too many connections from this address`. Default 16.
+    pub max_clients_per_ip: usize,
+    /// Half-open handshakes from one IP address (IPv6: one /64) at most; an AUTH beyond is
+    /// dropped and counted (`ServerStats::handshakes_dropped_ip`). Default 8.
+    pub max_pending_per_ip: usize,
+    /// When an AUTH must first return a stateless retry cookie (proving its address) before
+    /// the server does a key exchange. Default [`RetryPolicy::UnderLoad`] at 64 AUTHs/s.
+    pub retry: RetryPolicy,
+    /// Octets the server may hold for all its connections and half-open handshakes (their
+    /// budgets' use, see `ServerStats`); past it, new clients get ERROR 1.1 `server memory
+    /// budget reached`. Each connection is bounded by its own budget too. Default 512 MiB.
+    pub memory_budget: usize,
+}
+
+/// When the server answers an AUTH with a stateless retry instead of a key exchange.
+///
+/// A retry costs the server one HMAC and no state, and is smaller than the AUTH it answers;
+/// the client sends its AUTH again with the cookie, which proves it receives at its address.
+/// So a flood of AUTHs from spoofed addresses costs no key exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryPolicy {
+    /// Never: every acceptable AUTH gets a key exchange (one round trip less per handshake).
+    Never,
+    /// When the half-open table is at least half full, or more than `auths_per_sec` AUTHs
+    /// arrived in the current or previous second.
+    UnderLoad {
+        /// The AUTH rate above which retries start.
+        auths_per_sec: u32,
+    },
+    /// Always (every handshake takes one more round trip).
+    Always,
 }
 
 /// How a server checks connect tokens.
@@ -201,8 +233,9 @@ pub struct TokenPolicy {
 }
 
 impl ServerConfig {
-    /// Default settings with this identity: 64 clients, 1024 half-open handshakes, 10 s
-    /// handshake deadline.
+    /// Default settings with this identity: 64 clients (16 per IP), 1024 half-open handshakes
+    /// (8 per IP), 10 s handshake deadline, stateless retries above 64 AUTHs/s, a 512 MiB
+    /// memory budget.
     pub fn new(identity: ServerIdentity) -> Self {
         Self {
             identity,
@@ -214,6 +247,10 @@ impl ServerConfig {
             tokens: None,
             public_addrs: Vec::new(),
             resume_window: Duration::from_secs(120),
+            max_clients_per_ip: 16,
+            max_pending_per_ip: 8,
+            retry: RetryPolicy::UnderLoad { auths_per_sec: 64 },
+            memory_budget: 512 << 20,
         }
     }
 
@@ -226,6 +263,11 @@ impl ServerConfig {
         if self.max_clients == 0 || self.max_pending == 0 {
             return Err(ConfigError(
                 "max_clients and max_pending must be above zero",
+            ));
+        }
+        if self.max_clients_per_ip == 0 || self.max_pending_per_ip == 0 {
+            return Err(ConfigError(
+                "max_clients_per_ip and max_pending_per_ip must be above zero",
             ));
         }
         Ok(())

@@ -83,7 +83,8 @@ pub mod types;
 pub mod wire;
 
 pub use config::{
-    ChannelConfig, ClientConfig, ConfigError, ConnectionConfig, DeliveryMode, ServerConfig,
+    ChannelConfig, ClientConfig, ConfigError, ConnectionConfig, DeliveryMode, RetryPolicy,
+    ServerConfig,
     ServerKeyPolicy, TokenPolicy, MAX_MESSAGE_SIZE,
 };
 pub use crypto::{ServerIdentity, ServerKey};

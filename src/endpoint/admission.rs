@@ -64,6 +64,15 @@ impl IpPrefix {
     }
 }
 
+/// The key per-address limits count under: an IPv4 address (IPv4-mapped IPv6 alike), or an
+/// IPv6 address's /64 (one host usually holds a whole /64).
+pub(crate) fn ip_key(ip: IpAddr) -> u128 {
+    match canonical(ip) {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => (u128::from(v6) >> 64 << 64) | 1,
+    }
+}
+
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

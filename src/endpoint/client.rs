@@ -15,6 +15,10 @@ use crate::types::{
 };
 use crate::wire::{Body, ErrorCode, Flags, Packet, PacketType};
 
+/// Stateless retries a handshake follows at most (a server under load sends one; more means
+/// the cookies keep expiring, or someone forges retries).
+const MAX_RETRIES: u32 = 4;
+
 enum Stage {
     /// Our AUTH is out; waiting for the server's.
     AwaitingAuth,
@@ -39,6 +43,11 @@ enum State {
         sends: u32,
         /// The RTT the AUTH exchange gave, if its AUTH went out once.
         rtt: Option<Duration>,
+        /// What the hello carries, to rebuild the AUTH with a retry's cookie.
+        token: Vec<u8>,
+        ticket: Option<[u8; handshake::TICKET_LEN]>,
+        /// Retries answered so far (at most [`MAX_RETRIES`]).
+        retries: u32,
     },
     Connected(Box<Connection>),
     Closed,
@@ -161,6 +170,9 @@ impl Client {
                 sent_at: now,
                 sends: 0,
                 rtt: None,
+                token: token.to_vec(),
+                ticket,
+                retries: 0,
             },
             config,
             conn_config,
@@ -293,11 +305,35 @@ impl Client {
             sent_at,
             sends,
             rtt,
+            token,
+            ticket,
+            retries,
+            send_now,
             ..
         } = &mut self.state
         else {
             return;
         };
+        if let (Body::Auth(a), Stage::AwaitingAuth) = (&packet.body, &*stage) {
+            if let Some(cookie) = handshake::parse_retry(a) {
+                // The server is under load: send the AUTH again, same key, with its cookie.
+                if *retries < MAX_RETRIES {
+                    *retries += 1;
+                    *auth = handshake::client_auth_with_cookie(
+                        ephemeral.public_bytes(),
+                        token,
+                        ticket.as_ref(),
+                        Some(&cookie),
+                    );
+                    *send_now = true;
+                    *sends = 0;
+                    *sent_at = now;
+                } else {
+                    self.dropped += 1;
+                }
+                return;
+            }
+        }
         match (&packet.body, &*stage) {
             (Body::Auth(server_auth), Stage::AwaitingAuth) => {
                 let cert = server_auth.certificate.unwrap_or(&[]);

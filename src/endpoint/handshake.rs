@@ -7,8 +7,13 @@
 //!   ACK pn 0 sealed, Data = finished_c ->
 //!                                      <-  ACK pn 0 sealed, Data = finished_s || client id
 //! ```
+//! Under handshake load the server may first answer with a *retry* (an AUTH with no key whose
+//! certificate field is a [`COOKIE_LEN`]-octet cookie); the client then sends its AUTH again,
+//! same key, with the cookie in its hello, and the handshake goes on from there.
+//!
 //! The client hello (AUTH's certificate field) is
-//! `token length (16) | token | ticket length (8) | ticket | zero padding`: the token is a
+//! `token length (16) | token | ticket length (8) | ticket | cookie length (8) | cookie |
+//! zero padding`: the token is a
 //! connect token (see [`crate::token`]), the ticket a resumption ticket (client id (64) then
 //! HMAC-SHA256 under the old session's resumption secret over "tickwire v0 resume" and the
 //! new client ephemeral key), and the padding makes the client's AUTH at least
@@ -30,12 +35,32 @@ pub const SERVER_FINISHED_DATA: usize = FINISHED_LEN + 8;
 /// Length of a resumption ticket: client id then MAC.
 pub const TICKET_LEN: usize = 8 + 32;
 
+/// Length of a retry cookie: the server's clock in seconds when it was issued (u32), then the
+/// first 16 octets of HMAC-SHA256 under the server's retry secret.
+pub const COOKIE_LEN: usize = 4 + 16;
+
+/// Label of the retry cookie's MAC.
+pub const COOKIE_LABEL: &[u8] = b"tickwire v0 retry";
+
+/// Length of a retry datagram: header, Reserved, E = 0, C, cookie.
+pub const RETRY_LEN: usize = 4 + 2 + 2 + COOKIE_LEN;
+
 /// Writes the client's AUTH datagram: its ephemeral key and a hello carrying `token` and an
 /// optional resumption `ticket`, padded to [`MIN_CLIENT_AUTH`] octets.
 pub fn client_auth(
     public_key: &[u8; PUBLIC_KEY_LEN],
     token: &[u8],
     ticket: Option<&[u8; TICKET_LEN]>,
+) -> Vec<u8> {
+    client_auth_with_cookie(public_key, token, ticket, None)
+}
+
+/// [`client_auth`] with the cookie of a server's retry in the hello.
+pub fn client_auth_with_cookie(
+    public_key: &[u8; PUBLIC_KEY_LEN],
+    token: &[u8],
+    ticket: Option<&[u8; TICKET_LEN]>,
+    cookie: Option<&[u8; COOKIE_LEN]>,
 ) -> Vec<u8> {
     let token = &token[..token.len().min(MAX_TOKEN)];
     let mut hello = Vec::with_capacity(MIN_CLIENT_AUTH);
@@ -47,6 +72,10 @@ pub fn client_auth(
             hello.extend_from_slice(t);
         }
         None => hello.push(0),
+    }
+    if let Some(c) = cookie {
+        hello.push(COOKIE_LEN as u8);
+        hello.extend_from_slice(c);
     }
     let fixed = 4 + 2 + PUBLIC_KEY_LEN + 2;
     if fixed + hello.len() < MIN_CLIENT_AUTH {
@@ -78,6 +107,8 @@ pub struct Hello<'a> {
     pub token: &'a [u8],
     /// The resumption ticket, if any.
     pub ticket: Option<&'a [u8; TICKET_LEN]>,
+    /// The cookie of a server's retry, if any.
+    pub cookie: Option<&'a [u8; COOKIE_LEN]>,
 }
 
 /// Parses a client hello, or `None` if it is malformed (padding is not checked).
@@ -88,14 +119,77 @@ pub fn parse_hello(hello: &[u8]) -> Option<Hello<'_>> {
     }
     let token = hello.get(2..2 + len)?;
     let rest = &hello[2 + len..];
-    let ticket = match rest.first() {
+    let (ticket, rest) = match rest.first() {
+        None => (None, rest),
+        Some(0) => (None, &rest[1..]),
+        Some(&n) if usize::from(n) == TICKET_LEN => (
+            Some(rest.get(1..1 + TICKET_LEN)?.try_into().ok()?),
+            &rest[1 + TICKET_LEN..],
+        ),
+        Some(_) => return None,
+    };
+    let cookie = match rest.first() {
         None | Some(0) => None,
-        Some(&n) if usize::from(n) == TICKET_LEN => {
-            Some(rest.get(1..1 + TICKET_LEN)?.try_into().ok()?)
+        Some(&n) if usize::from(n) == COOKIE_LEN => {
+            Some(rest.get(1..1 + COOKIE_LEN)?.try_into().ok()?)
         }
         Some(_) => return None,
     };
-    Some(Hello { token, ticket })
+    Some(Hello {
+        token,
+        ticket,
+        cookie,
+    })
+}
+
+/// The cookie the server hands a client at `addr` with ephemeral key `client_key`, issued at
+/// `issued` seconds of the server's clock, under the server's retry `secret`.
+pub fn retry_cookie(
+    secret: &[u8; 32],
+    issued: u32,
+    addr: std::net::SocketAddr,
+    client_key: &[u8],
+) -> [u8; COOKIE_LEN] {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret).expect("any key length");
+    mac.update(COOKIE_LABEL);
+    mac.update(&issued.to_be_bytes());
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    };
+    mac.update(&ip.octets());
+    mac.update(&addr.port().to_be_bytes());
+    mac.update(client_key);
+    let tag = mac.finalize().into_bytes();
+    let mut cookie = [0u8; COOKIE_LEN];
+    cookie[..4].copy_from_slice(&issued.to_be_bytes());
+    cookie[4..].copy_from_slice(&tag[..16]);
+    cookie
+}
+
+/// Writes a retry datagram carrying `cookie` into `out` (at least [`RETRY_LEN`] octets);
+/// returns its length.
+pub fn write_retry(cookie: &[u8; COOKIE_LEN], out: &mut [u8]) -> usize {
+    let packet = Packet {
+        header: Header::new(PacketType::Auth, 0),
+        body: Body::Auth(AuthFields {
+            public_key: &[],
+            certificate: Some(cookie),
+        }),
+    };
+    packet
+        .emit(out)
+        .expect("a retry fits the buffer given to poll_transmit")
+}
+
+/// The cookie of a retry (an AUTH with no key and a cookie-sized certificate), if `auth` is
+/// one.
+pub fn parse_retry(auth: &AuthFields<'_>) -> Option<[u8; COOKIE_LEN]> {
+    if !auth.public_key.is_empty() {
+        return None;
+    }
+    auth.certificate?.try_into().ok()
 }
 
 /// The ticket that resumes client `id` with the old session's `secret` on a new handshake

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::admission::{Ban, BanList, IpPrefix};
+use super::admission::{ip_key, Ban, BanList, IpPrefix};
 use super::handshake::{self, MIN_CLIENT_AUTH, SERVER_FINISHED_DATA};
-use crate::config::{ConfigError, ConnectionConfig, ServerConfig};
+use crate::config::{ConfigError, ConnectionConfig, RetryPolicy, ServerConfig};
 use crate::connection::{Connection, Role, Scratch};
 use crate::crypto::{self, EphemeralKey, SessionKeys, FINISHED_LEN, PUBLIC_KEY_LEN};
 use crate::pipeline::seal;
@@ -26,7 +26,31 @@ struct Pending {
     /// When our AUTH last went out, and whether it was a resend (no RTT sample then).
     replied_at: Instant,
     resent: bool,
+    /// When the entry was made (a new key from the same address replaces it only after
+    /// [`REKEY_AFTER`]).
+    created: Instant,
 }
+
+/// What one IP address (an IPv6 /64) holds: connections and half-open handshakes.
+#[derive(Debug, Clone, Copy, Default)]
+struct IpUse {
+    connections: u32,
+    pending: u32,
+}
+
+/// An AUTH with a new key from an address whose handshake is half open replaces it only
+/// this long after that handshake began (so one address cannot keep the server doing key
+/// exchanges).
+pub const REKEY_AFTER: Duration = Duration::from_secs(1);
+
+/// A retry cookie is accepted this many seconds of the server's clock after it was issued.
+pub const COOKIE_LIFETIME_SECS: u32 = 10;
+
+/// Retries queued between two drains of `poll_transmit` at most; an AUTH beyond is dropped.
+const MAX_RETRY_QUEUE: usize = 4096;
+
+/// Octets charged to the server's memory budget per half-open handshake.
+const PENDING_COST: usize = std::mem::size_of::<Pending>() + 256;
 
 /// A client id that may be resumed with its session's secret until `until`.
 struct Resumable {
@@ -70,6 +94,24 @@ pub struct ServerStats {
     pub resumed: u64,
     /// Connections that moved to a new, validated address.
     pub migrations: u64,
+    /// AUTHs answered with ERROR 1.1 because their IP (IPv6: its /64) had
+    /// `max_clients_per_ip` connections.
+    pub refused_ip_limit: u64,
+    /// AUTHs dropped because their IP (IPv6: its /64) had `max_pending_per_ip` half-open
+    /// handshakes.
+    pub handshakes_dropped_ip: u64,
+    /// AUTHs with a new key dropped because their address began a handshake less than
+    /// [`REKEY_AFTER`] before.
+    pub rekeys_dropped: u64,
+    /// AUTHs answered with a stateless retry (a cookie) instead of a key exchange.
+    pub retries_sent: u64,
+    /// AUTHs whose retry cookie was forged, expired or for another address or key (answered
+    /// with a fresh retry).
+    pub bad_cookies: u64,
+    /// AUTHs answered with ERROR 1.1 because the server's memory budget was spent.
+    pub refused_memory: u64,
+    /// Key exchanges done for AUTHs (each costs a P-256 multiplication and a signature).
+    pub key_exchanges: u64,
 }
 
 /// What the server knows of one client.
@@ -109,6 +151,17 @@ pub struct Server {
     last_now: Instant,
     /// Reused list of connections whose timers are due.
     due: Vec<ClientId>,
+    /// Connections and half-open handshakes per IP (IPv6 per /64).
+    by_ip: HashMap<u128, IpUse>,
+    /// The secret retry cookies are MACed under (random per server).
+    retry_secret: [u8; 32],
+    /// The server's clock for cookies: set by the first datagram.
+    epoch: Option<Instant>,
+    /// AUTHs that passed admission in the current and the previous second of `epoch`:
+    /// (second, count this second, count the second before).
+    auth_rate: (u64, u32, u32),
+    /// Retries waiting to go out (at most [`MAX_RETRY_QUEUE`]).
+    retry_out: VecDeque<(SocketAddr, [u8; handshake::COOKIE_LEN])>,
 }
 
 impl std::fmt::Debug for Server {
@@ -146,6 +199,15 @@ impl Server {
             wall_clock: None,
             last_now: Instant::now(),
             due: Vec::new(),
+            by_ip: HashMap::new(),
+            retry_secret: {
+                let mut k = [0u8; 32];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut k);
+                k
+            },
+            epoch: None,
+            auth_rate: (0, 0, 0),
+            retry_out: VecDeque::new(),
         })
     }
 
@@ -244,12 +306,15 @@ impl Server {
             conn.close(now, ErrorCode::ServerDisconnect, reason);
             self.dirty.push_back(*id);
         }
-        self.pending.clear();
+        let ips: Vec<SocketAddr> = self.pending.keys().copied().collect();
+        for a in ips {
+            self.remove_pending(&a);
+        }
     }
 
     /// Whether no connection is left (after [`Server::shutdown`], the server may stop).
     pub fn is_idle(&self) -> bool {
-        self.connections.is_empty() && self.handshake_out.is_empty()
+        self.connections.is_empty() && self.handshake_out.is_empty() && self.retry_out.is_empty()
     }
 
     /// Hands a message buffer from [`Event::Message`] back for reuse.
@@ -288,7 +353,15 @@ impl Server {
         for &id in &kicked {
             self.disconnect(now, id, "banned");
         }
-        self.pending.retain(|addr, _| !prefix.contains(addr.ip()));
+        let ips: Vec<SocketAddr> = self
+            .pending
+            .keys()
+            .filter(|a| prefix.contains(a.ip()))
+            .copied()
+            .collect();
+        for a in ips {
+            self.remove_pending(&a);
+        }
         kicked
     }
 
@@ -437,6 +510,54 @@ impl Server {
                 self.handshake_out.push_back((from, p.reply.clone()));
                 return;
             }
+            if now.saturating_duration_since(p.created) < REKEY_AFTER {
+                // A new key from an address whose handshake just began: one address may not
+                // keep the server doing key exchanges.
+                self.stats.rekeys_dropped += 1;
+                return;
+            }
+        }
+        let ip = ip_key(from.ip());
+        let use_ = self.by_ip.get(&ip).copied().unwrap_or_default();
+        let has_pending = self.pending.contains_key(&from);
+        if !has_pending && use_.pending as usize >= self.config.max_pending_per_ip {
+            self.expire_pending(now);
+            let use_ = self.by_ip.get(&ip).copied().unwrap_or_default();
+            if use_.pending as usize >= self.config.max_pending_per_ip {
+                self.stats.handshakes_dropped_ip += 1;
+                return;
+            }
+        }
+        // Handshake demand: AUTHs that got this far, per second.
+        let second = self.clock_secs(now);
+        let (at, this, before) = self.auth_rate;
+        self.auth_rate = match second.saturating_sub(at) {
+            0 => (at, this.saturating_add(1), before),
+            1 => (second, 1, this),
+            _ => (second, 1, 0),
+        };
+        if self.needs_retry() {
+            let issued = second as u32;
+            let valid = hello.cookie.is_some_and(|c| {
+                let t = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+                let fresh = t <= issued && issued - t <= COOKIE_LIFETIME_SECS;
+                let expected = handshake::retry_cookie(&self.retry_secret, t, from, &client_key);
+                fresh && crypto::macs_equal(c, &expected)
+            });
+            if !valid {
+                if hello.cookie.is_some() {
+                    self.stats.bad_cookies += 1;
+                }
+                // A stateless retry: no key exchange, no state, fewer octets than the AUTH.
+                if self.retry_out.len() >= MAX_RETRY_QUEUE {
+                    self.stats.handshakes_dropped += 1;
+                    return;
+                }
+                self.stats.retries_sent += 1;
+                let cookie = handshake::retry_cookie(&self.retry_secret, issued, from, &client_key);
+                self.retry_out.push_back((from, cookie));
+                return;
+            }
         }
         let mut client_id = None;
         if let Some(ticket) = hello.ticket {
@@ -451,14 +572,25 @@ impl Server {
                 return;
             }
         }
-        let replaces = client_id.is_some_and(|id| self.connections.contains_key(&id));
+        // A client resuming its id, or restarting on its address, replaces its connection.
+        let replaces = client_id.is_some_and(|id| self.connections.contains_key(&id))
+            || self.by_addr.contains_key(&from);
         if self.connections.len() >= self.config.max_clients && !replaces {
             self.stats.refused_full += 1;
-            let reply = handshake::error_datagram(ErrorCode::NoSpace, "server full");
-            self.handshake_out.push_back((from, reply));
+            self.refuse(from, ErrorCode::NoSpace, "server full");
             return;
         }
-        if self.pending.len() >= self.config.max_pending && !self.pending.contains_key(&from) {
+        if use_.connections as usize >= self.config.max_clients_per_ip && !replaces {
+            self.stats.refused_ip_limit += 1;
+            self.refuse(from, ErrorCode::NoSpace, "too many connections from this address");
+            return;
+        }
+        if self.memory_charged() + PENDING_COST > self.config.memory_budget {
+            self.stats.refused_memory += 1;
+            self.refuse(from, ErrorCode::NoSpace, "server memory budget reached");
+            return;
+        }
+        if self.pending.len() >= self.config.max_pending && !has_pending {
             self.expire_pending(now);
             if self.pending.len() >= self.config.max_pending {
                 self.stats.handshakes_dropped += 1;
@@ -470,6 +602,7 @@ impl Server {
             self.stats.datagrams_dropped += 1;
             return;
         };
+        self.stats.key_exchanges += 1;
         let cert = self
             .config
             .identity
@@ -479,7 +612,7 @@ impl Server {
         let transcript = crypto::transcript_hash(datagram, &reply);
         let keys = crypto::derive_session_keys(&shared, &transcript);
         self.handshake_out.push_back((from, reply.clone()));
-        self.pending.insert(
+        self.insert_pending(
             from,
             Pending {
                 client_key,
@@ -489,8 +622,79 @@ impl Server {
                 client_id,
                 replied_at: now,
                 resent: false,
+                created: now,
             },
         );
+    }
+
+    /// Seconds of the server's clock (from its first datagram), for cookies and rates.
+    fn clock_secs(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        now.saturating_duration_since(epoch).as_secs()
+    }
+
+    /// Whether an AUTH must bring a retry cookie before the server does a key exchange.
+    fn needs_retry(&self) -> bool {
+        match self.config.retry {
+            RetryPolicy::Never => false,
+            RetryPolicy::Always => true,
+            RetryPolicy::UnderLoad { auths_per_sec } => {
+                let (_, this, before) = self.auth_rate;
+                2 * self.pending.len() >= self.config.max_pending
+                    || this.max(before) > auths_per_sec
+            }
+        }
+    }
+
+    /// Octets charged to the server's memory budget: every connection's budget use and
+    /// fixed state, and the half-open handshakes. (Counted when a handshake would begin, not
+    /// per datagram.)
+    pub fn memory_charged(&self) -> usize {
+        let conns: usize = self
+            .connections
+            .values()
+            .map(|c| {
+                let s = c.stats();
+                (s.receive_buffered_bytes + s.send_queued_bytes) as usize
+                    + std::mem::size_of::<Connection>()
+            })
+            .sum();
+        conns + self.pending.len() * PENDING_COST
+    }
+
+    fn insert_pending(&mut self, from: SocketAddr, p: Pending) {
+        if self.pending.insert(from, p).is_none() {
+            self.by_ip.entry(ip_key(from.ip())).or_default().pending += 1;
+        }
+    }
+
+    fn remove_pending(&mut self, from: &SocketAddr) -> Option<Pending> {
+        let p = self.pending.remove(from)?;
+        self.release_ip(from.ip(), |u| u.pending -= 1);
+        Some(p)
+    }
+
+    /// Updates the use of `ip` and forgets it when nothing is left.
+    fn release_ip(&mut self, ip: std::net::IpAddr, f: impl FnOnce(&mut IpUse)) {
+        let key = ip_key(ip);
+        if let Some(u) = self.by_ip.get_mut(&key) {
+            f(u);
+            if u.connections == 0 && u.pending == 0 {
+                self.by_ip.remove(&key);
+            }
+        }
+    }
+
+    /// Removes connection `id` from the table and the address maps; returns it.
+    fn remove_connection(&mut self, id: ClientId) -> Option<Connection> {
+        let conn = self.connections.remove(&id)?;
+        for a in std::iter::once(conn.addr()).chain(conn.candidate_addr()) {
+            if self.by_addr.get(&a) == Some(&id) {
+                self.by_addr.remove(&a);
+            }
+        }
+        self.release_ip(conn.addr().ip(), |u| u.connections -= 1);
+        Some(conn)
     }
 
     fn on_client_finished(
@@ -514,35 +718,30 @@ impl Server {
         };
         if !crypto::macs_equal(opened.plaintext, &p.keys.client_finished) {
             self.stats.bad_finished += 1;
-            self.pending.remove(&from);
+            self.remove_pending(&from);
             let reply = handshake::error_datagram(ErrorCode::FinishInvalid, "finished invalid");
             self.handshake_out.push_back((from, reply));
             return;
         }
-        let p = self.pending.remove(&from).expect("looked up above");
+        let p = self.remove_pending(&from).expect("looked up above");
         if let Some(old) = self.by_addr.get(&from).copied() {
             // The client restarted on the same address: the old connection is gone.
             if p.client_id != Some(old) {
-                if let Some(conn) = self.connections.remove(&old) {
-                    if let Some(c) = conn.candidate_addr() {
-                        self.by_addr.remove(&c);
-                    }
+                if self.remove_connection(old).is_some() {
                     self.events.push_back(Event::Disconnected {
                         client: old,
                         reason: crate::types::DisconnectReason::Replaced,
                     });
+                    if let Some(r) = self.resumable.get_mut(&old) {
+                        r.until = Some(now + self.config.resume_window);
+                    }
                 }
                 self.by_addr.remove(&from);
             }
         }
         let id = match p.client_id {
             Some(id) => {
-                if let Some(old) = self.connections.remove(&id) {
-                    for a in std::iter::once(old.addr()).chain(old.candidate_addr()) {
-                        if self.by_addr.get(&a) == Some(&id) {
-                            self.by_addr.remove(&a);
-                        }
-                    }
+                if self.remove_connection(id).is_some() {
                     self.events.push_back(Event::Disconnected {
                         client: id,
                         reason: crate::types::DisconnectReason::Replaced,
@@ -595,6 +794,7 @@ impl Server {
         );
         self.connections.insert(id, conn);
         self.by_addr.insert(from, id);
+        self.by_ip.entry(ip_key(from.ip())).or_default().connections += 1;
         self.stats.connections_accepted += 1;
         self.events.push_back(Event::Connected { client: id });
     }
@@ -733,15 +933,30 @@ impl Server {
         if self.by_addr.get(&old) == Some(&id) {
             self.by_addr.remove(&old);
         }
-        if let Some(conn) = self.connections.get(&id) {
-            self.by_addr.insert(conn.addr(), id);
+        if let Some(new) = self.connections.get(&id).map(Connection::addr) {
+            self.by_addr.insert(new, id);
+            self.release_ip(old.ip(), |u| u.connections -= 1);
+            self.by_ip.entry(ip_key(new.ip())).or_default().connections += 1;
         }
         self.stats.migrations += 1;
     }
 
     fn expire_pending(&mut self, now: Instant) {
         let before = self.pending.len();
-        self.pending.retain(|_, p| p.deadline > now);
+        let by_ip = &mut self.by_ip;
+        self.pending.retain(|addr, p| {
+            let keep = p.deadline > now;
+            if !keep {
+                let key = ip_key(addr.ip());
+                if let Some(u) = by_ip.get_mut(&key) {
+                    u.pending -= 1;
+                    if u.connections == 0 && u.pending == 0 {
+                        by_ip.remove(&key);
+                    }
+                }
+            }
+            keep
+        });
         self.stats.handshakes_expired += (before - self.pending.len()) as u64;
     }
 
@@ -757,14 +972,7 @@ impl Server {
             self.events
                 .push_back(Event::Disconnected { client: id, reason });
         }
-        let addr = conn.addr();
-        let candidate = conn.candidate_addr();
-        self.connections.remove(&id);
-        for a in std::iter::once(addr).chain(candidate) {
-            if self.by_addr.get(&a) == Some(&id) {
-                self.by_addr.remove(&a);
-            }
-        }
+        self.remove_connection(id);
         if let Some(r) = self.resumable.get_mut(&id) {
             r.until = Some(self.last_now + self.config.resume_window);
         }
@@ -798,6 +1006,13 @@ impl Server {
     /// Writes the next datagram to send into `buf` (at least 1200 octets), or returns `None`
     /// when nothing is due. Call it until it returns `None` after every input.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some((to, cookie)) = self.retry_out.pop_front() {
+            let len = handshake::write_retry(&cookie, buf);
+            return Some(Transmit {
+                destination: to,
+                len,
+            });
+        }
         if let Some((to, datagram)) = self.handshake_out.pop_front() {
             buf[..datagram.len()].copy_from_slice(&datagram);
             return Some(Transmit {
