@@ -84,8 +84,7 @@ pub mod wire;
 
 pub use config::{
     ChannelConfig, ClientConfig, ConfigError, ConnectionConfig, DeliveryMode, RetryPolicy,
-    ServerConfig,
-    ServerKeyPolicy, TokenPolicy, MAX_MESSAGE_SIZE,
+    ServerConfig, ServerKeyPolicy, TokenPolicy, MAX_MESSAGE_SIZE,
 };
 pub use crypto::{ServerIdentity, ServerKey};
 pub use endpoint::{Client, ClientInfo, IpPrefix, Resumption, Server, ServerStats};

@@ -395,7 +395,7 @@ fn rows() -> Vec<Row> {
         ),
         run(
             "reassembly: fragment number differs from earlier fragments",
-            || reassemble(&[fragment(0, 3, 988), fragment(1, 2, 10)]),
+            || reassemble(&[fragment(0, 3, 988), fragment(2, 3, 10), fragment(1, 2, 10)]),
             FragmentNumber,
         ),
         run(
@@ -729,19 +729,23 @@ fn valid_neighbours_parse() {
 }
 
 /// Errors leave the reassembler unchanged: after a rejected fragment the packet still
-/// completes from its good fragments.
+/// completes from its good fragments. (A packet holding two fragments or more; one holding a
+/// single fragment gives way to a contradicting one, see the next test.)
 #[test]
 fn reassembly_errors_change_nothing() {
     let mut reassembler = Reassembler::new(ReassemblyConfig::default());
     let now = Instant::now();
-    let first = fragment(0, 2, 988);
-    let wrong_count = fragment(1, 3, 988);
-    let short = fragment(0, 2, 10);
-    let last = fragment(1, 2, 7);
-    assert_eq!(
-        reassembler.insert(now, &Packet::parse(&first).unwrap()),
-        Ok(Reassembly::Incomplete)
-    );
+    let first = fragment(0, 3, 988);
+    let second = fragment(1, 3, 988);
+    let wrong_count = fragment(1, 4, 988);
+    let short = fragment(0, 3, 10);
+    let last = fragment(2, 3, 7);
+    for f in [&first, &second] {
+        assert_eq!(
+            reassembler.insert(now, &Packet::parse(f).unwrap()),
+            Ok(Reassembly::Incomplete)
+        );
+    }
     let reserved = reassembler.reserved_bytes();
     assert_eq!(
         reassembler
@@ -764,11 +768,32 @@ fn reassembly_errors_change_nothing() {
         .unwrap()
     {
         Reassembly::Complete { payload, .. } => {
-            assert_eq!(payload.len(), 988 + 7);
+            assert_eq!(payload.len(), 2 * 988 + 7);
             assert!(payload.iter().all(|&b| b == 0x5A));
         }
         other => panic!("expected Complete, got {other:?}"),
     }
     assert!(reassembler.is_empty());
     assert_eq!(reassembler.reserved_bytes(), 0);
+}
+
+/// A forged first fragment cannot pin a packet number: the genuine fragments that contradict
+/// it replace it, and the packet completes.
+#[test]
+fn a_lone_contradicting_fragment_gives_way() {
+    let mut reassembler = Reassembler::new(ReassemblyConfig::default());
+    let now = Instant::now();
+    let forged = fragment(254, 255, 13);
+    assert_eq!(
+        reassembler.insert(now, &Packet::parse(&forged).unwrap()),
+        Ok(Reassembly::Incomplete)
+    );
+    assert_eq!(
+        reassembler.insert(now, &Packet::parse(&fragment(0, 2, 988)).unwrap()),
+        Ok(Reassembly::Incomplete)
+    );
+    assert_eq!(reassembler.evictions(), 1);
+    assert_eq!(reassembler.reserved_bytes(), 2 * 988);
+    let done = reassembler.insert(now, &Packet::parse(&fragment(1, 2, 7)).unwrap());
+    assert!(matches!(done, Ok(Reassembly::Complete { .. })));
 }

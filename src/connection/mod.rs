@@ -767,6 +767,13 @@ impl Connection {
         } = scratch;
         let opened = match decoder.open(header, &fields, payload, Some(&self.recv_key)) {
             Ok(o) => o,
+            Err(e) if matches!(e.code, ErrorCode::Compression | ErrorCode::Checksum) => {
+                // It opened (decompression and the checksum come after the tag is checked):
+                // the peer itself sent what does not decompress within the limit.
+                self.drop_wire(e);
+                self.fail(now, e.code, events);
+                return;
+            }
             Err(e) => {
                 self.drop_wire(e);
                 return;
@@ -775,9 +782,9 @@ impl Connection {
         let pn = opened.packet_number;
         let plaintext = opened.plaintext;
         let reassembly = self.reassembler.reserved_bytes();
-        let admit = self
-            .budget
-            .admit(reassembly, plaintext.len(), || self.scan_incoming(plaintext));
+        let admit = self.budget.admit(reassembly, plaintext.len(), || {
+            self.scan_incoming(plaintext)
+        });
         if admit == Admit::OverBudget {
             self.stats.dropped_over_budget += 1;
             self.drop_datagram("receive budget full: the application is not polling events, or the peer sends past an ordering gap");
@@ -785,6 +792,9 @@ impl Connection {
         }
         self.receiver.accept(pn);
         self.last_recv = now;
+        if let Some(c) = self.challenge.as_mut().filter(|c| c.addr == from) {
+            c.bytes_received += len as u64;
+        }
         if matches!(fields, TypeFields::Default | TypeFields::Ack(_)) && !plaintext.is_empty() {
             self.last_data = now;
             self.trimmed = false;
@@ -1533,8 +1543,8 @@ impl Connection {
             let due = c.sent_at.is_none_or(|t| now >= t + self.rtt.rto());
             // A challenge is about 35 octets; it goes only while the address has been sent
             // less than AMPLIFICATION_FACTOR times what it sent.
-            let allowed = c.bytes_sent + CHALLENGE_DATAGRAM_LEN
-                <= AMPLIFICATION_FACTOR * c.bytes_received;
+            let allowed =
+                c.bytes_sent + CHALLENGE_DATAGRAM_LEN <= AMPLIFICATION_FACTOR * c.bytes_received;
             if self.state == State::Connected && due && allowed {
                 let mut data = [0u8; 12];
                 data[..4].copy_from_slice(PATH_CHALLENGE);

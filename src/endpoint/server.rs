@@ -582,7 +582,11 @@ impl Server {
         }
         if use_.connections as usize >= self.config.max_clients_per_ip && !replaces {
             self.stats.refused_ip_limit += 1;
-            self.refuse(from, ErrorCode::NoSpace, "too many connections from this address");
+            self.refuse(
+                from,
+                ErrorCode::NoSpace,
+                "too many connections from this address",
+            );
             return;
         }
         if self.memory_charged() + PENDING_COST > self.config.memory_budget {

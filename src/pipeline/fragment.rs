@@ -241,25 +241,38 @@ impl Reassembler {
             ));
         }
         let key = crate::pipeline::seal::packet_number(&header);
-        let index = match self.slots.iter().position(|s| s.key == key) {
-            Some(i) => {
-                let slot = &self.slots[i];
-                if slot.count != count {
-                    return Err(WireError::new(
-                        ErrorCode::FragmentNumber,
-                        "fragment number differs between fragments",
-                    ));
+        let mut existing = self.slots.iter().position(|s| s.key == key);
+        if let Some(i) = existing {
+            let slot = &self.slots[i];
+            let conflict = if slot.count != count {
+                Some(WireError::new(
+                    ErrorCode::FragmentNumber,
+                    "fragment number differs between fragments",
+                ))
+            } else if !same_packet(&slot.header, &header) || slot.fields != fields {
+                Some(WireError::unreadable(
+                    "fragment header differs from its packet's",
+                ))
+            } else {
+                None
+            };
+            if let Some(e) = conflict {
+                // One of the two is forged (fragments cannot be authenticated before the
+                // packet is whole). A packet of one fragment, or one gone stale, gives way to
+                // the newcomer: a forger cannot pin a packet number by sending first.
+                let stale = now.saturating_duration_since(slot.last) >= STALE_AFTER;
+                if slot.received > 1 && !stale {
+                    return Err(e);
                 }
-                if !same_packet(&slot.header, &header) || slot.fields != fields {
-                    return Err(WireError::unreadable(
-                        "fragment header differs from its packet's",
-                    ));
-                }
-                if slot.held[usize::from(id)] {
-                    return Ok(Reassembly::Duplicate);
-                }
-                i
+                self.drop_slot(i);
+                self.evictions += 1;
+                existing = None;
+            } else if slot.held[usize::from(id)] {
+                return Ok(Reassembly::Duplicate);
             }
+        }
+        let index = match existing {
+            Some(i) => i,
             None => {
                 let reserve = usize::from(count) * MAX_DATA;
                 if reserve > self.config.max_bytes {
@@ -340,13 +353,17 @@ impl Reassembler {
         if victim.received > 1 && !stale {
             return false;
         }
+        self.drop_slot(i);
+        self.evictions += 1;
+        true
+    }
+
+    fn drop_slot(&mut self, i: usize) {
         let slot = self.slots.swap_remove(i);
         self.reserved -= slot.reserved;
         if self.pool.len() < POOL_LIMIT {
             self.pool.push(slot.buf);
         }
-        self.evictions += 1;
-        true
     }
 
     /// Incomplete packets dropped so far to make room for new ones.

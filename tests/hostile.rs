@@ -1,0 +1,704 @@
+//! The attacks of a spoofing stranger and of a cheater with a real connection, each replayed
+//! deterministically against the sans-IO core (virtual time, seeded randomness), with what the
+//! server must still do: keep its memory within its budgets, keep serving legitimate clients,
+//! and never send an unvalidated address more than three times what it sent.
+//!
+//! 1. migration onto a victim by a predictable path challenge
+//! 2. reassembly starvation by spoofed fragments
+//! 3. reliable-ordered messages held past a gap, outside every limit
+//! 4. empty reliable messages that cost nothing
+//! 5. LZ4 bombs
+//! 6. one address doing full handshakes with new keys
+//! 7. one IP filling the half-open table from many ports
+//! 8. one IP holding every connection slot
+//! 9. a spoofed flood of fresh-key AUTHs from thousands of addresses
+
+mod common;
+
+use common::*;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tickwire::connection::{frame, Connection, Role, Scratch};
+use tickwire::crypto::EphemeralKey;
+use tickwire::endpoint::handshake;
+use tickwire::pipeline::{encode_into, fragment, PacketKey, Seal, SendOptions};
+use tickwire::wire::{ErrorCode, Heartbeat, TypeFields};
+use tickwire::{
+    ChannelId, ClientId, ConnectionConfig, DisconnectReason, Event, SendError, ServerConfig,
+    ServerIdentity,
+};
+
+// ---------------------------------------------------------------------------------------
+// A cheater's raw session: a server-side Connection whose peer keys the test holds, so the
+// test can seal any packet the peer could.
+
+struct Raw {
+    conn: Connection,
+    scratch: Scratch,
+    events: VecDeque<Event>,
+    /// The key the cheater seals with (the connection's receive key).
+    peer_key: PacketKey,
+    next_pn: u32,
+    now: Instant,
+    client_addr: SocketAddr,
+}
+
+const C2S: ([u8; 16], [u8; 12]) = ([1; 16], [2; 12]);
+const S2C: ([u8; 16], [u8; 12]) = ([3; 16], [4; 12]);
+
+impl Raw {
+    fn new(config: ConnectionConfig) -> Self {
+        let now = Instant::now();
+        let config = Arc::new(config);
+        let limit = tickwire::connection::plaintext_limit(&config);
+        let conn = Connection::new(
+            now,
+            ClientId(1),
+            addr(5000),
+            Role::Server,
+            config,
+            PacketKey::new(&S2C.0, &S2C.1),
+            PacketKey::new(&C2S.0, &C2S.1),
+            None,
+            None,
+        );
+        Self {
+            conn,
+            scratch: Scratch::new(limit),
+            events: VecDeque::new(),
+            peer_key: PacketKey::new(&C2S.0, &C2S.1),
+            next_pn: 1,
+            now,
+            client_addr: addr(5000),
+        }
+    }
+
+    /// Seals `plain` as the peer's next packet and returns its datagrams.
+    fn seal(&mut self, fields: TypeFields, plain: &[u8], opts: SendOptions) -> Vec<Vec<u8>> {
+        let pn = self.next_pn;
+        self.next_pn += 1;
+        let mut out = Vec::new();
+        let header = encode_into(
+            &mut Vec::new(),
+            fields,
+            plain,
+            opts,
+            Seal::Sealed {
+                key: &self.peer_key,
+                packet_number: pn,
+            },
+            &mut out,
+        )
+        .unwrap();
+        let count = header.fragment.map_or(1, |f| usize::from(f.count));
+        (0..count)
+            .map(|i| {
+                let mut buf = vec![0u8; 1500];
+                let n = fragment::write_datagram(&header, &fields, &out, i, &mut buf).unwrap();
+                buf.truncate(n);
+                buf
+            })
+            .collect()
+    }
+
+    fn deliver_from(&mut self, from: SocketAddr, datagrams: Vec<Vec<u8>>) {
+        for mut d in datagrams {
+            self.conn
+                .handle_datagram(self.now, from, &mut d, &mut self.scratch, &mut self.events);
+        }
+    }
+
+    fn deliver(&mut self, datagrams: Vec<Vec<u8>>) {
+        let from = self.client_addr;
+        self.deliver_from(from, datagrams);
+    }
+
+    /// Drains what the connection sends: (destination, octets).
+    fn drain(&mut self) -> Vec<(SocketAddr, usize)> {
+        let mut buf = vec![0u8; 1500];
+        let mut out = Vec::new();
+        while let Some((n, to)) = self
+            .conn
+            .poll_transmit(self.now, &mut self.scratch, &mut buf)
+        {
+            out.push((to, n));
+            assert!(out.len() < 100_000, "runaway transmit");
+        }
+        out
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        if self.conn.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.conn.handle_timeout(self.now, &mut self.events);
+        }
+    }
+}
+
+fn reliable() -> SendOptions {
+    SendOptions {
+        reliable: true,
+        ..SendOptions::default()
+    }
+}
+
+fn message(channel: u8, seq: Option<u16>, data: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::new();
+    frame::put_message(&mut plain, channel, seq, data);
+    plain
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. A cheater moves its connection onto a victim.
+
+#[test]
+fn a_victim_address_gets_at_most_three_times_what_came_from_it() {
+    let mut raw = Raw::new(ConnectionConfig::default());
+    let victim = addr(7777);
+    // The cheater spoofs one authentic packet from the victim's address.
+    let spoofed = raw.seal(
+        TypeFields::Default,
+        &message(0, None, b"x"),
+        SendOptions::default(),
+    );
+    let from_victim: usize = spoofed.iter().map(Vec::len).sum();
+    raw.conn.start_path_challenge(victim);
+    raw.deliver_from(victim, spoofed);
+    // Ten seconds of challenge resends.
+    let mut to_victim = 0;
+    for _ in 0..1000 {
+        for (to, n) in raw.drain() {
+            if to == victim {
+                to_victim += n;
+            }
+        }
+        raw.advance(Duration::from_millis(10));
+    }
+    assert!(to_victim > 0, "the new address was challenged");
+    assert!(
+        to_victim <= 3 * from_victim,
+        "victim got {to_victim} octets for {from_victim} sent from it"
+    );
+    assert!(raw.conn.stats().amplification_limited > 0);
+    assert_eq!(raw.conn.addr(), addr(5000));
+}
+
+#[test]
+fn a_path_challenge_cannot_be_predicted() {
+    let mut raw = Raw::new(ConnectionConfig::default());
+    let victim = addr(7777);
+    let spoofed = raw.seal(
+        TypeFields::Default,
+        &message(0, None, b"x"),
+        SendOptions::default(),
+    );
+    raw.conn.start_path_challenge(victim);
+    raw.deliver_from(victim, spoofed);
+    raw.drain();
+    // The cheater answers every value it could predict from what it sees (the old value was
+    // (next packet number << 16) ^ challenges sent), forged from the victim's address.
+    for pn in 0..64u64 {
+        for k in 1..4u64 {
+            let value = (pn << 16) ^ k;
+            let mut data = b"path".to_vec();
+            data.extend_from_slice(&value.to_be_bytes());
+            let d = raw.seal(
+                TypeFields::Heartbeat(Heartbeat::Pong),
+                &data,
+                SendOptions::default(),
+            );
+            raw.deliver_from(victim, d);
+            raw.drain();
+        }
+    }
+    assert!(
+        !raw.events
+            .iter()
+            .any(|e| matches!(e, Event::AddressChanged { .. })),
+        "the connection moved to an unvalidated address"
+    );
+    assert_eq!(raw.conn.addr(), addr(5000));
+}
+
+#[test]
+fn a_real_address_change_still_validates() {
+    let mut sim = Sim::new(ServerConfig::new(ServerIdentity::generate()));
+    let cfg = sim.client_config();
+    sim.add_client(cfg);
+    sim.connect_all();
+    // The client's NAT mapping changes.
+    sim.clients[0].0 = addr(5999);
+    let now = sim.now;
+    sim.clients[0].1.send(now, ChannelId(3), b"moved").unwrap();
+    assert!(sim.run_until(Duration::from_secs(3), |s| s
+        .server_events
+        .iter()
+        .any(|e| matches!(e, Event::AddressChanged { .. }))));
+    assert_eq!(sim.server.clients()[0].addr, addr(5999));
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Spoofed fragments starve reassembly.
+
+/// A 13-octet fragment that looks sealed: FRAG and ENCRYPTED, Fragment Number 255, the last
+/// fragment, with packet number `pn`.
+fn forged_fragment(pn: u32) -> Vec<u8> {
+    let mut d = vec![0x00, 0x18, (pn & 0xFF00) as u8, pn as u8];
+    d[2] = (pn >> 8) as u8;
+    d[3] = pn as u8;
+    d.extend_from_slice(&[254, 255]);
+    d.extend_from_slice(&((pn >> 16) as u16).to_be_bytes());
+    d.extend_from_slice(&[0xAB; 5]);
+    d
+}
+
+#[test]
+fn spoofed_fragments_do_not_starve_reassembly_in_either_direction() {
+    let mut sim = Sim::new(ServerConfig::new(ServerIdentity::generate()));
+    let cfg = sim.client_config();
+    sim.add_client(cfg);
+    sim.connect_all();
+    let client_addr = sim.clients[0].0;
+    let server_addr = sim.server_addr;
+    let mut rng = Rng(0x5eed);
+    let mut sent = 0;
+    let mut echoed = 0;
+    let big = vec![0x42u8; 4000];
+    let start = sim.now;
+    let mut next_spray = sim.now;
+    while sim.now < start + Duration::from_secs(20) {
+        if sim.now >= next_spray {
+            next_spray = sim.now + Duration::from_secs(2);
+            // 32 forged fragments each way: made-up packet numbers, and a few plausible ones
+            // (an attacker guessing from the connection's age).
+            for k in 0..32u32 {
+                let pn = if k < 24 {
+                    (rng.next_u64() as u32) | 0x1000_0000
+                } else {
+                    k * 3 + 2
+                };
+                let now = sim.now;
+                sim.server
+                    .handle_datagram(now, client_addr, &mut forged_fragment(pn));
+                sim.clients[0]
+                    .1
+                    .handle_datagram(now, server_addr, &mut forged_fragment(pn));
+            }
+        }
+        if sent < 200 && sim.now >= start + Duration::from_millis(50 * sent as u64) {
+            let now = sim.now;
+            if sim.clients[0].1.send(now, ChannelId(3), &big).is_ok() {
+                sent += 1;
+            }
+        }
+        for (client, channel, data) in sim.server_messages() {
+            let now = sim.now;
+            sim.server
+                .send(now, ClientId(client), ChannelId(channel), &data)
+                .unwrap();
+        }
+        echoed += sim
+            .client_messages(0)
+            .iter()
+            .filter(|(_, d)| d.len() == 4000)
+            .count();
+        let limit = sim.now + Duration::from_millis(5);
+        sim.step_until(Some(limit));
+    }
+    assert_eq!(sent, 200);
+    assert_eq!(
+        echoed, 200,
+        "every 4000-octet echo came back under fragment spoofing"
+    );
+    let server_side = sim.server.clients()[0].stats;
+    assert!(server_side.fragments_refused > 0);
+    assert!(sim.clients[0].1.stats().fragments_refused > 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Ordered messages held behind a gap the cheater never fills.
+
+#[test]
+fn messages_held_for_a_gap_are_charged_to_the_receive_budget() {
+    let config = ConnectionConfig::default();
+    let limit = config.receive_buffer_bytes;
+    let mut raw = Raw::new(config);
+    let data = vec![7u8; 60_000];
+    // Seq 1..=1023 on the reliable-ordered channel, never seq 0: 61 MB if all were held.
+    for seq in 1..=1023u16 {
+        let d = raw.seal(
+            TypeFields::Default,
+            &message(3, Some(seq), &data),
+            reliable(),
+        );
+        raw.deliver(d);
+        raw.drain();
+    }
+    let stats = raw.conn.stats();
+    assert!(
+        stats.receive_buffered_bytes as usize <= 2 * limit,
+        "{} octets held",
+        stats.receive_buffered_bytes
+    );
+    assert!(
+        stats.memory_bytes < 3 * limit as u64,
+        "{} octets of memory",
+        stats.memory_bytes
+    );
+    assert!(stats.dropped_over_budget > 900);
+    assert!(raw.conn.is_connected());
+    // The gap filler always gets in, and what was held is delivered in order behind it.
+    let d = raw.seal(
+        TypeFields::Default,
+        &message(3, Some(0), b"zero"),
+        reliable(),
+    );
+    raw.deliver(d);
+    let mut seqs = Vec::new();
+    while let Some(e) = raw.events.pop_front() {
+        if let Event::Message { data, .. } = e {
+            seqs.push(data.len());
+            raw.conn.release_delivered(data.len(), data.capacity());
+        }
+    }
+    assert_eq!(seqs[0], 4);
+    assert!(seqs.len() > 1, "held messages followed the gap filler");
+    assert!(seqs[1..].iter().all(|&n| n == 60_000));
+}
+
+#[test]
+fn a_lossy_link_with_a_long_gap_still_delivers_everything_in_order() {
+    // The legitimate side of the same rule: the packet that fills the gap is never refused,
+    // even with the receive budget full of held messages.
+    let mut config = ServerConfig::new(ServerIdentity::generate());
+    config.connection.receive_buffer_bytes = 256 << 10;
+    let mut sim = Sim::new(config);
+    let mut cfg = sim.client_config();
+    cfg.connection.receive_buffer_bytes = 256 << 10;
+    sim.add_client(cfg);
+    sim.connect_all();
+    // Drop every client datagram for 300 ms once, so that a gap opens, then nothing.
+    let drop_from = sim.counts[0] + 5;
+    sim.filter = Box::new(move |dir, n, _| {
+        if dir == Dir::ToServer && (drop_from..drop_from + 3).contains(&n) {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    let msg = vec![1u8; 3000];
+    let mut queued = 0u32;
+    let mut got = Vec::new();
+    let ok = sim.run_until(Duration::from_secs(30), |s| {
+        while queued < 400 {
+            let now = s.now;
+            match s.clients[0].1.send(
+                now,
+                ChannelId(3),
+                &[&queued.to_be_bytes()[..], &msg].concat(),
+            ) {
+                Ok(()) => queued += 1,
+                Err(SendError::QueueFull) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        for (_, _, d) in s.server_messages() {
+            got.push(u32::from_be_bytes(d[..4].try_into().unwrap()));
+        }
+        got.len() == 400
+    });
+    assert!(ok, "delivered {} of 400", got.len());
+    assert!(got.iter().copied().eq(0..400), "in order");
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Empty reliable messages.
+
+#[test]
+fn empty_reliable_messages_fill_the_send_budget() {
+    let mut sim = Sim::new(ServerConfig::new(ServerIdentity::generate()));
+    let cfg = sim.client_config();
+    sim.add_client(cfg);
+    sim.connect_all();
+    sim.muted.push(sim.clients[0].0); // the peer never acknowledges
+    let id = sim.server.clients()[0].id;
+    let now = sim.now;
+    let mut accepted = 0usize;
+    let refused = loop {
+        match sim.server.send(now, id, ChannelId(3), &[]) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 1_000_000, "empty messages are never refused");
+    };
+    assert_eq!(refused, SendError::QueueFull);
+    let budget = ConnectionConfig::default().send_queue_bytes;
+    assert!(accepted <= budget / 64, "{accepted} empty messages queued");
+    let stats = sim.server.client_stats(id).unwrap();
+    assert!(
+        stats.memory_bytes < 2 * budget as u64,
+        "{} octets",
+        stats.memory_bytes
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. LZ4 bombs.
+
+#[test]
+fn a_packet_decompressing_past_the_limit_is_refused_before_allocation_and_closes() {
+    let mut raw = Raw::new(ConnectionConfig::default());
+    // Three 60 KB messages of zeros: 180 KB of plaintext, a few hundred octets compressed.
+    let mut plain = Vec::new();
+    for _ in 0..3 {
+        frame::put_message(&mut plain, 2, None, &[0u8; 60_000]);
+    }
+    let opts = SendOptions {
+        reliable: true,
+        compress: true,
+        ..SendOptions::default()
+    };
+    let bomb = raw.seal(TypeFields::Default, &plain, opts);
+    assert_eq!(bomb.len(), 1, "compressed into one datagram");
+    raw.deliver(bomb);
+    assert!(raw.events.iter().any(|e| matches!(
+        e,
+        Event::Disconnected {
+            reason: DisconnectReason::ProtocolViolation(ErrorCode::Compression),
+            ..
+        }
+    )));
+    assert!(!raw
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Message { .. })));
+}
+
+#[test]
+fn compressed_messages_within_the_limit_are_charged_and_flow_controlled() {
+    let mut raw = Raw::new(ConnectionConfig::default());
+    let limit = ConnectionConfig::default().receive_buffer_bytes;
+    let opts = SendOptions {
+        reliable: true,
+        compress: true,
+        ..SendOptions::default()
+    };
+    // 200 packets of one 60 KB message each (12 MB), never taken by the application.
+    for _ in 0..200 {
+        let d = raw.seal(TypeFields::Default, &message(2, None, &[0u8; 60_000]), opts);
+        raw.deliver(d);
+    }
+    let stats = raw.conn.stats();
+    assert!(stats.receive_buffered_bytes as usize <= limit);
+    assert!(stats.dropped_over_budget > 100);
+    assert!(raw.conn.is_connected());
+}
+
+// ---------------------------------------------------------------------------------------
+// Handshake floods: raw AUTH datagrams.
+
+fn auth_datagram(key: &EphemeralKey) -> Vec<u8> {
+    handshake::client_auth(key.public_bytes(), &[], None)
+}
+
+fn count_connected(sim: &Sim) -> usize {
+    sim.clients.iter().filter(|(_, c)| c.is_connected()).count()
+}
+
+/// Runs the simulation for `d`, feeding `per_ms` attack datagrams each millisecond from
+/// `attack(i)`.
+fn run_with_flood(
+    sim: &mut Sim,
+    d: Duration,
+    per_ms: usize,
+    mut attack: impl FnMut(usize) -> (SocketAddr, Vec<u8>),
+) {
+    let end = sim.now + d;
+    let mut i = 0;
+    while sim.now < end {
+        for _ in 0..per_ms {
+            let (from, mut datagram) = attack(i);
+            i += 1;
+            let now = sim.now;
+            sim.server.handle_datagram(now, from, &mut datagram);
+        }
+        let limit = sim.now + Duration::from_millis(1);
+        while sim.now < limit {
+            sim.step_until(Some(limit));
+        }
+    }
+}
+
+#[test]
+fn one_address_with_new_keys_gets_one_key_exchange_per_second() {
+    // Attack 6: 2,500 AUTHs/s from one address, each with a new key.
+    let mut sim = Sim::new(ServerConfig::new(ServerIdentity::generate()));
+    let keys: Vec<EphemeralKey> = (0..64).map(|_| EphemeralKey::generate()).collect();
+    let attacker = SocketAddr::from(([127, 6, 6, 6], 4444));
+    let cfg = sim.client_config();
+    sim.add_client(cfg);
+    run_with_flood(&mut sim, Duration::from_secs(3), 3, |i| {
+        (attacker, auth_datagram(&keys[i % keys.len()]))
+    });
+    let stats = sim.server.stats();
+    assert!(
+        stats.key_exchanges <= 3 + 1 + 1,
+        "{} key exchanges",
+        stats.key_exchanges
+    );
+    assert!(stats.rekeys_dropped > 7000);
+    assert_eq!(
+        count_connected(&sim),
+        1,
+        "a new client connected during the flood"
+    );
+}
+
+#[test]
+fn one_ip_cannot_fill_the_half_open_table() {
+    // Attack 7: 2,000 AUTHs/s from 2,048 ports of one IP.
+    let mut sim = Sim::new(ServerConfig::new(ServerIdentity::generate()));
+    let keys: Vec<EphemeralKey> = (0..64).map(|_| EphemeralKey::generate()).collect();
+    for _ in 0..4 {
+        let cfg = sim.client_config();
+        sim.add_client(cfg);
+    }
+    run_with_flood(&mut sim, Duration::from_secs(2), 2, |i| {
+        let from = SocketAddr::from(([127, 7, 7, 7], 10_000 + (i % 2048) as u16));
+        (from, auth_datagram(&keys[i % keys.len()]))
+    });
+    let stats = sim.server.stats();
+    assert!(sim.server.pending_count() <= 8 + 4);
+    assert!(stats.handshakes_dropped_ip > 3000);
+    assert_eq!(
+        count_connected(&sim),
+        4,
+        "new clients connected during the flood"
+    );
+}
+
+#[test]
+fn one_ip_holds_at_most_its_share_of_connections() {
+    // Attack 8: 64 real connections from one IP.
+    let mut config = ServerConfig::new(ServerIdentity::generate());
+    config.retry = tickwire::RetryPolicy::Never;
+    let mut sim = Sim::new(config);
+    for port in 0..64u16 {
+        let cfg = sim.client_config();
+        let i = sim.add_client(cfg);
+        sim.clients[i].0 = SocketAddr::from(([127, 8, 8, 8], 20_000 + port));
+    }
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(count_connected(&sim), 16);
+    assert!(sim.server.stats().refused_ip_limit >= 48);
+    let refused = sim.client_events[63].iter().any(|e| {
+        matches!(
+            e,
+            Event::Disconnected {
+                reason: DisconnectReason::HandshakeFailed(ErrorCode::NoSpace),
+                ..
+            }
+        )
+    });
+    assert!(refused, "the 17th client from the IP was told why");
+    // A client from another IP still gets in.
+    let cfg = sim.client_config();
+    let other = sim.add_client(cfg);
+    sim.clients[other].0 = SocketAddr::from(([127, 0, 0, 99], 5000));
+    assert!(sim.run_until(Duration::from_secs(3), |s| s.clients[other]
+        .1
+        .is_connected()));
+}
+
+#[test]
+fn a_spoofed_auth_flood_costs_no_key_exchange_and_real_clients_get_in() {
+    // Attack 9: fresh-key AUTHs from 4,096 addresses, 20,000 per second.
+    let mut sim = Sim::new(ServerConfig::new(ServerIdentity::generate()));
+    let keys: Vec<EphemeralKey> = (0..256).map(|_| EphemeralKey::generate()).collect();
+    let mut started = false;
+    let mut rng = Rng(9);
+    run_with_flood(&mut sim, Duration::from_millis(500), 20, |i| {
+        let n = (rng.next_u64() % 4096) as u32;
+        let from = SocketAddr::from(([127, 10, (n >> 8) as u8, n as u8], 30_000));
+        (from, auth_datagram(&keys[i % keys.len()]))
+    });
+    // The flood goes on; clients arrive in the middle of it.
+    for _ in 0..4 {
+        let cfg = sim.client_config();
+        sim.add_client(cfg);
+    }
+    run_with_flood(&mut sim, Duration::from_secs(2), 20, |i| {
+        started = true;
+        let n = (rng.next_u64() % 4096) as u32;
+        let from = SocketAddr::from(([127, 10, (n >> 8) as u8, n as u8], 30_000));
+        (from, auth_datagram(&keys[i % keys.len()]))
+    });
+    assert!(started);
+    let stats = sim.server.stats();
+    assert_eq!(
+        count_connected(&sim),
+        4,
+        "real clients connected during the flood"
+    );
+    assert!(stats.retries_sent > 40_000);
+    // Key exchanges: those before the AUTH rate tripped the retries, and the real clients.
+    assert!(
+        stats.key_exchanges <= 64 + 1 + 4,
+        "{} key exchanges for {} AUTHs",
+        stats.key_exchanges,
+        stats.retries_sent
+    );
+}
+
+#[test]
+fn the_retry_is_smaller_than_the_auth_and_forged_cookies_are_refused() {
+    let mut config = ServerConfig::new(ServerIdentity::generate());
+    config.retry = tickwire::RetryPolicy::Always;
+    let mut sim = Sim::new(config);
+    let key = EphemeralKey::generate();
+    let from = addr(6100);
+    let now = sim.now;
+    let mut auth = auth_datagram(&key);
+    let auth_len = auth.len();
+    sim.server.handle_datagram(now, from, &mut auth);
+    let mut buf = [0u8; 1500];
+    let t = sim.server.poll_transmit(now, &mut buf).unwrap();
+    assert_eq!(t.destination, from);
+    assert!(
+        t.len <= auth_len,
+        "retry {} octets for an AUTH of {auth_len}",
+        t.len
+    );
+    assert_eq!(sim.server.stats().key_exchanges, 0);
+    let packet = tickwire::wire::Packet::parse(&buf[..t.len]).unwrap();
+    let tickwire::wire::Body::Auth(a) = packet.body else {
+        panic!("a retry is an AUTH")
+    };
+    let cookie = handshake::parse_retry(&a).unwrap();
+    // The cookie from another address, or with another key, or altered, buys nothing.
+    let other_key = EphemeralKey::generate();
+    let mut forged = cookie;
+    forged[19] ^= 1;
+    for (src, k, c) in [
+        (addr(6101), &key, &cookie),
+        (from, &other_key, &cookie),
+        (from, &key, &forged),
+    ] {
+        let mut d = handshake::client_auth_with_cookie(k.public_bytes(), &[], None, Some(c));
+        sim.server.handle_datagram(now, src, &mut d);
+        while sim.server.poll_transmit(now, &mut buf).is_some() {}
+    }
+    assert_eq!(sim.server.stats().key_exchanges, 0);
+    assert_eq!(sim.server.stats().bad_cookies, 3);
+    // The genuine one gets the key exchange.
+    let mut d = handshake::client_auth_with_cookie(key.public_bytes(), &[], None, Some(&cookie));
+    sim.server.handle_datagram(now, from, &mut d);
+    assert_eq!(sim.server.stats().key_exchanges, 1);
+    // And a real client follows the retry by itself.
+    let cfg = sim.client_config();
+    sim.add_client(cfg);
+    sim.connect_all();
+}
