@@ -212,6 +212,8 @@ pub struct ConnectionStats {
     /// Incomplete packets dropped from reassembly to make room for a new one (the least
     /// complete, longest idle first).
     pub reassembly_evictions: u64,
+    /// `send` calls refused with `SendError::QueueFull` (the send budget was spent).
+    pub queue_full: u64,
     /// Times a path challenge waited because the new address had been sent three times what
     /// it sent (the anti-amplification limit before validation).
     pub amplification_limited: u64,

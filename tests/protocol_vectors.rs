@@ -102,6 +102,9 @@ const EXPECTED: &[(&str, &str)] = &[
     ("connect_token", "01000000000000000100000000713fb30001047f0000010fa06ba698e6042b0a01985276bc8b677fe4fd91c6a479d79957398f8dcfe7b10b39671fa6f91d2f7be7097a0e5b6755b6ca0a348dca108b1b190db680d2c7d37cbf"),
     ("resume_ephemeral_public", "0257e977f6db7e33c3fe7acf2842ed987009caf56d458682fca447b7d3d762ab34"),
     ("resume_ticket", "0000000000000001ed9acd68706bcc69262f105eb33504581c233c72ed34838febe53dc605c5bd58"),
+    ("retry_cookie", "000000074bedc987f5ea5188e21e2879b770b39a"),
+    ("retry", "0200000000000014000000074bedc987f5ea5188e21e2879b770b39a"),
+    ("client_auth_with_cookie", "020000000021020217e617f0b6443928278f96999e69a23a4f2c152bdf6d6cdf66e5b80282d4ed007700137469636b77697265207465737420746f6b656e0014000000074bedc987f5ea5188e21e2879b770b39a00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"),
     ("resume_client_auth", "0200000000210257e977f6db7e33c3fe7acf2842ed987009caf56d458682fca447b7d3d762ab3400770000280000000000000001ed9acd68706bcc69262f105eb33504581c233c72ed34838febe53dc605c5bd5800000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"),
 ];
 
@@ -416,6 +419,32 @@ fn compute() -> BTreeMap<&'static str, Vec<u8>> {
     );
     v.insert("resume_ticket", ticket.to_vec());
     v.insert("resume_client_auth", auth);
+    // A stateless retry for the client AUTH above, from 127.0.0.1:5000, issued at second 7
+    // of the server's clock, under a retry secret of 32 octets of 66.
+    let secret = [0x66u8; 32];
+    let cookie = handshake::retry_cookie(&secret, 7, addr(5000), &h.client_auth[6..39]);
+    let mut mac_input = b"tickwire v0 retry".to_vec();
+    mac_input.extend_from_slice(&7u32.to_be_bytes());
+    mac_input.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1]);
+    mac_input.extend_from_slice(&5000u16.to_be_bytes());
+    mac_input.extend_from_slice(&h.client_auth[6..39]);
+    let mut want = 7u32.to_be_bytes().to_vec();
+    want.extend_from_slice(&hmac_sha256(&secret, &mac_input)[..16]);
+    assert_eq!(cookie.to_vec(), want);
+    let mut retry = vec![0u8; handshake::RETRY_LEN];
+    assert_eq!(
+        handshake::write_retry(&cookie, &mut retry),
+        handshake::RETRY_LEN
+    );
+    let client_eph = EphemeralKey::from_secret_bytes(&[0x11; 32]).unwrap();
+    let auth =
+        handshake::client_auth_with_cookie(client_eph.public_bytes(), TOKEN, None, Some(&cookie));
+    let hello = handshake::parse_hello(&auth[41..]).unwrap();
+    assert_eq!(hello.token, TOKEN);
+    assert_eq!(hello.cookie, Some(&cookie));
+    v.insert("retry_cookie", cookie.to_vec());
+    v.insert("retry", retry);
+    v.insert("client_auth_with_cookie", auth);
     v
 }
 

@@ -541,6 +541,7 @@ impl Connection {
             if self.pool.len() < POOL_LIMIT {
                 self.pool.push(buf);
             }
+            self.stats.queue_full += 1;
             return Err(SendError::QueueFull);
         }
         let ch = &mut self.send_channels[usize::from(channel.0)];
