@@ -468,6 +468,11 @@ impl Connection {
         s
     }
 
+    /// Octets charged to this connection's send and receive budgets (cheap to read).
+    pub fn budget_used(&self) -> usize {
+        self.budget.received(self.reassembler.reserved_bytes()) + self.budget.queued
+    }
+
     /// Octets this connection holds, counted by capacity.
     pub fn memory_bytes(&self) -> usize {
         use std::mem::size_of;

@@ -657,11 +657,7 @@ impl Server {
         let conns: usize = self
             .connections
             .values()
-            .map(|c| {
-                let s = c.stats();
-                (s.receive_buffered_bytes + s.send_queued_bytes) as usize
-                    + std::mem::size_of::<Connection>()
-            })
+            .map(|c| c.budget_used() + std::mem::size_of::<Connection>())
             .sum();
         conns + self.pending.len() * PENDING_COST
     }
