@@ -79,8 +79,10 @@ pub struct ConnectionConfig {
     /// A connection that receives nothing for this long ends with
     /// [`crate::DisconnectReason::TimedOut`].
     pub timeout: Duration,
-    /// Octets of reliable messages that may wait to be sent or acknowledged; `send` beyond it
-    /// returns [`crate::SendError::QueueFull`].
+    /// The send budget: octets of reliable messages that may wait to be sent or acknowledged,
+    /// each charged its buffer plus 64 octets (so empty messages are not free); `send` beyond
+    /// it returns [`crate::SendError::QueueFull`]. Also bounds each unreliable channel's queue
+    /// (the oldest messages make room). Default 4 MiB.
     pub send_queue_bytes: usize,
     /// An unreliable message not sent within this time is dropped and counted.
     pub unreliable_deadline: Duration,
@@ -93,8 +95,11 @@ pub struct ConnectionConfig {
     /// Acknowledgements wait at most this long to be grouped (zero: sent at the next
     /// `poll_transmit`).
     pub ack_delay: Duration,
-    /// Octets of received messages not yet taken by `poll_event` above which arriving packets
-    /// are dropped unacknowledged (the sender resends them later).
+    /// The receive budget: octets of received messages not yet taken by `poll_event`,
+    /// reliable-ordered messages held behind a gap, and packets in reassembly, above which
+    /// arriving packets are dropped unacknowledged (the sender resends them later). A packet
+    /// that fills an ordering gap is still taken while the application keeps up, so at most
+    /// twice this is held. Default 4 MiB.
     pub receive_buffer_bytes: usize,
     /// Limits of fragment reassembly.
     pub reassembly: ReassemblyConfig,

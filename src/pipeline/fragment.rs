@@ -103,8 +103,8 @@ pub enum Reassembly<'a> {
     Incomplete,
     /// The fragment was held already and was ignored.
     Duplicate,
-    /// The packet is in reassembly limits' excess (too many packets or octets at once): the
-    /// fragment was dropped and nothing was stored.
+    /// The packet is in reassembly limits' excess (too many packets or octets at once, and no
+    /// incomplete packet could give way): the fragment was dropped and nothing was stored.
     Refused,
     /// The fragment completed its packet.
     Complete {
@@ -136,9 +136,11 @@ struct Slot {
 ///
 /// Packets are told apart by their 32-bit packet number (Init Vector high, Sequence ID low).
 /// Fragments may arrive in any order; duplicates are ignored; a fragment that contradicts the
-/// ones held of its packet is an error with the seed's code. At most
+/// ones held of its packet is an error with the wire's code. At most
 /// [`ReassemblyConfig::max_packets`] packets and [`ReassemblyConfig::max_bytes`] octets are in
-/// reassembly at once, and an incomplete packet is dropped at its deadline.
+/// reassembly at once; when full, a new packet takes the place of the least complete one if
+/// that one holds a single fragment or has been idle for [`STALE_AFTER`] (so forged fragments
+/// cannot starve it), and an incomplete packet is dropped at its deadline.
 pub struct Reassembler {
     config: ReassemblyConfig,
     slots: Vec<Slot>,
@@ -205,7 +207,8 @@ impl Reassembler {
     /// from the one its packet's earlier fragments gave; 3.5 if its Data length does not fit
     /// its position (all but the last fragment carry exactly 988 octets, the last 1..=988);
     /// 3.0 if its other header fields or type fields differ from its packet's. On error
-    /// nothing changes.
+    /// nothing changes. (A fragment that contradicts a packet holding a single fragment, or
+    /// one idle for [`STALE_AFTER`], replaces that packet instead: one of the two is forged.)
     pub fn insert(
         &mut self,
         now: Instant,
