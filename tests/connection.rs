@@ -687,3 +687,34 @@ fn close_delivers_what_send_accepted_first() {
         })
     );
 }
+
+#[test]
+fn a_close_while_large_messages_are_paced_does_not_livelock() {
+    // Regression: the closing connection's deadline ignored pacing, so the endpoint woke at
+    // once again and again without being able to send (virtual time stalled).
+    let mut sim = sim_with_client();
+    sim.connect_all();
+    let now = sim.now;
+    for i in 0..3u8 {
+        sim.server
+            .send(
+                now,
+                tickwire::ClientId(1),
+                ChannelId(3),
+                &vec![i; 60 * 1024],
+            )
+            .unwrap();
+    }
+    sim.server.disconnect(now, tickwire::ClientId(1), "bye");
+    let steps = sim.steps;
+    assert!(
+        sim.run_until(Duration::from_secs(5), |s| client_disconnect_reason(s, 0)
+            .is_some())
+    );
+    assert!(sim.steps - steps < 20_000, "{} steps", sim.steps - steps);
+    let got = sim.client_messages(0);
+    assert_eq!(got.len(), 3, "the three messages came before the close");
+    for (i, (_, data)) in got.iter().enumerate() {
+        assert_eq!(data, &vec![i as u8; 60 * 1024]);
+    }
+}

@@ -425,3 +425,22 @@ fn oversized_message_from_peer_is_a_protocol_error() {
     );
     assert!(sim.server_messages().is_empty());
 }
+
+#[test]
+fn an_id_replaced_by_a_restart_on_the_same_address_stops_being_resumable() {
+    // Regression: the id of a connection replaced by a client restarting on the same address
+    // stayed resumable forever.
+    let mut sim = connected_sim(1);
+    let old = sim.clients[0].1.resumption().unwrap();
+    let cfg = sim.client_config();
+    let restarted = Client::connect(cfg, sim.server_addr, sim.now).unwrap();
+    sim.clients[0].1 = restarted;
+    assert!(sim.run_until(Duration::from_secs(3), |s| s.clients[0].1.is_connected()));
+    assert_ne!(sim.clients[0].1.id(), Some(old.client));
+    // Past the resumption window, the old id's ticket no longer works.
+    let window = ServerConfig::new(ServerIdentity::generate()).resume_window;
+    sim.run_for(window + Duration::from_secs(1));
+    let i = add_resumed_client(&mut sim, 5100, &old);
+    assert!(sim.run_until(Duration::from_secs(3), |s| s.clients[i].1.is_connected()));
+    assert_ne!(sim.clients[i].1.id(), Some(old.client));
+}

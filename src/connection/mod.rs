@@ -1470,8 +1470,18 @@ impl Connection {
                 for p in &self.sent {
                     consider(p.timer_base() + self.rtt.backoff_rto(p.resends));
                 }
-                if !self.jobs.is_empty() {
+                // Jobs (and messages still queued) waiting for pacing tokens wait for
+                // `paced_until`; waking at `last_send` instead would spin without progress.
+                if let Some(d) = self.paced_until {
+                    consider(d);
+                } else if !self.jobs.is_empty() {
                     consider(self.last_send);
+                }
+                if let Some(&(due, _, _)) = self.copies.front() {
+                    consider(due);
+                }
+                if let Some(since) = self.receiver.pending_since() {
+                    consider(since + self.config.ack_delay);
                 }
                 return Some(t);
             }

@@ -224,6 +224,16 @@ pub fn finished_datagram(key: &PacketKey, data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Writes an unsealed ERROR datagram into `out` (at least 69 octets; used before keys
+/// exist); returns its length. The message is cut to 64 octets.
+pub fn write_error(code: ErrorCode, message: &str, out: &mut [u8]) -> usize {
+    let message = &message.as_bytes()[..message.len().min(64)];
+    let packet = Packet::with_data(0, TypeFields::Error(code), message);
+    packet
+        .emit(out)
+        .expect("a short error fits the buffer given to poll_transmit")
+}
+
 /// Writes an unsealed ERROR datagram (used before keys exist).
 pub fn error_datagram(code: ErrorCode, message: &str) -> Vec<u8> {
     let message = &message.as_bytes()[..message.len().min(64)];

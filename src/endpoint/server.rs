@@ -31,6 +31,18 @@ struct Pending {
     created: Instant,
 }
 
+/// A handshake datagram waiting to go out.
+enum Reply {
+    /// The server AUTH stored in the pending handshake of the destination.
+    PendingAuth,
+    /// An unsealed ERROR 1.x.
+    Error(ErrorCode, &'static str),
+    /// A stateless retry.
+    Retry([u8; handshake::COOKIE_LEN]),
+    /// A server finished.
+    Finished(Vec<u8>),
+}
+
 /// What one IP address (an IPv6 /64) holds: connections and half-open handshakes.
 #[derive(Debug, Clone, Copy, Default)]
 struct IpUse {
@@ -46,8 +58,9 @@ pub const REKEY_AFTER: Duration = Duration::from_secs(1);
 /// A retry cookie is accepted this many seconds of the server's clock after it was issued.
 pub const COOKIE_LIFETIME_SECS: u32 = 10;
 
-/// Retries queued between two drains of `poll_transmit` at most; an AUTH beyond is dropped.
-const MAX_RETRY_QUEUE: usize = 4096;
+/// Handshake datagrams queued between two drains of `poll_transmit` at most; an AUTH whose
+/// answer would go beyond is dropped (counted in `handshakes_dropped`).
+const MAX_REPLY_QUEUE: usize = 4096;
 
 /// Octets charged to the server's memory budget per half-open handshake.
 const PENDING_COST: usize = std::mem::size_of::<Pending>() + 256;
@@ -64,6 +77,9 @@ pub const SERVER_ID_BIT: u64 = 1 << 63;
 
 /// The most connections a datagram from an unknown address is tried against.
 const MAX_MIGRATION_TRIALS: usize = 16;
+/// Searches and trial decryptions for datagrams from unknown addresses, per second of the
+/// server's clock.
+const MAX_TRIALS_PER_SEC: u32 = 4096;
 /// Token uses remembered (to refuse a token from a second address) at most.
 const MAX_TOKEN_USES: usize = 1 << 16;
 
@@ -112,6 +128,9 @@ pub struct ServerStats {
     pub refused_memory: u64,
     /// Key exchanges done for AUTHs (each costs a P-256 multiplication and a signature).
     pub key_exchanges: u64,
+    /// Sealed datagrams from unknown addresses not tried against any connection because 4,096
+    /// trial decryptions were done in the current second (a real client that moved resends).
+    pub migration_trials_limited: u64,
 }
 
 /// What the server knows of one client.
@@ -140,7 +159,9 @@ pub struct Server {
     pending: HashMap<SocketAddr, Pending>,
     next_id: u64,
     events: VecDeque<Event>,
-    handshake_out: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Handshake datagrams to send, at most [`MAX_REPLY_QUEUE`] (written when polled, so an
+    /// answer costs no allocation).
+    handshake_out: VecDeque<(SocketAddr, Reply)>,
     dirty: VecDeque<ClientId>,
     scratch: Scratch,
     stats: ServerStats,
@@ -151,6 +172,10 @@ pub struct Server {
     last_now: Instant,
     /// Reused list of connections whose timers are due.
     due: Vec<ClientId>,
+    /// Migration searches and trial decryptions this second: (second, count).
+    trials: (u64, u32),
+    /// Reused list of connections a datagram from an unknown address is tried against.
+    candidates: Vec<(bool, ClientId)>,
     /// Connections and half-open handshakes per IP (IPv6 per /64).
     by_ip: HashMap<u128, IpUse>,
     /// The secret retry cookies are MACed under (random per server).
@@ -160,8 +185,6 @@ pub struct Server {
     /// AUTHs that passed admission in the current and the previous second of `epoch`:
     /// (second, count this second, count the second before).
     auth_rate: (u64, u32, u32),
-    /// Retries waiting to go out (at most [`MAX_RETRY_QUEUE`]).
-    retry_out: VecDeque<(SocketAddr, [u8; handshake::COOKIE_LEN])>,
 }
 
 impl std::fmt::Debug for Server {
@@ -200,6 +223,8 @@ impl Server {
             last_now: Instant::now(),
             due: Vec::new(),
             by_ip: HashMap::new(),
+            trials: (0, 0),
+            candidates: Vec::new(),
             retry_secret: {
                 let mut k = [0u8; 32];
                 rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut k);
@@ -207,7 +232,6 @@ impl Server {
             },
             epoch: None,
             auth_rate: (0, 0, 0),
-            retry_out: VecDeque::new(),
         })
     }
 
@@ -279,7 +303,10 @@ impl Server {
             .get_mut(&client)
             .ok_or(SendError::NotConnected)?;
         conn.send(now, channel, message)?;
-        self.dirty.push_back(client);
+        if self.dirty.back() != Some(&client) {
+            self.dirty.push_back(client);
+            self.dedup_dirty();
+        }
         Ok(())
     }
 
@@ -314,7 +341,7 @@ impl Server {
 
     /// Whether no connection is left (after [`Server::shutdown`], the server may stop).
     pub fn is_idle(&self) -> bool {
-        self.connections.is_empty() && self.handshake_out.is_empty() && self.retry_out.is_empty()
+        self.connections.is_empty() && self.handshake_out.is_empty()
     }
 
     /// Hands a message buffer from [`Event::Message`] back for reuse.
@@ -507,7 +534,7 @@ impl Server {
             if p.client_key == client_key {
                 // A resent AUTH: our reply was lost. Send the same reply again.
                 p.resent = true;
-                self.handshake_out.push_back((from, p.reply.clone()));
+                self.reply(from, Reply::PendingAuth);
                 return;
             }
             if now.saturating_duration_since(p.created) < REKEY_AFTER {
@@ -549,13 +576,10 @@ impl Server {
                     self.stats.bad_cookies += 1;
                 }
                 // A stateless retry: no key exchange, no state, fewer octets than the AUTH.
-                if self.retry_out.len() >= MAX_RETRY_QUEUE {
-                    self.stats.handshakes_dropped += 1;
-                    return;
-                }
-                self.stats.retries_sent += 1;
                 let cookie = handshake::retry_cookie(&self.retry_secret, issued, from, &client_key);
-                self.retry_out.push_back((from, cookie));
+                if self.reply(from, Reply::Retry(cookie)) {
+                    self.stats.retries_sent += 1;
+                }
                 return;
             }
         }
@@ -615,7 +639,7 @@ impl Server {
         debug_assert!(reply.len() <= MIN_CLIENT_AUTH);
         let transcript = crypto::transcript_hash(datagram, &reply);
         let keys = crypto::derive_session_keys(&shared, &transcript);
-        self.handshake_out.push_back((from, reply.clone()));
+        self.reply(from, Reply::PendingAuth);
         self.insert_pending(
             from,
             Pending {
@@ -719,8 +743,10 @@ impl Server {
         if !crypto::macs_equal(opened.plaintext, &p.keys.client_finished) {
             self.stats.bad_finished += 1;
             self.remove_pending(&from);
-            let reply = handshake::error_datagram(ErrorCode::FinishInvalid, "finished invalid");
-            self.handshake_out.push_back((from, reply));
+            self.reply(
+                from,
+                Reply::Error(ErrorCode::FinishInvalid, "finished invalid"),
+            );
             return;
         }
         let p = self.remove_pending(&from).expect("looked up above");
@@ -780,7 +806,7 @@ impl Server {
         data[..FINISHED_LEN].copy_from_slice(&p.keys.server_finished);
         data[FINISHED_LEN..].copy_from_slice(&id.0.to_be_bytes());
         let finished = handshake::finished_datagram(&p.keys.server_to_client, &data);
-        self.handshake_out.push_back((from, finished.clone()));
+        self.reply(from, Reply::Finished(finished.clone()));
         let conn = Connection::new(
             now,
             id,
@@ -809,10 +835,20 @@ impl Server {
     }
 
     /// Answers an AUTH with an unsealed ERROR, keeping no state.
-    fn refuse(&mut self, to: SocketAddr, code: ErrorCode, why: &str) {
+    fn refuse(&mut self, to: SocketAddr, code: ErrorCode, why: &'static str) {
         tracing::debug!(%to, code = %code, why, "handshake refused");
-        self.handshake_out
-            .push_back((to, handshake::error_datagram(code, why)));
+        self.reply(to, Reply::Error(code, why));
+    }
+
+    /// Queues a handshake datagram for `to`; returns false (and counts the drop) if the queue
+    /// is full.
+    fn reply(&mut self, to: SocketAddr, reply: Reply) -> bool {
+        if self.handshake_out.len() >= MAX_REPLY_QUEUE {
+            self.stats.handshakes_dropped += 1;
+            return false;
+        }
+        self.handshake_out.push_back((to, reply));
+        true
     }
 
     /// The client id a resumption ticket proves, if it is valid.
@@ -896,18 +932,44 @@ impl Server {
         if packet.header.fragment.is_some() {
             return false;
         }
+        // The search is budgeted per second (one unit per search and per trial decryption),
+        // so a flood of sealed-looking datagrams from unknown addresses costs a bounded amount
+        // of work; a real client that moved resends.
+        let second = self.clock_secs(now);
+        if self.trials.0 != second {
+            self.trials = (second, 0);
+        }
+        let budget = MAX_TRIALS_PER_SEC.saturating_sub(self.trials.1) as usize;
+        if budget <= 1 || self.connections.is_empty() {
+            if budget <= 1 {
+                self.stats.migration_trials_limited += 1;
+            }
+            return false;
+        }
+        self.trials.1 += 1;
         let pn = seal::packet_number(&packet.header);
-        let mut candidates: Vec<(bool, ClientId)> = self
-            .connections
-            .values()
-            .filter(|c| c.would_accept(pn))
-            .map(|c| (c.addr().ip() != from.ip(), c.id()))
-            .collect();
+        let mut candidates = std::mem::take(&mut self.candidates);
+        candidates.clear();
+        candidates.extend(
+            self.connections
+                .values()
+                .filter(|c| c.would_accept(pn))
+                .map(|c| (c.addr().ip() != from.ip(), c.id())),
+        );
         candidates.sort_unstable();
+        let connections = &self.connections;
+        let scratch = &mut self.scratch;
+        let mut tried = 0u32;
         let owner = candidates
-            .into_iter()
-            .take(MAX_MIGRATION_TRIALS)
-            .find(|(_, id)| self.connections[id].opens(&packet, &mut self.scratch));
+            .iter()
+            .take(MAX_MIGRATION_TRIALS.min(budget - 1))
+            .find(|(_, id)| {
+                tried += 1;
+                connections[id].opens(&packet, scratch)
+            })
+            .copied();
+        self.candidates = candidates;
+        self.trials.1 += tried;
         if let Some((_, id)) = owner {
             let conn = self.connections.get_mut(&id).expect("collected above");
             if let Some(old) = conn.candidate_addr() {
@@ -1006,18 +1068,26 @@ impl Server {
     /// Writes the next datagram to send into `buf` (at least 1200 octets), or returns `None`
     /// when nothing is due. Call it until it returns `None` after every input.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        if let Some((to, cookie)) = self.retry_out.pop_front() {
-            let len = handshake::write_retry(&cookie, buf);
+        while let Some((to, reply)) = self.handshake_out.pop_front() {
+            let len = match reply {
+                Reply::PendingAuth => {
+                    // Gone since (finished, expired or replaced): nothing to resend.
+                    let Some(p) = self.pending.get(&to) else {
+                        continue;
+                    };
+                    buf[..p.reply.len()].copy_from_slice(&p.reply);
+                    p.reply.len()
+                }
+                Reply::Error(code, why) => handshake::write_error(code, why, buf),
+                Reply::Retry(cookie) => handshake::write_retry(&cookie, buf),
+                Reply::Finished(d) => {
+                    buf[..d.len()].copy_from_slice(&d);
+                    d.len()
+                }
+            };
             return Some(Transmit {
                 destination: to,
                 len,
-            });
-        }
-        if let Some((to, datagram)) = self.handshake_out.pop_front() {
-            buf[..datagram.len()].copy_from_slice(&datagram);
-            return Some(Transmit {
-                destination: to,
-                len: datagram.len(),
             });
         }
         while let Some(id) = self.dirty.pop_front() {
