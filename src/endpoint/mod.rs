@@ -4,6 +4,7 @@
 
 pub mod admission;
 mod client;
+mod deadlines;
 pub mod handshake;
 mod server;
 

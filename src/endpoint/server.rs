@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::admission::{ip_key, Ban, BanList, IpPrefix};
+use super::deadlines::Deadlines;
 use super::handshake::{self, MIN_CLIENT_AUTH, SERVER_FINISHED_DATA};
 use crate::config::{ConfigError, ConnectionConfig, RetryPolicy, ServerConfig};
 use crate::connection::{Connection, Role, Scratch};
@@ -128,6 +129,9 @@ pub struct ServerStats {
     pub refused_memory: u64,
     /// Key exchanges done for AUTHs (each costs a P-256 multiplication and a signature).
     pub key_exchanges: u64,
+    /// Connection timers run by `handle_timeout` (only connections whose deadline came are
+    /// visited: this grows with the timers due, not with the connections).
+    pub timers_run: u64,
     /// Sealed datagrams from unknown addresses not tried against any connection because 4,096
     /// trial decryptions were done in the current second (a real client that moved resends).
     pub migration_trials_limited: u64,
@@ -170,8 +174,13 @@ pub struct Server {
     token_uses: HashMap<[u8; 32], (SocketAddr, u64)>,
     wall_clock: Option<(Instant, u64)>,
     last_now: Instant,
-    /// Reused list of connections whose timers are due.
-    due: Vec<ClientId>,
+    /// Each connection's next deadline.
+    timers: Deadlines<ClientId>,
+    /// Half-open handshakes by deadline, in the order they began (entries of handshakes
+    /// finished or replaced since are skipped).
+    pending_expiry: VecDeque<(Instant, SocketAddr)>,
+    /// Resumable ids by expiry, in the order they were set.
+    resumable_expiry: VecDeque<(Instant, ClientId)>,
     /// Migration searches and trial decryptions this second: (second, count).
     trials: (u64, u32),
     /// Reused list of connections a datagram from an unknown address is tried against.
@@ -221,7 +230,9 @@ impl Server {
             token_uses: HashMap::new(),
             wall_clock: None,
             last_now: Instant::now(),
-            due: Vec::new(),
+            timers: Deadlines::new(),
+            pending_expiry: VecDeque::new(),
+            resumable_expiry: VecDeque::new(),
             by_ip: HashMap::new(),
             trials: (0, 0),
             candidates: Vec::new(),
@@ -687,6 +698,7 @@ impl Server {
     }
 
     fn insert_pending(&mut self, from: SocketAddr, p: Pending) {
+        self.pending_expiry.push_back((p.deadline, from));
         if self.pending.insert(from, p).is_none() {
             self.by_ip.entry(ip_key(from.ip())).or_default().pending += 1;
         }
@@ -712,6 +724,7 @@ impl Server {
     /// Removes connection `id` from the table and the address maps; returns it.
     fn remove_connection(&mut self, id: ClientId) -> Option<Connection> {
         let conn = self.connections.remove(&id)?;
+        self.timers.schedule(id, None);
         for a in std::iter::once(conn.addr()).chain(conn.candidate_addr()) {
             if self.by_addr.get(&a) == Some(&id) {
                 self.by_addr.remove(&a);
@@ -758,9 +771,7 @@ impl Server {
                         client: old,
                         reason: crate::types::DisconnectReason::Replaced,
                     });
-                    if let Some(r) = self.resumable.get_mut(&old) {
-                        r.until = Some(now + self.config.resume_window);
-                    }
+                    self.expire_resumable(old, now + self.config.resume_window);
                 }
                 self.by_addr.remove(&from);
             }
@@ -818,6 +829,7 @@ impl Server {
             Some(finished),
             (!p.resent).then(|| now.saturating_duration_since(p.replied_at)),
         );
+        self.timers.schedule(id, conn.poll_timeout());
         self.connections.insert(id, conn);
         self.by_addr.insert(from, id);
         self.by_ip.entry(ip_key(from.ip())).or_default().connections += 1;
@@ -1003,23 +1015,37 @@ impl Server {
         self.stats.migrations += 1;
     }
 
+    /// Forgets the half-open handshakes whose deadline has come (only those: the queue is in
+    /// deadline order).
     fn expire_pending(&mut self, now: Instant) {
-        let before = self.pending.len();
-        let by_ip = &mut self.by_ip;
-        self.pending.retain(|addr, p| {
-            let keep = p.deadline > now;
-            if !keep {
-                let key = ip_key(addr.ip());
-                if let Some(u) = by_ip.get_mut(&key) {
-                    u.pending -= 1;
-                    if u.connections == 0 && u.pending == 0 {
-                        by_ip.remove(&key);
-                    }
-                }
+        while let Some(&(deadline, addr)) = self.pending_expiry.front() {
+            if deadline > now {
+                break;
             }
-            keep
-        });
-        self.stats.handshakes_expired += (before - self.pending.len()) as u64;
+            self.pending_expiry.pop_front();
+            if self
+                .pending
+                .get(&addr)
+                .is_some_and(|p| p.deadline == deadline)
+            {
+                self.remove_pending(&addr);
+                self.stats.handshakes_expired += 1;
+            }
+        }
+    }
+
+    /// Lets `id` be resumed until `until`, then forgets it.
+    fn expire_resumable(&mut self, id: ClientId, until: Instant) {
+        if let Some(r) = self.resumable.get_mut(&id) {
+            r.until = Some(until);
+            self.resumable_expiry.push_back((until, id));
+        }
+    }
+
+    /// Re-reads connection `id`'s next deadline after it ran.
+    fn reschedule(&mut self, id: ClientId) {
+        let t = self.connections.get(&id).and_then(Connection::poll_timeout);
+        self.timers.schedule(id, t);
     }
 
     /// Removes `id` if its connection closed, reporting why.
@@ -1035,9 +1061,7 @@ impl Server {
                 .push_back(Event::Disconnected { client: id, reason });
         }
         self.remove_connection(id);
-        if let Some(r) = self.resumable.get_mut(&id) {
-            r.until = Some(self.last_now + self.config.resume_window);
-        }
+        self.expire_resumable(id, self.last_now + self.config.resume_window);
     }
 
     /// Runs every timer due at `now`.
@@ -1045,24 +1069,30 @@ impl Server {
         self.last_now = now;
         self.expire_pending(now);
         self.bans.expire(now);
-        self.resumable
-            .retain(|_, r| r.until.is_none_or(|u| now < u));
-        let mut due = std::mem::take(&mut self.due);
-        due.clear();
-        due.extend(
-            self.connections
-                .iter()
-                .filter(|(_, c)| c.poll_timeout().is_some_and(|t| t <= now))
-                .map(|(id, _)| *id),
-        );
-        for &id in &due {
+        while let Some(&(until, id)) = self.resumable_expiry.front() {
+            if until > now {
+                break;
+            }
+            self.resumable_expiry.pop_front();
+            if self
+                .resumable
+                .get(&id)
+                .is_some_and(|r| r.until == Some(until))
+            {
+                self.resumable.remove(&id);
+            }
+        }
+        // Only the connections whose deadline has come.
+        while let Some(id) = self.timers.pop_due(now) {
             if let Some(conn) = self.connections.get_mut(&id) {
                 conn.handle_timeout(now, &mut self.events);
                 self.dirty.push_back(id);
+                self.stats.timers_run += 1;
             }
             self.reap(id);
+            self.reschedule(id);
         }
-        self.due = due;
+        self.dedup_dirty();
     }
 
     /// Writes the next datagram to send into `buf` (at least 1200 octets), or returns `None`
@@ -1101,6 +1131,7 @@ impl Server {
                 return Some(Transmit { destination, len });
             }
             self.reap(id);
+            self.reschedule(id);
         }
         None
     }
@@ -1124,18 +1155,22 @@ impl Server {
         Some(ev)
     }
 
-    /// The earliest time [`Server::handle_timeout`] has work.
+    /// The earliest time [`Server::handle_timeout`] has work. O(1): it reads the top of the
+    /// deadline structure, whatever the number of connections. While connections wait in
+    /// [`Server::poll_transmit`]'s queue it is the last time given (drain `poll_transmit`
+    /// first, as the run loop says).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let conns = self
-            .connections
-            .values()
-            .filter_map(Connection::poll_timeout);
-        let pending = self.pending.values().map(|p| p.deadline);
-        let resumable = self.resumable.values().filter_map(|r| r.until);
-        conns
-            .chain(pending)
-            .chain(resumable)
-            .chain(self.bans.next_expiry())
-            .min()
+        if !self.dirty.is_empty() {
+            return Some(self.last_now);
+        }
+        [
+            self.timers.next(),
+            self.pending_expiry.front().map(|e| e.0),
+            self.resumable_expiry.front().map(|e| e.0),
+            self.bans.next_expiry(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
