@@ -102,7 +102,8 @@ impl Backlog {
 
     /// Sends from the front while `send` takes the messages; stops at the first
     /// [`SendError::QueueFull`] (that message stays first). A message refused for another
-    /// reason is removed and counted in [`Flushed::failed`] (`send` sees the error first).
+    /// reason is removed and counted in [`Flushed::failed`] (`send` sees the error first);
+    /// after [`SendError::NotConnected`] the rest is removed and counted too, untried.
     pub fn flush(
         &mut self,
         mut send: impl FnMut(ChannelId, &[u8]) -> Result<(), SendError>,
@@ -112,6 +113,12 @@ impl Backlog {
             match send(*channel, data) {
                 Ok(()) => done.sent += 1,
                 Err(SendError::QueueFull) => break,
+                Err(SendError::NotConnected) => {
+                    done.failed += self.entries.len() as u64;
+                    self.entries.clear();
+                    self.bytes = 0;
+                    break;
+                }
                 Err(_) => done.failed += 1,
             }
             self.bytes -= Self::cost(data.len());
@@ -337,12 +344,31 @@ mod tests {
         assert_eq!(done, Flushed { sent: 3, failed: 0 });
         assert_eq!((b.len(), b.bytes()), (2, 2 * Backlog::cost(1)));
         let done = b.flush(|_, data| match data[0] {
-            3 => Err(SendError::NotConnected),
+            3 => Err(SendError::UnknownChannel(RELIABLE)),
             _ => Ok(()),
         });
         assert_eq!(done, Flushed { sent: 1, failed: 1 });
         assert!(b.is_empty());
         assert_eq!(b.bytes(), 0);
+    }
+
+    #[test]
+    fn flush_gives_up_on_a_client_gone() {
+        let mut b = Backlog::new(DEFAULT_BACKLOG_BYTES);
+        for i in 0..5u8 {
+            assert!(b.push(RELIABLE, &[i]));
+        }
+        let mut tried = 0;
+        let done = b.flush(|_, data| {
+            tried += 1;
+            match data[0] {
+                0 => Ok(()),
+                _ => Err(SendError::NotConnected),
+            }
+        });
+        assert_eq!(tried, 2);
+        assert_eq!(done, Flushed { sent: 1, failed: 4 });
+        assert_eq!((b.len(), b.bytes()), (0, 0));
     }
 
     #[test]
