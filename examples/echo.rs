@@ -9,10 +9,13 @@
 //! ```
 //! Each client sends, every millisecond, one reliable-ordered message (channel 3) and one
 //! unreliable message (channel 0) of `--size` octets for `--secs` seconds; the server echoes
-//! every message back to its sender on the same channel. Then the clients stop sending, wait
-//! (at most 3 s) for the echoes still on their way, and disconnect. Each message is its sequence
-//! number, a pattern derived from it and the channel, and an FNV-1a checksum of all that; every
-//! echo is compared with the message regenerated from its sequence number.
+//! every message back to its sender on the same channel. A client holds its reliable message
+//! back (to a later millisecond) while 4 MiB of them wait for their echoes (the server's send
+//! queue, see [`echo_window`]), so that it never overflows the server's bounded backlog. Then
+//! the clients stop sending, wait (at most 3 s) for the echoes still on their way, and
+//! disconnect. Each message is its sequence number, a pattern derived from it and the channel,
+//! and an FNV-1a checksum of all that; every echo is compared with the message regenerated
+//! from its sequence number.
 //!
 //! The program prints one row per client (smoothed RTT, reliable and unreliable messages sent
 //! and echoed, the loss estimate, resent datagrams, messages echoed per second) and exits with
@@ -95,6 +98,15 @@ const UNRELIABLE_GRACE: Duration = Duration::from_millis(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a close may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Octets of reliable messages a client may have sent without their echo back: the server's
+/// send queue for it (both sides use [`connection_config`]). Within it, an echo the server
+/// cannot queue at once waits in its backlog behind at most another one or two, so a client
+/// that reads slower than it sends (a loaded machine, large messages) holds back instead of
+/// overflowing the server's backlog and being disconnected.
+fn echo_window() -> usize {
+    connection_config().send_queue_bytes
+}
+
 /// Why a client whose reliable echo overflowed its backlog is disconnected.
 const BACKLOG_FULL: &str = "echo backlog full: the client sends faster than it reads its echoes";
 
@@ -548,6 +560,9 @@ struct ClientReport {
     unreliable_echoed: u32,
     /// Sends refused because the reliable queue was full (retried at the next interval).
     queue_full: u64,
+    /// Reliable messages held back because [`echo_window`] octets awaited their echoes
+    /// (retried at the next interval).
+    held_back: u64,
     sending: Duration,
     /// The first thing that went wrong.
     failure: Option<String>,
@@ -625,6 +640,7 @@ fn exchange(driver: &mut ClientDriver, args: &Args, r: &mut ClientReport) -> std
         }
     }
     let mut unreliable_seen: Vec<bool> = Vec::new();
+    let window = echo_window();
     let start = Instant::now();
     let stop_sending = start + args.send_for();
     let mut next = start;
@@ -636,11 +652,16 @@ fn exchange(driver: &mut ClientDriver, args: &Args, r: &mut ClientReport) -> std
         }
         let mut sent = 0;
         while next <= now && sent < MAX_CATCH_UP {
-            let reliable = message(r.reliable_sent, RELIABLE_ORDERED, args.size);
-            match driver.send(RELIABLE_ORDERED, &reliable) {
-                Ok(()) => r.reliable_sent += 1,
-                Err(SendError::QueueFull) => r.queue_full += 1,
-                Err(e) => r.fail(format!("reliable send refused: {e}")),
+            let awaited = (r.reliable_sent - r.reliable_echoed) as usize * args.size;
+            if awaited + args.size > window {
+                r.held_back += 1;
+            } else {
+                let reliable = message(r.reliable_sent, RELIABLE_ORDERED, args.size);
+                match driver.send(RELIABLE_ORDERED, &reliable) {
+                    Ok(()) => r.reliable_sent += 1,
+                    Err(SendError::QueueFull) => r.queue_full += 1,
+                    Err(e) => r.fail(format!("reliable send refused: {e}")),
+                }
             }
             let unreliable = message(r.unreliable_sent, UNRELIABLE, args.size);
             match driver.send(UNRELIABLE, &unreliable) {
@@ -784,10 +805,12 @@ fn print_reports(
     let total = |f: fn(&ClientReport) -> u64| reports.iter().map(f).sum::<u64>();
     println!(
         "total: {} reliable and {} unreliable messages echoed; {} sends refused for a full \
-         queue; {} datagrams sent, {} received; socket would block {} times",
+         queue, {} held back awaiting echoes; {} datagrams sent, {} received; socket would \
+         block {} times",
         total(|r| u64::from(r.reliable_echoed)),
         total(|r| u64::from(r.unreliable_echoed)),
         total(|r| r.queue_full),
+        total(|r| r.held_back),
         total(|r| r.io.datagrams_sent),
         total(|r| r.io.datagrams_received),
         total(|r| r.io.send_would_block),
