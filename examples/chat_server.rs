@@ -25,6 +25,14 @@
 //! (the client cannot hear it any more) and the others get `LEFT <user>`. Lines `PING` and
 //! `PONG` are therefore unknown commands.
 //!
+//! A line the client's send queue has no room for (the client does not read fast enough,
+//! typically while others broadcast) waits in that client's backlog, with every line for it
+//! after it, and is retried first on every turn of the server's loop. The backlog holds at
+//! most [`BACKLOG_BYTES`] (1 MiB, each line costing its length plus 64); a client whose next
+//! line does not fit is disconnected with the reason `too far behind: ...` (logged, and the
+//! others get `LEFT <user>`), so that a client that never reads cannot grow the server
+//! without end.
+//!
 //! # Lines (C: client to server, S: server to client)
 //! - on connecting, S: `INIT Welcome to the server!`
 //! - C: `IDENT <name>` → S: `OK IDENT <name>`; every other logged-in user gets `JOINED <name>`;
@@ -77,8 +85,12 @@ use std::time::{Duration, Instant};
 use tickwire::io::{ServerDriver, SocketConfig};
 use tickwire::{ClientId, DisconnectReason, Event, ServerConfig, ServerIdentity};
 
+#[path = "common/backlog.rs"]
+mod backlog;
 #[path = "chat/protocol.rs"]
 mod protocol;
+
+use backlog::{Backlogs, Sent, DEFAULT_BACKLOG_BYTES};
 
 use protocol::{
     fold, from_hex, line_of, split_word, valid_username, CHANNEL, FAIL00, FAIL01, FAIL02, FAIL03,
@@ -99,6 +111,12 @@ const QUIT_GRACE: Duration = Duration::from_secs(2);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// The longest wait for network events, so that deadlines are checked in time.
 const TICK: Duration = Duration::from_millis(50);
+/// The most octets of lines kept per client while its send queue is full, each line costing
+/// its length plus [`backlog::ENTRY_OVERHEAD`]; a client whose next line does not fit is
+/// disconnected ([`TOO_FAR_BEHIND`]).
+const BACKLOG_BYTES: usize = DEFAULT_BACKLOG_BYTES;
+/// Why a client whose backlog overflowed is disconnected.
+const TOO_FAR_BEHIND: &str = "too far behind: the client does not read the lines sent to it";
 
 struct Args {
     listen: SocketAddr,
@@ -178,6 +196,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => Some(File::options().create(true).append(true).open(path)?),
         None => None,
     };
+    let backlogs = Backlogs::new(BACKLOG_BYTES, &config.connection);
     let driver = ServerDriver::bind(args.listen, config, SocketConfig::default())?;
     println!("server key: {}", driver.server().public_key());
     println!("listening on {}", driver.local_addr()?);
@@ -188,10 +207,14 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         driver,
         sessions: HashMap::new(),
         names: BTreeMap::new(),
+        backlogs,
         log,
     };
     while until.is_none_or(|u| Instant::now() < u) {
-        if let Some(event) = chat.driver.run_until_event(Some(TICK))? {
+        let event = chat.driver.run_until_event(Some(TICK))?;
+        // What waits goes before anything new.
+        chat.flush_backlogs();
+        if let Some(event) = event {
             chat.on_event(event);
         }
         chat.close_lingering_quitters();
@@ -212,7 +235,8 @@ struct Session {
     name: Option<String>,
     /// The public key it published (hex, as received).
     pubkey: Option<String>,
-    /// Set by QUIT: nothing it sends counts any more.
+    /// Set by QUIT, or when it is disconnected for being too far behind: nothing it sends
+    /// counts any more.
     quit: bool,
     /// Set by QUIT: the connection is closed at this time if the client has not closed it.
     quit_deadline: Option<Instant>,
@@ -223,6 +247,8 @@ struct Chat {
     sessions: HashMap<ClientId, Session>,
     /// Logged-in users by folded name.
     names: BTreeMap<String, ClientId>,
+    /// Lines waiting for room in each client's send queue.
+    backlogs: Backlogs,
     log: Option<File>,
 }
 
@@ -258,6 +284,7 @@ impl Chat {
                 self.driver.recycle(data);
             }
             Event::Disconnected { client, reason } => {
+                self.backlogs.remove(client);
                 let session = self.sessions.remove(&client).unwrap_or_default();
                 match (&session.name, &reason) {
                     (Some(name), DisconnectReason::TimedOut) => {
@@ -445,10 +472,45 @@ impl Chat {
         }
     }
 
+    /// Sends `line` to `client`, or queues it in the client's backlog behind the lines waiting
+    /// there; disconnects the client if its backlog is full.
     fn send(&mut self, client: ClientId, line: &str) {
-        if let Err(e) = self.driver.send(client, CHANNEL, line.as_bytes()) {
-            println!("client {client}: cannot send a line: {e}");
+        let driver = &mut self.driver;
+        let sent = self
+            .backlogs
+            .send(client, CHANNEL, line.as_bytes(), |channel, data| {
+                driver.send(client, channel, data)
+            });
+        match sent {
+            Sent::Now | Sent::Queued | Sent::CutOff => {}
+            Sent::Failed(e) => println!("client {client}: cannot send a line: {e}"),
+            // Not on the reliable line channel; counted in `backlogs.dropped`.
+            Sent::Dropped => println!("client {client}: backlog full, dropped a line"),
+            Sent::Overflow => {
+                println!(
+                    "client {client}: disconnecting, {TOO_FAR_BEHIND} ({} so far)",
+                    self.backlogs.disconnected
+                );
+                if let Some(s) = self.sessions.get_mut(&client) {
+                    s.quit = true;
+                }
+                self.driver.disconnect(client, TOO_FAR_BEHIND);
+            }
         }
+    }
+
+    /// Retries the lines waiting in the backlogs, in order.
+    fn flush_backlogs(&mut self) {
+        let driver = &mut self.driver;
+        self.backlogs.flush(|client, channel, data| {
+            let sent = driver.send(client, channel, data);
+            if let Err(e) = &sent {
+                if *e != tickwire::SendError::QueueFull {
+                    println!("client {client}: cannot send a line: {e}");
+                }
+            }
+            sent
+        });
     }
 
     /// Sends `line` to every logged-in user but `client`.

@@ -9,10 +9,13 @@
 //! ```
 //! Each client sends, every millisecond, one reliable-ordered message (channel 3) and one
 //! unreliable message (channel 0) of `--size` octets for `--secs` seconds; the server echoes
-//! every message back to its sender on the same channel. Then the clients stop sending, wait
-//! (at most 3 s) for the echoes still on their way, and disconnect. Each message is its sequence
-//! number, a pattern derived from it and the channel, and an FNV-1a checksum of all that; every
-//! echo is compared with the message regenerated from its sequence number.
+//! every message back to its sender on the same channel. A client holds its reliable message
+//! back (to a later millisecond) while 4 MiB of them wait for their echoes (the server's send
+//! queue, see [`echo_window`]), so that it never overflows the server's bounded backlog. Then
+//! the clients stop sending, wait (at most 3 s) for the echoes still on their way, and
+//! disconnect. Each message is its sequence number, a pattern derived from it and the channel,
+//! and an FNV-1a checksum of all that; every echo is compared with the message regenerated
+//! from its sequence number.
 //!
 //! The program prints one row per client (smoothed RTT, reliable and unreliable messages sent
 //! and echoed, the loss estimate, resent datagrams, messages echoed per second) and exits with
@@ -23,11 +26,23 @@
 //! `server key: HEX` for clients to pin. `--connect ADDR --server-key HEX` runs one client
 //! against such a server.
 //!
+//! # Backpressure
+//! An echo the client's send queue has no room for (the client does not read its echoes fast
+//! enough) waits in that client's backlog, and every echo for the client after it too, so
+//! that they stay in order; the backlog is retried first on every turn of the server's loop.
+//! The backlog holds at most `--backlog` octets (default 1 MiB), each echo costing its length
+//! plus 64. An unreliable echo that does not fit is dropped; a reliable one that does not fit
+//! takes the room of unreliable echoes waiting (dropped, oldest first) or, if that is not
+//! enough, disconnects the client ("echo backlog full: ..."), which otherwise could grow the
+//! server without end by sending and never reading. Both are counted in the server's summary
+//! line; the console's `list` shows each client's backlog (`backlog=OCTETS`).
+//!
 //! # Operator console
 //! With `--server`, standard input takes one command per line and each gets a one-line answer
 //! on standard output (standard input closing, or never being open, does not stop the server):
 //! ```text
-//! list                       ID ADDR since=S rtt=MS loss=% sent=N recv=N, one line each
+//! list                       ID ADDR since=S rtt=MS loss=% sent=N recv=N ... backlog=OCTETS,
+//!                            one line each
 //! kick ID [REASON]           close that client's connection with ERROR 2.0 and the reason
 //! ban IP_OR_PREFIX DURATION  e.g. `ban 192.0.2.0/24 10m` (s, m, h, d; `forever`): kicks and refuses
 //! unban IP_OR_PREFIX         lift that ban
@@ -35,7 +50,6 @@
 //! shutdown                   ERROR 2.1 to every client, wait for the acks (bounded), exit
 //! ```
 
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +62,11 @@ use tickwire::{
     SendError, Server, ServerConfig, ServerIdentity, ServerKey, MAX_MESSAGE_SIZE,
 };
 
+#[path = "common/backlog.rs"]
+mod backlog;
+
+use backlog::{Backlog, Backlogs, Sent, DEFAULT_BACKLOG_BYTES};
+
 const USAGE: &str = "usage: cargo run --release --example echo -- [OPTIONS]
 
 Without --server or --connect: a server and N clients over 127.0.0.1 in one process.
@@ -59,6 +78,10 @@ options:
   --server ADDR        only serve on ADDR (e.g. 127.0.0.1:7777), until interrupted
   --connect ADDR       only run one client against the server at ADDR
   --server-key HEX     the server's key (printed by --server), required with --connect
+  --backlog BYTES      server: octets of echoes kept per client while its send queue is
+                       full, each costing its length + 64 (default 1048576); beyond it
+                       unreliable echoes are dropped, and a reliable one that still does not
+                       fit disconnects the client
   -h, --help           this text";
 
 const UNRELIABLE: ChannelId = ChannelId(0);
@@ -75,6 +98,17 @@ const UNRELIABLE_GRACE: Duration = Duration::from_millis(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a close may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Octets of reliable messages a client may have sent without their echo back: the server's
+/// send queue for it (both sides use [`connection_config`]). Within it, an echo the server
+/// cannot queue at once waits in its backlog behind at most another one or two, so a client
+/// that reads slower than it sends (a loaded machine, large messages) holds back instead of
+/// overflowing the server's backlog and being disconnected.
+fn echo_window() -> usize {
+    connection_config().send_queue_bytes
+}
+
+/// Why a client whose reliable echo overflowed its backlog is disconnected.
+const BACKLOG_FULL: &str = "echo backlog full: the client sends faster than it reads its echoes";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Mode {
@@ -89,6 +123,8 @@ struct Args {
     clients: usize,
     secs: Option<f64>,
     size: usize,
+    /// The bound of each client's backlog on the server, in octets (see [`Backlog`]).
+    backlog: usize,
 }
 
 impl Args {
@@ -106,6 +142,7 @@ fn parse_args() -> Result<Args, String> {
         clients: 4,
         secs: None,
         size: 64,
+        backlog: DEFAULT_BACKLOG_BYTES,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -118,6 +155,7 @@ fn parse_args() -> Result<Args, String> {
             "--clients" => args.clients = value.parse().map_err(|e| bad(&e))?,
             "--secs" => args.secs = Some(value.parse().map_err(|e| bad(&e))?),
             "--size" => args.size = value.parse().map_err(|e| bad(&e))?,
+            "--backlog" => args.backlog = value.parse().map_err(|e| bad(&e))?,
             "--server" => server = Some(value.parse().map_err(|e| bad(&e))?),
             "--connect" => connect = Some(value.parse().map_err(|e| bad(&e))?),
             "--server-key" => key = Some(ServerKey::from_hex(&value).map_err(|e| bad(&e))?),
@@ -132,6 +170,13 @@ fn parse_args() -> Result<Args, String> {
     }
     if args.secs.is_some_and(|s| !(s > 0.0 && s <= 86_400.0)) {
         return Err("--secs must be above 0 and at most a day".into());
+    }
+    // Every echo the server may have to send must fit in an empty backlog.
+    let min_backlog = Backlog::cost(MAX_MESSAGE_SIZE);
+    if args.backlog < min_backlog {
+        return Err(format!(
+            "--backlog must hold one largest message: at least {min_backlog}"
+        ));
     }
     args.mode = match (server, connect, key) {
         (None, None, None) => Mode::Local,
@@ -200,7 +245,8 @@ fn run_local(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let hard_stop = Instant::now() + CONNECT_TIMEOUT + args.send_for() + DRAIN + CLOSE_TIMEOUT * 2;
     let server = {
         let stop = Arc::clone(&stop);
-        std::thread::spawn(move || serve(driver, &stop, Some(hard_stop), None))
+        let backlog = args.backlog;
+        std::thread::spawn(move || serve(driver, &stop, Some(hard_stop), None, backlog))
     };
     let clients: Vec<_> = (0..args.clients)
         .map(|_| {
@@ -217,10 +263,11 @@ fn run_local(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let summary = server.join().expect("server thread panicked")?;
     let ok = print_reports(&reports, args)?;
     println!(
-        "server: {} connections, {} messages echoed ({} echoes refused), io {}",
+        "server: {} connections, {} messages echoed ({} echoes refused), {}, io {}",
         summary.connections,
         summary.echoed,
         summary.refused,
+        summary.backlog_line(),
         io_line(&summary.io)
     );
     Ok(ok)
@@ -236,11 +283,18 @@ fn run_server_only(addr: SocketAddr, args: &Args) -> Result<bool, Box<dyn std::e
         .secs
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
     let console = spawn_console();
-    let summary = serve(driver, &AtomicBool::new(false), until, Some(&console))?;
+    let summary = serve(
+        driver,
+        &AtomicBool::new(false),
+        until,
+        Some(&console),
+        args.backlog,
+    )?;
     println!(
-        "served {} connections, {} messages echoed, io {}",
+        "served {} connections, {} messages echoed, {}, io {}",
         summary.connections,
         summary.echoed,
+        summary.backlog_line(),
         io_line(&summary.io)
     );
     Ok(true)
@@ -252,30 +306,48 @@ struct ServerSummary {
     echoed: u64,
     /// Echoes `send` refused for another reason than a full queue (unreliable ones only).
     refused: u64,
+    /// Unreliable echoes dropped because their client's backlog was full.
+    backlog_dropped: u64,
+    /// Clients disconnected because a reliable echo overflowed their backlog.
+    backlog_disconnected: u64,
     io: IoStats,
 }
 
+impl ServerSummary {
+    fn backlog_line(&self) -> String {
+        format!(
+            "backlog full: {} unreliable echoes dropped, {} clients disconnected",
+            self.backlog_dropped, self.backlog_disconnected
+        )
+    }
+}
+
 /// Echoes every message back on its channel until `stop` or `until`, then shuts down.
+/// Echoes the send queue has no room for wait in a backlog of at most `backlog_limit` octets
+/// per client (see the module's documentation).
 fn serve(
     mut driver: ServerDriver,
     stop: &AtomicBool,
     until: Option<Instant>,
     console: Option<&std::sync::mpsc::Receiver<String>>,
+    backlog_limit: usize,
 ) -> std::io::Result<ServerSummary> {
     let log = console.is_some();
     let mut summary = ServerSummary {
         connections: 0,
         echoed: 0,
         refused: 0,
+        backlog_dropped: 0,
+        backlog_disconnected: 0,
         io: IoStats::default(),
     };
-    // Reliable echoes the send queue had no room for yet, per client, in order.
-    let mut backlog: HashMap<ClientId, VecDeque<(ChannelId, Vec<u8>)>> = HashMap::new();
+    // Echoes the send queue had no room for yet, and those behind them, per client, in order.
+    let mut backlogs = Backlogs::new(backlog_limit, &connection_config());
     while !stop.load(Ordering::Relaxed) && until.is_none_or(|u| Instant::now() < u) {
         if let Some(lines) = console {
             let mut quit = false;
             while let Ok(line) = lines.try_recv() {
-                let (answer, shutdown) = console_command(&line, driver.server_mut());
+                let (answer, shutdown) = console_command(&line, driver.server_mut(), &backlogs);
                 if !answer.is_empty() {
                     println!("{answer}");
                 }
@@ -300,7 +372,7 @@ fn serve(
                 }
             }
             Some(Event::Disconnected { client, reason }) => {
-                backlog.remove(&client);
+                backlogs.remove(client);
                 if log {
                     println!("client {client} disconnected: {reason}");
                 }
@@ -310,19 +382,21 @@ fn serve(
                 channel,
                 data,
             }) => {
-                let queue = backlog.entry(client).or_default();
-                if queue.is_empty() {
-                    match driver.send(client, channel, &data) {
-                        Ok(()) => {
-                            summary.echoed += 1;
-                            driver.recycle(data);
+                let sent = backlogs.send(client, channel, &data, |channel, data| {
+                    driver.send(client, channel, data)
+                });
+                match sent {
+                    Sent::Now => summary.echoed += 1,
+                    Sent::Queued | Sent::Dropped | Sent::CutOff => {}
+                    Sent::Overflow => {
+                        driver.disconnect(client, BACKLOG_FULL);
+                        if log {
+                            println!("client {client} disconnected by the server: {BACKLOG_FULL}");
                         }
-                        Err(SendError::QueueFull) => queue.push_back((channel, data)),
-                        Err(_) => summary.refused += 1,
                     }
-                } else {
-                    queue.push_back((channel, data));
+                    Sent::Failed(_) => summary.refused += 1,
                 }
+                driver.recycle(data);
             }
             Some(Event::AddressChanged { client, old, new }) => {
                 if log {
@@ -331,17 +405,11 @@ fn serve(
             }
             Some(_) | None => {}
         }
-        backlog.retain(|&client, queue| {
-            while let Some((channel, data)) = queue.front() {
-                match driver.send(client, *channel, data) {
-                    Ok(()) => summary.echoed += 1,
-                    Err(SendError::QueueFull) => return true,
-                    Err(_) => summary.refused += 1,
-                }
-                queue.pop_front();
-            }
-            false
-        });
+        let flushed = backlogs.flush(|client, channel, data| driver.send(client, channel, data));
+        summary.echoed += flushed.sent;
+        summary.refused += flushed.failed;
+        summary.backlog_dropped = backlogs.dropped;
+        summary.backlog_disconnected = backlogs.disconnected;
     }
     driver.shutdown("server stopping");
     let give_up = Instant::now() + CLOSE_TIMEOUT;
@@ -368,7 +436,7 @@ fn spawn_console() -> std::sync::mpsc::Receiver<String> {
 }
 
 /// Runs one console command; returns the answer and whether to shut down.
-fn console_command(line: &str, server: &mut Server) -> (String, bool) {
+fn console_command(line: &str, server: &mut Server, backlogs: &Backlogs) -> (String, bool) {
     let now = Instant::now();
     let mut words = line.split_whitespace();
     let Some(cmd) = words.next() else {
@@ -384,7 +452,7 @@ fn console_command(line: &str, server: &mut Server) -> (String, bool) {
                     .iter()
                     .map(|c| {
                         format!(
-                            "{} {} since={}s rtt={:.1}ms loss={:.1}% sent={} recv={} bytes_out={} bytes_in={}",
+                            "{} {} since={}s rtt={:.1}ms loss={:.1}% sent={} recv={} bytes_out={} bytes_in={} backlog={}",
                             c.id,
                             c.addr,
                             now.saturating_duration_since(c.connected_at).as_secs(),
@@ -393,7 +461,8 @@ fn console_command(line: &str, server: &mut Server) -> (String, bool) {
                             c.stats.messages_sent,
                             c.stats.messages_received,
                             c.stats.bytes_sent,
-                            c.stats.bytes_received
+                            c.stats.bytes_received,
+                            backlogs.bytes(c.id)
                         )
                     })
                     .collect::<Vec<_>>()
@@ -491,6 +560,9 @@ struct ClientReport {
     unreliable_echoed: u32,
     /// Sends refused because the reliable queue was full (retried at the next interval).
     queue_full: u64,
+    /// Reliable messages held back because [`echo_window`] octets awaited their echoes
+    /// (retried at the next interval).
+    held_back: u64,
     sending: Duration,
     /// The first thing that went wrong.
     failure: Option<String>,
@@ -568,6 +640,7 @@ fn exchange(driver: &mut ClientDriver, args: &Args, r: &mut ClientReport) -> std
         }
     }
     let mut unreliable_seen: Vec<bool> = Vec::new();
+    let window = echo_window();
     let start = Instant::now();
     let stop_sending = start + args.send_for();
     let mut next = start;
@@ -579,11 +652,16 @@ fn exchange(driver: &mut ClientDriver, args: &Args, r: &mut ClientReport) -> std
         }
         let mut sent = 0;
         while next <= now && sent < MAX_CATCH_UP {
-            let reliable = message(r.reliable_sent, RELIABLE_ORDERED, args.size);
-            match driver.send(RELIABLE_ORDERED, &reliable) {
-                Ok(()) => r.reliable_sent += 1,
-                Err(SendError::QueueFull) => r.queue_full += 1,
-                Err(e) => r.fail(format!("reliable send refused: {e}")),
+            let awaited = (r.reliable_sent - r.reliable_echoed) as usize * args.size;
+            if awaited + args.size > window {
+                r.held_back += 1;
+            } else {
+                let reliable = message(r.reliable_sent, RELIABLE_ORDERED, args.size);
+                match driver.send(RELIABLE_ORDERED, &reliable) {
+                    Ok(()) => r.reliable_sent += 1,
+                    Err(SendError::QueueFull) => r.queue_full += 1,
+                    Err(e) => r.fail(format!("reliable send refused: {e}")),
+                }
             }
             let unreliable = message(r.unreliable_sent, UNRELIABLE, args.size);
             match driver.send(UNRELIABLE, &unreliable) {
@@ -727,10 +805,12 @@ fn print_reports(
     let total = |f: fn(&ClientReport) -> u64| reports.iter().map(f).sum::<u64>();
     println!(
         "total: {} reliable and {} unreliable messages echoed; {} sends refused for a full \
-         queue; {} datagrams sent, {} received; socket would block {} times",
+         queue, {} held back awaiting echoes; {} datagrams sent, {} received; socket would \
+         block {} times",
         total(|r| u64::from(r.reliable_echoed)),
         total(|r| u64::from(r.unreliable_echoed)),
         total(|r| r.queue_full),
+        total(|r| r.held_back),
         total(|r| r.io.datagrams_sent),
         total(|r| r.io.datagrams_received),
         total(|r| r.io.send_would_block),
