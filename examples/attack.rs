@@ -82,7 +82,7 @@ use tickwire::pipeline::{encode_into, Decoder, PacketKey, Seal, SendOptions};
 use tickwire::wire::{
     Body, ErrorCode, Flags, Heartbeat, Packet, PacketType, TypeFields, MAX_DATA_DATAGRAM,
 };
-use tickwire::{ChannelId, ClientConfig, Event, SendError, ServerKey};
+use tickwire::{ChannelId, ClientConfig, Event, ServerKey};
 
 const USAGE: &str = "usage: cargo run --release --example attack -- --target ADDR --server-key HEX [OPTIONS]
 
@@ -354,9 +354,13 @@ struct Outcome {
 #[derive(Debug, Default)]
 struct ProbeResult {
     connected: bool,
+    /// Messages the probe meant to send during the attack (its rate times the time).
+    echoes_wanted: u64,
+    /// Messages its send queue took (fewer than wanted when the queue was full).
     echoes_sent: u64,
     echoes_returned: u64,
-    queue_full: u64,
+    /// Echoes that came back while the attack ran.
+    returned_during: u64,
     lost: Option<String>,
     fresh_tried: u64,
     fresh_ok: u64,
@@ -437,13 +441,14 @@ impl Report {
             s += &format!(" (amplification {a:.2})");
         }
         s += &format!(
-            ", fresh probes {}/{} connected, echoes {}/{}{}, RSS {}: {}",
+            ", fresh probes {}/{} connected, echoes {}/{} ({} during the attack{}), RSS {}: {}",
             p.fresh_ok,
             p.fresh_tried,
             p.echoes_returned,
-            p.echoes_sent,
-            if p.queue_full > 0 {
-                format!(" (send queue full {} times)", p.queue_full)
+            p.echoes_wanted,
+            p.returned_during,
+            if p.echoes_sent < p.echoes_wanted {
+                format!("; the send queue took only {}", p.echoes_sent)
             } else {
                 String::new()
             },
@@ -490,7 +495,7 @@ fn print_table(reports: &[Report]) {
             ),
             amp,
             format!("{}/{}", r.probe.fresh_ok, r.probe.fresh_tried),
-            format!("{}/{}", r.probe.echoes_returned, r.probe.echoes_sent),
+            format!("{}/{}", r.probe.echoes_returned, r.probe.echoes_wanted),
             rss,
             r.verdict_text()
         );
@@ -612,10 +617,10 @@ fn verdict(r: &Report, args: &Args) -> Verdict {
     if let Some(why) = &p.lost {
         failures.push(format!("the probe's connection ended: {why}"));
     }
-    if p.echoes_sent > 0 && (p.echoes_returned as f64) < 0.95 * p.echoes_sent as f64 {
+    if p.echoes_wanted > 0 && (p.echoes_returned as f64) < 0.95 * p.echoes_wanted as f64 {
         failures.push(format!(
             "probe echoes: {} of {} came back",
-            p.echoes_returned, p.echoes_sent
+            p.echoes_returned, p.echoes_wanted
         ));
     }
     if let (Some(before), Some(peak)) = (r.rss_before, r.rss_peak) {
@@ -740,6 +745,7 @@ fn run_probe(
                     Event::Message { data, .. } => {
                         if data.len() == load.size() {
                             r.echoes_returned += 1;
+                            r.returned_during += u64::from(attacking);
                         }
                         m.recycle(data);
                     }
@@ -748,16 +754,14 @@ fn run_probe(
                 }
             }
             if attacking {
-                let owed = (now - start).as_secs_f64() * load.rate();
-                while (r.echoes_sent as f64) < owed {
-                    match m.send(PROBE_CHANNEL, &probe_message(r.echoes_sent, load.size())) {
-                        Ok(()) => r.echoes_sent += 1,
-                        Err(SendError::QueueFull) => {
-                            r.queue_full += 1;
-                            break;
-                        }
-                        Err(_) => break,
-                    }
+                r.echoes_wanted = ((now - start).as_secs_f64() * load.rate()) as u64;
+                // A full send queue (or anything else) refuses: the rest waits a tick.
+                while r.echoes_sent < r.echoes_wanted
+                    && m
+                        .send(PROBE_CHANNEL, &probe_message(r.echoes_sent, load.size()))
+                        .is_ok()
+                {
+                    r.echoes_sent += 1;
                 }
             }
             if r.lost.is_some() {
@@ -772,7 +776,8 @@ fn run_probe(
                         let host = (r.fresh_tried % 250) as u8 + 1;
                         let ip = Ipv4Addr::new(127, 51, ctx.index, host);
                         let mut config = ClientConfig::new(ctx.key);
-                        config.handshake_timeout = FRESH_TIMEOUT;
+                        // The probe gives up at FRESH_TIMEOUT, before the client would.
+                        config.handshake_timeout = FRESH_TIMEOUT + Duration::from_secs(1);
                         match ClientDriver::connect_from(
                             SocketAddr::new(IpAddr::V4(ip), 0),
                             config,
@@ -818,9 +823,18 @@ fn run_probe(
                     }
                 }
             }
-        } else if fresh.take().is_some() {
-            // The attack ended during this try: it does not count.
-            r.fresh_tried -= 1;
+        } else if let Some((_, since)) = fresh.take() {
+            // The attack ended during this try: it counts as a failure if it had a fair
+            // chance (a second), and not at all otherwise.
+            let tried = now - since;
+            if tried >= Duration::from_secs(1) {
+                r.fresh_failures.push(format!(
+                    "still connecting after {} ms when the attack ended",
+                    tried.as_millis()
+                ));
+            } else {
+                r.fresh_tried -= 1;
+            }
         }
         closing.retain_mut(|(d, since)| {
             let _ = d.poll_once();
@@ -1177,7 +1191,7 @@ impl RawSession {
         )
     }
 
-    /// The close (a sealed RELIABLE ERROR 2.2), twice, as datagrams to send from wherever.
+    /// The close (a sealed RELIABLE ERROR 2.2), as datagrams to send from wherever.
     fn close_datagrams(&mut self) -> Vec<Vec<u8>> {
         let (_, datagrams) = self.seal(
             TypeFields::Error(ErrorCode::ClientDisconnect),
@@ -1190,11 +1204,14 @@ impl RawSession {
         datagrams
     }
 
+    /// Closes the session: the same ERROR three times, 100 ms apart (a server still busy
+    /// with the attack may drop the first).
     fn close(&mut self) {
         let datagrams = self.close_datagrams();
-        for _ in 0..2 {
+        for _ in 0..3 {
             let _ = self.send_datagrams(&datagrams);
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(100));
+            self.drain();
         }
     }
 
@@ -1541,15 +1558,23 @@ impl VictimTally {
 // ---------------------------------------------------------------------------------------------
 // 2. frag-spoof: forged last fragments that reserve the probe's reassembly budget
 
-/// A 13-octet sealed-looking fragment: DEFAULT, ENCRYPTED | FRAG, Fragment ID 254 of 255 (a
-/// last fragment may be short), a random packet number far above the window, 5 octets.
-fn forged_fragment() -> [u8; 13] {
+/// Forged fragments per round, and how many of them announce 255 fragments; the others
+/// announce 2. Against the default reassembly limits (32 packets, 2 MiB, each packet
+/// reserving Fragment Number x 988 octets) 8 x 255 fill the octets but leave room for 16
+/// packets of 5 fragments; the 24 small ones take the remaining packet slots.
+const FORGED_PER_ROUND: usize = 32;
+const FORGED_LARGE: usize = 8;
+
+/// A 13-octet sealed-looking last fragment: DEFAULT, ENCRYPTED | FRAG, Fragment ID
+/// `count - 1` of `count` (a last fragment may be short), a random packet number far above
+/// the window, 5 random octets.
+fn forged_fragment(count: u8) -> [u8; 13] {
     let mut d = [0u8; 13];
     OsRng.fill_bytes(&mut d);
     d[0] = PacketType::Default.to_bits();
     d[1] = Flags::ENCRYPTED.with(Flags::FRAG).bits();
-    d[4] = 254;
-    d[5] = 255;
+    d[4] = count - 1;
+    d[5] = count;
     d[6] |= 0x80; // Init Vector >= 0x8000: packet number >= 2^31
     d
 }
@@ -1563,8 +1588,8 @@ fn frag_spoof(ctx: &Ctx<'_>, out: &mut Outcome) -> Result<(), String> {
     let mut last = Instant::now() - Duration::from_secs(2);
     while ctx.running() {
         if due(&mut last, Duration::from_secs(2)) {
-            for _ in 0..32 {
-                let d = forged_fragment();
+            for i in 0..FORGED_PER_ROUND {
+                let d = forged_fragment(if i < FORGED_LARGE { 255 } else { 2 });
                 out.bytes += forger
                     .send(p, ctx.target, &d)
                     .map_err(|e| format!("forge: {e}"))? as u64;
@@ -1848,12 +1873,12 @@ fn flood(ctx: &Ctx<'_>, socks: &[UdpSocket], rate: Option<f64>, out: &mut Outcom
         }
     }
     out.rss_after = ctx.rss.sample();
+    let secs = start.elapsed().as_secs_f64().max(0.001);
     std::thread::sleep(Duration::from_millis(300));
     for sock in socks {
         replies.drain(sock, &mut buf);
     }
     out.received = replies.bytes;
-    let secs = start.elapsed().as_secs_f64().max(0.001);
     out.notes.push(format!(
         "{} sockets, {:.0} AUTHs/s; answers: {} server AUTHs, {} stateless retries, {} ERRORs, {} other{}",
         socks.len(),
