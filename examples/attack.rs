@@ -84,7 +84,8 @@ use tickwire::wire::{
 };
 use tickwire::{ChannelId, ClientConfig, Event, ServerKey};
 
-const USAGE: &str = "usage: cargo run --release --example attack -- --target ADDR --server-key HEX [OPTIONS]
+const USAGE: &str =
+    "usage: cargo run --release --example attack -- --target ADDR --server-key HEX [OPTIONS]
 
 options:
   --target ADDR        the server, an IPv4 loopback address (e.g. 127.0.0.1:7777)
@@ -255,10 +256,10 @@ fn main() -> ExitCode {
         "attacking {} for {} s per attack{}",
         args.target,
         args.secs,
-        args.pid
-            .map_or_else(|| " (no --pid: RSS not measured)".into(), |p| format!(
-                ", server pid {p}"
-            ))
+        args.pid.map_or_else(
+            || " (no --pid: RSS not measured)".into(),
+            |p| format!(", server pid {p}")
+        )
     );
     let mut reports = Vec::new();
     for &attack in &args.attacks {
@@ -435,7 +436,11 @@ impl Report {
             human(o.received)
         );
         if let Some((at_v, from_v)) = o.victim {
-            s += &format!(", at victim {} for {} sent from it", human(at_v), human(from_v));
+            s += &format!(
+                ", at victim {} for {} sent from it",
+                human(at_v),
+                human(from_v)
+            );
         }
         if let Some(a) = self.amplification() {
             s += &format!(" (amplification {a:.2})");
@@ -459,7 +464,10 @@ impl Report {
             s += &format!("\n    {n}");
         }
         if !p.fresh_failures.is_empty() {
-            s += &format!("\n    fresh probe failures: {}", p.fresh_failures.join(", "));
+            s += &format!(
+                "\n    fresh probe failures: {}",
+                p.fresh_failures.join(", ")
+            );
         }
         if !p.fresh_ms.is_empty() {
             let ms: Vec<String> = p.fresh_ms.iter().map(|m| format!("{m} ms")).collect();
@@ -534,10 +542,9 @@ fn run_attack(args: &Args, attack: Attack) -> Report {
     let main = match connect_probe(probe_ip, args, PROBE_CONNECT) {
         Ok(d) => Some(d),
         Err(e) => {
-            report
-                .outcome
-                .notes
-                .push(format!("the probe could not connect before the attack: {e}"));
+            report.outcome.notes.push(format!(
+                "the probe could not connect before the attack: {e}"
+            ));
             None
         }
     };
@@ -757,8 +764,7 @@ fn run_probe(
                 r.echoes_wanted = ((now - start).as_secs_f64() * load.rate()) as u64;
                 // A full send queue (or anything else) refuses: the rest waits a tick.
                 while r.echoes_sent < r.echoes_wanted
-                    && m
-                        .send(PROBE_CHANNEL, &probe_message(r.echoes_sent, load.size()))
+                    && m.send(PROBE_CHANNEL, &probe_message(r.echoes_sent, load.size()))
                         .is_ok()
                 {
                     r.echoes_sent += 1;
@@ -933,14 +939,18 @@ fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
 // chooses; it acknowledges nothing
 
 /// The client AUTH that answers a stateless retry: the same ephemeral key, and the cookie in
-/// the hello (`u16 token length || token || ticket length || ticket || cookie length ||
-/// cookie || zero padding` to a 160-octet datagram).
-fn auth_with_cookie(public_key: &[u8; PUBLIC_KEY_LEN], cookie: &[u8]) -> Vec<u8> {
+/// the hello (`u16 token length || token || ticket length (0: none) || cookie length ||
+/// cookie || zero padding` to a 160-octet datagram). Without a cookie it is the AUTH that
+/// `client_auth` writes.
+fn auth_with_cookie(public_key: &[u8; PUBLIC_KEY_LEN], token: &[u8], cookie: &[u8]) -> Vec<u8> {
     let mut hello = Vec::with_capacity(MIN_CLIENT_AUTH);
-    hello.extend_from_slice(&0u16.to_be_bytes()); // no token
+    hello.extend_from_slice(&(token.len() as u16).to_be_bytes());
+    hello.extend_from_slice(token);
     hello.push(0); // no ticket
-    hello.push(cookie.len() as u8);
-    hello.extend_from_slice(cookie);
+    if !cookie.is_empty() {
+        hello.push(cookie.len() as u8);
+        hello.extend_from_slice(cookie);
+    }
     let fixed = 4 + 2 + PUBLIC_KEY_LEN + 2;
     if fixed + hello.len() < MIN_CLIENT_AUTH {
         hello.resize(MIN_CLIENT_AUTH - fixed, 0);
@@ -979,15 +989,16 @@ struct RawSession {
 }
 
 impl RawSession {
-    /// Runs the handshake of `docs/PROTOCOL.md` §3 from a socket bound to `ip`.
-    fn connect(ip: Ipv4Addr, ctx: &Ctx<'_>) -> Result<Self, String> {
+    /// Runs the handshake of `docs/PROTOCOL.md` §3 with the server at `target`, whose key is
+    /// `key`, from a socket bound to `ip`.
+    fn connect(ip: Ipv4Addr, target: SocketAddr, key: &ServerKey) -> Result<Self, String> {
         let sock = UdpSocket::bind((ip, 0)).map_err(|e| format!("bind {ip}: {e}"))?;
-        sock.connect(ctx.target())
-            .map_err(|e| format!("connect: {e}"))?;
+        sock.connect(target).map_err(|e| format!("connect: {e}"))?;
         let started = Instant::now();
         let deadline = started + Duration::from_secs(10);
         let ephemeral = EphemeralKey::generate();
         let mut auth = client_auth(ephemeral.public_bytes(), &[], None);
+        debug_assert_eq!(auth, auth_with_cookie(ephemeral.public_bytes(), &[], &[]));
         let (mut sent, mut received, mut retries) = (0u64, 0u64, 0u32);
         let mut buf = vec![0u8; 2048];
         let mut interval = Duration::from_millis(250);
@@ -1008,7 +1019,7 @@ impl RawSession {
                     Body::Auth(f) if f.public_key.is_empty() => {
                         let cookie = f.certificate.unwrap_or(&[]);
                         if cookie.len() == COOKIE_LEN && retries < 8 {
-                            auth = auth_with_cookie(ephemeral.public_bytes(), cookie);
+                            auth = auth_with_cookie(ephemeral.public_bytes(), &[], cookie);
                             retries += 1;
                             interval = Duration::from_millis(250);
                             continue 'auth;
@@ -1016,8 +1027,7 @@ impl RawSession {
                     }
                     Body::Auth(f) => {
                         let cert = f.certificate.unwrap_or(&[]);
-                        ctx.key
-                            .verify_certificate(cert, ephemeral.public_bytes(), f.public_key)
+                        key.verify_certificate(cert, ephemeral.public_bytes(), f.public_key)
                             .map_err(|_| "the server's certificate does not verify")?;
                         let shared = ephemeral
                             .shared_secret(f.public_key)
@@ -1335,13 +1345,17 @@ fn ms_sleep() {
 
 fn migrate(ctx: &Ctx<'_>, out: &mut Outcome) -> Result<(), String> {
     let forger = Forger::new().map_err(|e| format!("raw socket: {e}"))?;
-    let mut s = RawSession::connect(Ipv4Addr::new(127, 1, 1, 1), ctx)?;
+    let mut s = RawSession::connect(Ipv4Addr::new(127, 1, 1, 1), ctx.target(), &ctx.key)?;
     let victim = UdpSocket::bind((Ipv4Addr::new(127, 66, 1, 1), 0))
         .map_err(|e| format!("bind the victim: {e}"))?;
     victim
         .set_nonblocking(true)
         .map_err(|e| format!("nonblocking: {e}"))?;
-    let v = victim.local_addr().ok().and_then(v4).expect("bound to IPv4");
+    let v = victim
+        .local_addr()
+        .ok()
+        .and_then(v4)
+        .expect("bound to IPv4");
     let mut at_v = VictimTally::default();
     let mut from_v = FromVictim {
         forger,
@@ -1615,7 +1629,7 @@ const HELD_RATE: f64 = 12_000.0;
 fn held_ordered(ctx: &Ctx<'_>, out: &mut Outcome) -> Result<(), String> {
     let mut sessions = Vec::new();
     for i in 0..4 {
-        let mut s = RawSession::connect(Ipv4Addr::new(127, 3, 3, 1 + i), ctx)?;
+        let mut s = RawSession::connect(Ipv4Addr::new(127, 3, 3, 1 + i), ctx.target(), &ctx.key)?;
         s.acked = Some(HashSet::new());
         sessions.push(s);
     }
@@ -1711,7 +1725,7 @@ fn held_ordered(ctx: &Ctx<'_>, out: &mut Outcome) -> Result<(), String> {
 // 4. empty-reliable: packets full of empty reliable messages, never acknowledged
 
 fn empty_reliable(ctx: &Ctx<'_>, out: &mut Outcome) -> Result<(), String> {
-    let mut s = RawSession::connect(Ipv4Addr::new(127, 4, 4, 4), ctx)?;
+    let mut s = RawSession::connect(Ipv4Addr::new(127, 4, 4, 4), ctx.target(), &ctx.key)?;
     let mut plain = Vec::new();
     while plain.len() + frame::message_frame_len(0, false) <= PACKET_PLAINTEXT {
         frame::put_message(&mut plain, 2, None, &[]);
@@ -1743,7 +1757,7 @@ fn empty_reliable(ctx: &Ctx<'_>, out: &mut Outcome) -> Result<(), String> {
 const BOMB_RATE: f64 = 98_000.0;
 
 fn lz4_bomb(ctx: &Ctx<'_>, out: &mut Outcome) -> Result<(), String> {
-    let mut s = RawSession::connect(Ipv4Addr::new(127, 5, 5, 5), ctx)?;
+    let mut s = RawSession::connect(Ipv4Addr::new(127, 5, 5, 5), ctx.target(), &ctx.key)?;
     let zeros = vec![0u8; 60_000];
     let mut plain = Vec::new();
     for _ in 0..4 {
@@ -2049,7 +2063,8 @@ fn slot_hog(ctx: &Ctx<'_>, out: &mut Outcome) -> Result<(), String> {
     }
     out.rss_after = ctx.rss.sample();
     if lost > 0 {
-        out.notes.push(format!("{lost} hog connections ended early"));
+        out.notes
+            .push(format!("{lost} hog connections ended early"));
     }
     for d in &mut hogs {
         d.disconnect("attack over");
@@ -2069,4 +2084,124 @@ fn slot_hog(ctx: &Ctx<'_>, out: &mut Outcome) -> Result<(), String> {
         out.received += io.bytes_received;
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests (`cargo test --release --example attack`): the cheaters' handshake, stateless retry
+// included, against a real server on loopback.
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tickwire::io::ServerDriver;
+    use tickwire::{ServerConfig, ServerIdentity};
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// The stateless retry vector of the protocol description that goes with the retry:
+    /// client key of secret 11..11, token "tickwire test token", cookie 00000007 4bed...
+    #[test]
+    fn auth_with_cookie_matches_the_protocol_vector() {
+        let key = EphemeralKey::from_secret_bytes(&[0x11; 32]).expect("valid secret");
+        let cookie = hex("00000007 4bedc987 f5ea5188 e21e2879 b770b39a");
+        let expected = hex(
+            "02000000 00210202 17e617f0 b6443928 278f9699 9e69a23a 4f2c152b df6d6cdf
+             66e5b802 82d4ed00 77001374 69636b77 69726520 74657374 20746f6b 656e0014
+             00000007 4bedc987 f5ea5188 e21e2879 b770b39a 00000000 00000000 00000000
+             00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000
+             00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000",
+        );
+        let auth = auth_with_cookie(key.public_bytes(), b"tickwire test token", &cookie);
+        assert_eq!(auth, expected);
+        // Without a cookie it is the ordinary client AUTH.
+        assert_eq!(
+            auth_with_cookie(key.public_bytes(), b"tickwire test token", &[]),
+            client_auth(key.public_bytes(), b"tickwire test token", None)
+        );
+    }
+
+    /// A proxy in front of a real server answers the first AUTH with a retry and forwards
+    /// the rest; the raw session must come back with the cookie and finish the handshake
+    /// (the server's transcript then covers the AUTH with the cookie, as the client's does).
+    #[test]
+    fn raw_session_follows_a_stateless_retry() {
+        let identity = ServerIdentity::generate();
+        let key = identity.public_key();
+        let mut server = ServerDriver::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ServerConfig::new(identity),
+            SocketConfig::default(),
+        )
+        .expect("bind the server");
+        let server_addr = server.local_addr().expect("server address");
+        let front = UdpSocket::bind("127.0.0.1:0").expect("bind the proxy");
+        let back = UdpSocket::bind("127.0.0.1:0").expect("bind the proxy's upstream");
+        back.connect(server_addr).expect("connect upstream");
+        front.set_nonblocking(true).unwrap();
+        back.set_nonblocking(true).unwrap();
+        let proxy_addr = front.local_addr().unwrap();
+        let cookie = [0xC0u8; COOKIE_LEN];
+        let stop = AtomicBool::new(false);
+        let give_up = Instant::now() + Duration::from_secs(20);
+        std::thread::scope(|s| {
+            let serving = s.spawn(|| {
+                let mut connected = 0;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < give_up {
+                    if let Ok(Some(Event::Connected { .. })) =
+                        server.run_until_event(Some(Duration::from_millis(10)))
+                    {
+                        connected += 1;
+                    }
+                }
+                connected
+            });
+            let proxying = s.spawn(|| {
+                let (mut client, mut retried, mut cookie_seen) = (None, false, false);
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) && Instant::now() < give_up {
+                    while let Ok((n, from)) = front.recv_from(&mut buf) {
+                        client = Some(from);
+                        let d = &buf[..n];
+                        if d[0] == PacketType::Auth.to_bits() && !retried {
+                            let mut retry = vec![2, 0, 0, 0, 0, 0, 0, COOKIE_LEN as u8];
+                            retry.extend_from_slice(&cookie);
+                            front.send_to(&retry, from).unwrap();
+                            retried = true;
+                            continue;
+                        }
+                        if d[0] == PacketType::Auth.to_bits() {
+                            // 4 header, Reserved, E, 33 key, u16 C, then the hello.
+                            let hello = &d[4 + 2 + PUBLIC_KEY_LEN + 2..];
+                            cookie_seen |= n == MIN_CLIENT_AUTH
+                                && hello[..4] == [0, 0, 0, COOKIE_LEN as u8]
+                                && hello[4..4 + COOKIE_LEN] == cookie;
+                        }
+                        back.send(d).unwrap();
+                    }
+                    while let Ok(n) = back.recv(&mut buf) {
+                        if let Some(c) = client {
+                            front.send_to(&buf[..n], c).unwrap();
+                        }
+                    }
+                    ms_sleep();
+                }
+                (retried, cookie_seen)
+            });
+            let session = RawSession::connect(Ipv4Addr::LOCALHOST, proxy_addr, &key);
+            std::thread::sleep(Duration::from_millis(100));
+            stop.store(true, Ordering::Relaxed);
+            let connected = serving.join().unwrap();
+            let (retried, cookie_seen) = proxying.join().unwrap();
+            let session = session.expect("the raw handshake finishes");
+            assert!(retried && cookie_seen, "the AUTH came back with the cookie");
+            assert_eq!(session.retries, 1);
+            assert_eq!(connected, 1, "the server accepted the finished");
+        });
+    }
 }
