@@ -25,9 +25,12 @@
 //!    V (where the tool listens) and counts what the server then sends to V; then it answers
 //!    the path challenge it predicts (`(next pn << 16) ^ 1`) from V, and sends compressed
 //!    echo requests from V. Failure: more than 3x the octets sent from V reached V.
-//! 2. `frag-spoof`: 13-octet sealed-looking last fragments (Fragment Number 255, random packet
-//!    numbers above the window) forged from the probe's address, 32 every 2 s, while the
-//!    probe echoes 4000-octet messages. Failure: under 95% of the echoes came back.
+//! 2. `frag-spoof`: 13-octet sealed-looking last fragments (random packet numbers above the
+//!    window) forged from the probe's address, 32 every 2 s, while the probe echoes
+//!    4000-octet messages: 8 announce 255 fragments, which fill the 2 MiB reassembly budget,
+//!    and 24 announce 2, which take the remaining packet slots (of 32). Fragment Number 255
+//!    alone leaves room for 16 of the probe's 5-fragment packets and hurts nothing.
+//!    Failure: under 95% of the echoes the probe meant to send came back.
 //! 3. `held-ordered`: 4 cheaters send reliable-ordered messages (channel 3, 16 KiB each) with
 //!    seq 1..=1023 and never seq 0, so that the server holds them all. Watch the RSS.
 //! 4. `empty-reliable`: a cheater sends packets full of empty reliable messages as fast as it
@@ -53,10 +56,15 @@
 //! # The report
 //! One line per attack, then a table: packets and octets the attack sent, octets the tool
 //! received back (amplification = received / sent; for `migrate`, octets that reached V /
-//! octets sent from V), fresh probes connected, probe echoes returned / sent, the server's
-//! RSS, and either `server held` or the failure observed. Memory attacks count as failures
-//! when the server grew by more than 32 MiB. The exit status is 0 whatever the results (it
-//! is a measuring tool); 2 only for bad usage.
+//! octets sent from V), fresh probes connected, probe echoes returned / meant to be sent
+//! (its rate times the attack's length), the server's RSS, and either `server held` or the
+//! failures observed: a fresh probe that could not connect, echoes missing after a 3 s
+//! drain, the server growing by more than 32 MiB, or the attack's own criterion. The exit
+//! status is 0 whatever the results (it is a measuring tool); 2 only for bad usage.
+//!
+//! `cargo test --release --example attack` checks the cheaters' handshake: the AUTH with a
+//! cookie against the protocol's test vector, and a full handshake through a proxy that
+//! answers the first AUTH with a stateless retry.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -68,7 +76,7 @@ use std::time::{Duration, Instant};
 
 use rand_core::{OsRng, RngCore};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tickwire::connection::frame;
+use tickwire::connection::{frame, PACKET_PLAINTEXT};
 use tickwire::crypto::{
     derive_session_keys, macs_equal, transcript_hash, EphemeralKey, FINISHED_LEN, PUBLIC_KEY_LEN,
 };
@@ -113,8 +121,6 @@ const PROBE_CONNECT: Duration = Duration::from_secs(15);
 const PROBE_CHANNEL: ChannelId = ChannelId(2);
 /// Length of the stateless retry's cookie.
 const COOKIE_LEN: usize = 20;
-/// Plaintext octets of one unfragmented sealed packet (988 less the tag).
-const PACKET_PLAINTEXT: usize = 972;
 /// P-256 keys pre-generated for the floods (prime, so that no address repeats its key).
 const FLOOD_KEYS: usize = 509;
 
@@ -741,7 +747,8 @@ fn run_probe(
     let hard_stop = ctx.deadline + Duration::from_secs(60);
     loop {
         let now = Instant::now();
-        let attacking = ctx.running();
+        // The attack is over at its deadline, or earlier if its body gave up.
+        let attacking = ctx.running() && !body_done.load(Ordering::Relaxed);
         if !attacking && attack_over_at.is_none() {
             attack_over_at = Some(now);
         }
