@@ -1006,7 +1006,7 @@ impl RawSession {
         let ephemeral = EphemeralKey::generate();
         let mut auth = client_auth(ephemeral.public_bytes(), &[], None);
         debug_assert_eq!(auth, auth_with_cookie(ephemeral.public_bytes(), &[], &[]));
-        let (mut sent, mut received, mut retries) = (0u64, 0u64, 0u32);
+        let (mut sends, mut sent, mut received, mut retries) = (0u64, 0u64, 0u64, 0u32);
         let mut buf = vec![0u8; 2048];
         let mut interval = Duration::from_millis(250);
         // The AUTH exchange, with the stateless retry.
@@ -1015,6 +1015,7 @@ impl RawSession {
                 return Err("no server AUTH within 10 s".into());
             }
             sent += sock.send(&auth).map_err(|e| format!("send: {e}"))? as u64;
+            sends += 1;
             let resend_at = (Instant::now() + interval).min(deadline);
             interval = (interval * 2).min(Duration::from_secs(1));
             while let Some(n) = recv_until(&sock, resend_at, &mut buf) {
@@ -1064,6 +1065,7 @@ impl RawSession {
                 return Err("no server finished within 10 s".into());
             }
             sent += sock.send(&finished).map_err(|e| format!("send: {e}"))? as u64;
+            sends += 1;
             let resend_at = (Instant::now() + interval).min(deadline);
             interval = (interval * 2).min(Duration::from_secs(1));
             while let Some(n) = recv_until(&sock, resend_at, &mut buf) {
@@ -1118,7 +1120,7 @@ impl RawSession {
             started,
             compressed: Vec::new(),
             payload: Vec::new(),
-            datagrams_sent: 0,
+            datagrams_sent: sends,
             bytes_sent: sent,
             bytes_received: received,
             retries,
