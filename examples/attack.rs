@@ -8,7 +8,9 @@
 //!     --attack all [--secs 10] [--pid SERVER_PID] [--rss-cap-mb 2048]
 //! ```
 //! `--attack` takes a name, a number, a comma-separated list of them, or `all` (each in turn,
-//! in the order of their numbers). `--secs` is how long each attack runs (default 10).
+//! in the order of their numbers; after a flood the tool waits 11 s, so that the next attack
+//! does not meet its half-open handshakes). `--secs` is how long each attack runs (default
+//! 10).
 //! `--pid` lets the tool read the server's resident memory (`VmRSS` in `/proc/PID/status`)
 //! before, during and after each attack; an attack stops early once the server has grown by
 //! `--rss-cap-mb` (default 2048). Every packet goes to loopback: the target must be an IPv4
@@ -90,7 +92,7 @@ use tickwire::pipeline::{encode_into, Decoder, PacketKey, Seal, SendOptions};
 use tickwire::wire::{
     Body, ErrorCode, Flags, Heartbeat, Packet, PacketType, TypeFields, MAX_DATA_DATAGRAM,
 };
-use tickwire::{ChannelId, ClientConfig, Event, ServerKey};
+use tickwire::{ChannelId, ClientConfig, DisconnectReason, Event, ServerKey};
 
 const USAGE: &str =
     "usage: cargo run --release --example attack -- --target ADDR --server-key HEX [OPTIONS]
@@ -117,6 +119,8 @@ const DRAIN: Duration = Duration::from_secs(3);
 /// How long the probe may take to connect before an attack (the server may still be
 /// recovering from the previous one).
 const PROBE_CONNECT: Duration = Duration::from_secs(15);
+/// The pause after a flood, before the next attack: the server's handshake timeout and 1 s.
+const COOLDOWN: Duration = Duration::from_secs(11);
 /// The channel the probes echo on (reliable-unordered in the default configuration).
 const PROBE_CHANNEL: ChannelId = ChannelId(2);
 /// Length of the stateless retry's cookie.
@@ -175,6 +179,15 @@ impl Attack {
         Self::ALL
             .into_iter()
             .find(|a| a.name() == s || a.number().to_string() == s)
+    }
+
+    /// Whether the attack leaves half-open handshakes behind (a server forgets them after its
+    /// handshake timeout, 10 s by default).
+    fn leaves_half_open(self) -> bool {
+        matches!(
+            self,
+            Attack::AuthRekey | Attack::HalfopenPorts | Attack::AuthFlood
+        )
     }
 
     /// Whether the attack forges source addresses (raw socket, root).
@@ -268,10 +281,18 @@ fn main() -> ExitCode {
         )
     );
     let mut reports = Vec::new();
-    for &attack in &args.attacks {
+    for (i, &attack) in args.attacks.iter().enumerate() {
         let report = run_attack(&args, attack);
         println!("{}", report.line());
         reports.push(report);
+        if attack.leaves_half_open() && i + 1 < args.attacks.len() {
+            // So that the next attack does not measure this one's aftermath.
+            println!(
+                "   (waiting {} s for its half-open handshakes to expire)",
+                COOLDOWN.as_secs()
+            );
+            std::thread::sleep(COOLDOWN);
+        }
     }
     print_table(&reports);
     ExitCode::SUCCESS
@@ -1944,6 +1965,8 @@ fn auth_rekey(ctx: &Ctx<'_>, out: &mut Outcome) -> Result<(), String> {
 // 8. slot-hog: 64 real connections from one address
 
 const HOG_IP: Ipv4Addr = Ipv4Addr::new(127, 8, 8, 8);
+/// Connections the slot hog opens from it.
+const HOGS: usize = 64;
 
 /// Connects a client from `ip` while `others` keep being driven; the connect time or why not.
 fn try_connect(
@@ -1987,58 +2010,68 @@ fn slot_hog(ctx: &Ctx<'_>, out: &mut Outcome) -> Result<(), String> {
     let mut config = ClientConfig::new(ctx.key);
     // A cheater keeps its slots with as little traffic as its own heartbeats allow.
     config.connection.heartbeat_interval = Duration::from_secs(5);
-    config.handshake_timeout = Duration::from_secs(5);
-    let mut hogs = Vec::new();
-    for _ in 0..64 {
-        let d = ClientDriver::connect_from(
-            SocketAddr::new(IpAddr::V4(HOG_IP), 0),
-            config.clone(),
-            ctx.target(),
-            SocketConfig::default(),
-        )
-        .map_err(|e| e.to_string())?;
-        hogs.push(d);
-    }
-    // Drive them until each connected or failed.
-    let mut state: Vec<Option<Result<(), String>>> = vec![None; hogs.len()];
-    let give_up = Instant::now() + Duration::from_secs(6);
-    while state.iter().any(Option::is_none) && Instant::now() < give_up && ctx.running() {
-        for (d, st) in hogs.iter_mut().zip(&mut state) {
+    config.handshake_timeout = Duration::from_secs(4);
+    // Keep HOGS handshakes going until that many are connected, the server says it is full,
+    // or 8 s have passed; a handshake that fails otherwise (an earlier flood's half-open
+    // handshakes may still fill the server's table) is replaced by a new one.
+    let mut hogs: Vec<ClientDriver> = Vec::new();
+    let mut connecting: Vec<ClientDriver> = Vec::new();
+    let mut refusals: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut full = false;
+    let give_up = Instant::now() + Duration::from_secs(8);
+    while hogs.len() < HOGS && !full && Instant::now() < give_up && ctx.running() {
+        while hogs.len() + connecting.len() < HOGS {
+            let d = ClientDriver::connect_from(
+                SocketAddr::new(IpAddr::V4(HOG_IP), 0),
+                config.clone(),
+                ctx.target(),
+                SocketConfig::default(),
+            )
+            .map_err(|e| e.to_string())?;
+            connecting.push(d);
+        }
+        let mut i = 0;
+        while i < connecting.len() {
+            let d = &mut connecting[i];
             let _ = d.poll_once();
+            let mut result = None;
             while let Some(event) = d.poll_event() {
                 match event {
-                    Event::Connected { .. } => *st = Some(Ok(())),
-                    Event::Disconnected { reason, .. } => *st = Some(Err(reason.to_string())),
+                    Event::Connected { .. } => result = Some(Ok(())),
+                    Event::Disconnected { reason, .. } => result = Some(Err(reason)),
                     _ => {}
                 }
             }
+            match result {
+                Some(Ok(())) => hogs.push(connecting.swap_remove(i)),
+                Some(Err(reason)) => {
+                    full |= reason == DisconnectReason::HandshakeFailed(ErrorCode::NoSpace);
+                    *refusals.entry(reason.to_string()).or_default() += 1;
+                    connecting.swap_remove(i);
+                }
+                None => i += 1,
+            }
+        }
+        for d in &mut hogs {
+            let _ = d.poll_once();
+            while d.poll_event().is_some() {}
         }
         ms_sleep();
     }
-    let connected = state.iter().filter(|s| matches!(s, Some(Ok(())))).count();
-    let mut refusals: Vec<String> = state
+    drop(connecting);
+    let refusals: Vec<String> = refusals
         .iter()
-        .filter_map(|s| match s {
-            Some(Err(why)) => Some(why.clone()),
-            None => Some("no answer".into()),
-            Some(Ok(())) => None,
-        })
+        .map(|(why, n)| format!("{n} x {why}"))
         .collect();
-    refusals.dedup();
     out.notes.push(format!(
-        "{connected} of 64 connections from {HOG_IP} established{}",
+        "{} of {HOGS} connections from {HOG_IP} established{}",
+        hogs.len(),
         if refusals.is_empty() {
             String::new()
         } else {
-            format!(" (the others: {})", refusals.join(", "))
+            format!(" (handshakes that failed: {})", refusals.join(", "))
         }
     ));
-    let mut hogs: Vec<ClientDriver> = hogs
-        .into_iter()
-        .zip(&state)
-        .filter(|(_, s)| matches!(s, Some(Ok(()))))
-        .map(|(d, _)| d)
-        .collect();
     // Then a probe from another address and one from the hogs' address.
     let other_ip = Ipv4Addr::new(127, 52, 8, 1);
     let other = try_connect(other_ip, ctx, &mut hogs);
