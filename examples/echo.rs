@@ -82,6 +82,8 @@ options:
                        full, each costing its length + 64 (default 1048576); beyond it
                        unreliable echoes are dropped, and a reliable one that still does not
                        fit disconnects the client
+  --max-per-ip N       server: connections from one IP at most (default 16, the library's);
+                       local mode allows all --clients
   -h, --help           this text";
 
 const UNRELIABLE: ChannelId = ChannelId(0);
@@ -125,6 +127,8 @@ struct Args {
     size: usize,
     /// The bound of each client's backlog on the server, in octets (see [`Backlog`]).
     backlog: usize,
+    /// `--server`: connections from one IP at most (`ServerConfig::max_clients_per_ip`).
+    max_per_ip: Option<usize>,
 }
 
 impl Args {
@@ -143,6 +147,7 @@ fn parse_args() -> Result<Args, String> {
         secs: None,
         size: 64,
         backlog: DEFAULT_BACKLOG_BYTES,
+        max_per_ip: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -156,6 +161,7 @@ fn parse_args() -> Result<Args, String> {
             "--secs" => args.secs = Some(value.parse().map_err(|e| bad(&e))?),
             "--size" => args.size = value.parse().map_err(|e| bad(&e))?,
             "--backlog" => args.backlog = value.parse().map_err(|e| bad(&e))?,
+            "--max-per-ip" => args.max_per_ip = Some(value.parse().map_err(|e| bad(&e))?),
             "--server" => server = Some(value.parse().map_err(|e| bad(&e))?),
             "--connect" => connect = Some(value.parse().map_err(|e| bad(&e))?),
             "--server-key" => key = Some(ServerKey::from_hex(&value).map_err(|e| bad(&e))?),
@@ -229,6 +235,8 @@ fn run_local(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let mut config = ServerConfig::new(ServerIdentity::generate());
     config.connection = connection_config();
     config.max_clients = args.clients.max(64);
+    // Every client of the local run comes from 127.0.0.1.
+    config.max_clients_per_ip = config.max_clients;
     let driver = ServerDriver::bind("127.0.0.1:0".parse()?, config, SocketConfig::default())?;
     let addr = driver.local_addr()?;
     let key = driver.server().public_key();
@@ -276,6 +284,10 @@ fn run_local(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
 fn run_server_only(addr: SocketAddr, args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let mut config = ServerConfig::new(ServerIdentity::generate());
     config.connection = connection_config();
+    if let Some(n) = args.max_per_ip {
+        config.max_clients_per_ip = n.max(1);
+        config.max_clients = config.max_clients.max(n);
+    }
     let driver = ServerDriver::bind(addr, config, SocketConfig::default())?;
     println!("server key: {}", driver.server().public_key());
     println!("listening on {}", driver.local_addr()?);

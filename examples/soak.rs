@@ -789,6 +789,9 @@ fn run(args: &Args) -> Result<bool, String> {
                 "127.0.0.1:0",
                 "--secs",
                 &child_limit.to_string(),
+                // Every client comes through the proxy, from 127.0.0.1.
+                "--max-per-ip",
+                &args.clients.to_string(),
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -702,3 +702,32 @@ fn the_retry_is_smaller_than_the_auth_and_forged_cookies_are_refused() {
     sim.add_client(cfg);
     sim.connect_all();
 }
+
+#[test]
+fn concurrent_handshakes_do_not_exceed_max_clients() {
+    // The limit is checked when an AUTH arrives and again when its handshake finishes.
+    let mut config = ServerConfig::new(ServerIdentity::generate());
+    config.max_clients = 2;
+    let mut sim = Sim::new(config);
+    for _ in 0..5 {
+        let cfg = sim.client_config();
+        sim.add_client(cfg);
+    }
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(sim.server.client_count(), 2);
+    assert_eq!(count_connected(&sim), 2);
+    let refused = (0..5)
+        .filter(|&i| {
+            sim.client_events[i].iter().any(|e| {
+                matches!(
+                    e,
+                    Event::Disconnected {
+                        reason: DisconnectReason::HandshakeFailed(ErrorCode::NoSpace),
+                        ..
+                    }
+                )
+            })
+        })
+        .count();
+    assert_eq!(refused, 3);
+}

@@ -84,6 +84,10 @@ impl EchoServer {
         socket: SocketConfig,
         tick: bool,
     ) -> Option<Self> {
+        // Every client of these tests comes from the one loopback address.
+        let mut config = config;
+        config.max_clients_per_ip = config.max_clients;
+        config.max_pending_per_ip = config.max_pending;
         let mut driver = match ServerDriver::bind(bind, config, socket) {
             Ok(d) => d,
             Err(e) => {

@@ -444,3 +444,44 @@ fn an_id_replaced_by_a_restart_on_the_same_address_stops_being_resumable() {
     assert!(sim.run_until(Duration::from_secs(3), |s| s.clients[i].1.is_connected()));
     assert_ne!(sim.clients[i].1.id(), Some(old.client));
 }
+
+#[test]
+fn a_wake_up_visits_only_the_connections_that_are_due() {
+    // 100 idle clients whose timers fall at different times: each wake-up of the server runs
+    // the timers of about one connection, not a scan of all of them.
+    let mut config = ServerConfig::new(ServerIdentity::generate());
+    config.max_clients = 128;
+    config.max_clients_per_ip = 128;
+    let mut sim = Sim::new(config);
+    for _ in 0..100 {
+        let cfg = sim.client_config();
+        sim.add_client(cfg);
+        sim.run_for(Duration::from_millis(7));
+    }
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.server.client_count(), 100);
+    let before = sim.server.stats();
+    sim.run_for(Duration::from_secs(5));
+    let after = sim.server.stats();
+    let wakeups = after.wakeups - before.wakeups;
+    let visited = after.timers_run - before.timers_run;
+    assert!(wakeups > 100, "{wakeups} wake-ups");
+    assert!(
+        visited <= 2 * wakeups,
+        "{visited} connections visited in {wakeups} wake-ups"
+    );
+}
+
+#[test]
+fn handle_timeout_returns_while_work_waits_for_poll_transmit() {
+    // Regression: a connection whose deadline is "now" (work waiting for poll_transmit) was
+    // run again and again inside one handle_timeout.
+    let mut sim = connected_sim(2);
+    let now = sim.now;
+    for id in sim.server.clients().iter().map(|c| c.id) {
+        sim.server.send(now, id, ChannelId(3), b"pending").unwrap();
+    }
+    let before = sim.server.stats().timers_run;
+    sim.server.handle_timeout(now + Duration::from_secs(1));
+    assert!(sim.server.stats().timers_run - before <= 2);
+}

@@ -81,6 +81,7 @@ impl Ledger {
 fn soak(seed: u64, clients: usize, link: LinkConfig, play: Duration, tick: Duration) -> Simulation {
     let mut server_config = ServerConfig::new(ServerIdentity::generate());
     server_config.max_clients = clients;
+    server_config.max_clients_per_ip = clients;
     // At 50% loss each way a handshake round trip succeeds one time in four: give it time.
     server_config.handshake_timeout = Duration::from_secs(60);
     let mut client_config = ClientConfig::new(server_config.identity.public_key());

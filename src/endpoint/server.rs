@@ -129,8 +129,10 @@ pub struct ServerStats {
     pub refused_memory: u64,
     /// Key exchanges done for AUTHs (each costs a P-256 multiplication and a signature).
     pub key_exchanges: u64,
-    /// Connection timers run by `handle_timeout` (only connections whose deadline came are
-    /// visited: this grows with the timers due, not with the connections).
+    /// Calls of `handle_timeout`.
+    pub wakeups: u64,
+    /// Connections visited by `handle_timeout`: only those whose deadline came, so this grows
+    /// with the timers due, not with the number of connections (`poll_timeout` visits none).
     pub timers_run: u64,
     /// Sealed datagrams from unknown addresses not tried against any connection because 4,096
     /// trial decryptions were done in the current second (a real client that moved resends).
@@ -176,6 +178,8 @@ pub struct Server {
     last_now: Instant,
     /// Each connection's next deadline.
     timers: Deadlines<ClientId>,
+    /// Reused list of connections whose deadline came.
+    due: Vec<ClientId>,
     /// Half-open handshakes by deadline, in the order they began (entries of handshakes
     /// finished or replaced since are skipped).
     pending_expiry: VecDeque<(Instant, SocketAddr)>,
@@ -231,6 +235,7 @@ impl Server {
             wall_clock: None,
             last_now: Instant::now(),
             timers: Deadlines::new(),
+            due: Vec::new(),
             pending_expiry: VecDeque::new(),
             resumable_expiry: VecDeque::new(),
             by_ip: HashMap::new(),
@@ -763,6 +768,31 @@ impl Server {
             return;
         }
         let p = self.remove_pending(&from).expect("looked up above");
+        // Handshakes run concurrently: the limits are checked again now that it finished.
+        let replaces = p
+            .client_id
+            .is_some_and(|id| self.connections.contains_key(&id))
+            || self.by_addr.contains_key(&from);
+        if !replaces {
+            let ip_conns = self
+                .by_ip
+                .get(&ip_key(from.ip()))
+                .map_or(0, |u| u.connections as usize);
+            if self.connections.len() >= self.config.max_clients {
+                self.stats.refused_full += 1;
+                self.refuse(from, ErrorCode::NoSpace, "server full");
+                return;
+            }
+            if ip_conns >= self.config.max_clients_per_ip {
+                self.stats.refused_ip_limit += 1;
+                self.refuse(
+                    from,
+                    ErrorCode::NoSpace,
+                    "too many connections from this address",
+                );
+                return;
+            }
+        }
         if let Some(old) = self.by_addr.get(&from).copied() {
             // The client restarted on the same address: the old connection is gone.
             if p.client_id != Some(old) {
@@ -1067,6 +1097,7 @@ impl Server {
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
+        self.stats.wakeups += 1;
         self.expire_pending(now);
         self.bans.expire(now);
         while let Some(&(until, id)) = self.resumable_expiry.front() {
@@ -1082,8 +1113,15 @@ impl Server {
                 self.resumable.remove(&id);
             }
         }
-        // Only the connections whose deadline has come.
+        // Only the connections whose deadline has come. They are taken first and run after:
+        // a connection whose work waits for `poll_transmit` is due again at once, and must
+        // not run twice in one call.
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
         while let Some(id) = self.timers.pop_due(now) {
+            due.push(id);
+        }
+        for &id in &due {
             if let Some(conn) = self.connections.get_mut(&id) {
                 conn.handle_timeout(now, &mut self.events);
                 self.dirty.push_back(id);
@@ -1092,6 +1130,7 @@ impl Server {
             self.reap(id);
             self.reschedule(id);
         }
+        self.due = due;
         self.dedup_dirty();
     }
 

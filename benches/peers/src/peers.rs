@@ -179,6 +179,9 @@ mod tw {
         let mut config = ServerConfig::new(ServerIdentity::generate());
         config.connection = connection();
         config.max_clients = 512;
+        // Every client of the bench comes from 127.0.0.1.
+        config.max_clients_per_ip = 512;
+        config.max_pending_per_ip = 512;
         let driver =
             ServerDriver::bind(bind, config, SocketConfig::default()).map_err(|e| e.to_string())?;
         let key = driver.server().public_key();
