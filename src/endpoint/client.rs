@@ -45,7 +45,7 @@ enum State {
         rtt: Option<Duration>,
         /// What the hello carries, to rebuild the AUTH with a retry's cookie.
         token: Vec<u8>,
-        ticket: Option<[u8; handshake::TICKET_LEN]>,
+        ticket: Option<Box<[u8; handshake::TICKET_LEN]>>,
         /// Retries answered so far (at most [`MAX_RETRIES`]).
         retries: u32,
     },
@@ -171,7 +171,7 @@ impl Client {
                 sends: 0,
                 rtt: None,
                 token: token.to_vec(),
-                ticket,
+                ticket: ticket.map(Box::new),
                 retries: 0,
             },
             config,
@@ -322,7 +322,7 @@ impl Client {
                     *auth = handshake::client_auth_with_cookie(
                         ephemeral.public_bytes(),
                         token,
-                        ticket.as_ref(),
+                        ticket.as_deref(),
                         Some(&cookie),
                     );
                     *send_now = true;

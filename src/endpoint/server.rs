@@ -118,7 +118,7 @@ pub struct ServerStats {
     /// handshakes.
     pub handshakes_dropped_ip: u64,
     /// AUTHs with a new key dropped because their address began a handshake less than
-    /// [`REKEY_AFTER`] before.
+    /// one second before.
     pub rekeys_dropped: u64,
     /// AUTHs answered with a stateless retry (a cookie) instead of a key exchange.
     pub retries_sent: u64,
