@@ -1,5 +1,6 @@
-//! A chat server over tickwire, speaking the text protocol of the "Internet Technology" chat
-//! seed; `examples/chat_client.rs` is its terminal client.
+//! A chat server over tickwire, speaking a small line-based chat protocol (described below:
+//! IDENT, BCST, USERS, end-to-end encrypted PMs, QUIT, FAILnn codes); `examples/chat_client.rs`
+//! is its terminal client.
 //!
 //! # Usage
 //! ```text
@@ -20,7 +21,7 @@
 //! Each protocol line is one message on channel 3 (reliable-ordered in the default
 //! configuration), without its line feed; a message holding a line feed or carriage return
 //! is refused with FAIL00, so that no one can forge a line on someone else's terminal.
-//! The seed's PING/PONG are tickwire's heartbeats: a client that stops answering times out
+//! The protocol's PING/PONG are tickwire's heartbeats: a client that stops answering times out
 //! (`--timeout-ms`), the server logs `DSCN <user> Pong timeout (FAIL05 Ping without pong)`
 //! (the client cannot hear it any more) and the others get `LEFT <user>`. Lines `PING` and
 //! `PONG` are therefore unknown commands.
@@ -53,7 +54,7 @@
 //! - C: `PM_SESSIONKEY <user> <blob>` → nothing to the sender; `<user>` gets
 //!   `PM_SESSIONKEY <sender> <blob>`. Same FAIL07/FAIL08 as PM.
 //! - C: `OK PM_PUBKEY <user>` and `OK PM_SESSIONKEY <user>`: the recipient's acknowledgements
-//!   of the seed; accepted without an answer.
+//!   of the protocol; accepted without an answer.
 //! - C: `QUIT` → S: `OK GOODBYE`; if the caller was logged in, the others get `LEFT <name>`
 //!   at once and the name is free. The client then closes the connection; if it has not
 //!   within 2 s the server closes it. Allowed before login.
@@ -64,9 +65,9 @@
 //!   missing or malformed arguments (`PM bob`, `PM_PUBKEY xyz`): `FAIL00 Unknown command`,
 //!   whether logged in or not.
 //!
-//! Where the seed is ambiguous this follows its table's descriptions for the wording of FAIL00,
+//! Where the protocol's original description is ambiguous this follows its table's descriptions for the wording of FAIL00,
 //! FAIL01, FAIL02, FAIL04 and FAIL05, its upper-case lines for FAIL03, FAIL06, FAIL07 and
-//! FAIL08 (with the digit 0 where the seed has the letter O), and its table's `PM`/`NPM` names
+//! FAIL08 (with the digit 0 where the original has the letter O), and its table's `PM`/`NPM` names
 //! for the encrypted private message (its section 3 calls them `PRIVATE_MESSAGE` and
 //! `RECEIVE_PRIVATE_MSG`).
 //!

@@ -8,7 +8,7 @@
 //! per-connection statistics.
 //!
 //! # Architecture
-//! - [`wire`]: bytes to structs and back, one module per packet type of the seed protocol.
+//! - [`wire`]: bytes to structs and back, one module per packet type.
 //! - [`pipeline`]: the flag pipeline (checksum → LZ4 → AES-GCM → fragmentation) and reassembly.
 //! - [`crypto`]: the handshake's key exchange, certificate and key schedule.
 //! - [`connection`]: one peer's state after the handshake (reliability, channels, congestion).

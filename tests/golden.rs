@@ -1,5 +1,5 @@
-//! Golden vectors: datagrams worked out by hand from the seed's diagrams
-//! (`shared/seeds/003_20cdfba76934ef49.txt`) and `shared/SPEC-READING.md`.
+//! Golden vectors: datagrams worked out by hand from the packet layout of `docs/PROTOCOL.md`
+//! §2 (the header, flags and type-specific fields).
 //!
 //! Every vector is checked in both directions: `Packet::parse` of the bytes gives the expected
 //! struct, and `Packet::emit` of the struct into a buffer pre-filled with 0xa5 writes exactly the

@@ -1,4 +1,4 @@
-//! Every 3.x error code of the seed, produced from a malformed datagram.
+//! Every 3.x error code of the wire, produced from a malformed datagram.
 //!
 //! One table: each row has a name, an input (the datagram's bytes, given to `Packet::parse`, or
 //! a function that drives the reassembler or the decoder and returns its error) and the error

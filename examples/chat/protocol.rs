@@ -25,7 +25,7 @@ pub const FAIL02: &str = "FAIL02 Username has an invalid format or length";
 pub const FAIL03: &str = "FAIL03 USER MUST LOGIN FIRST";
 /// IDENT on a connection that is logged in already.
 pub const FAIL04: &str = "FAIL04 User cannot login twice";
-/// What the seed sends after `DSCN Pong timeout`; here logged by the server (and printed by
+/// What the protocol sends after `DSCN Pong timeout`; here logged by the server (and printed by
 /// the client as a local note) when a connection times out, since the peer that stopped
 /// answering cannot receive it.
 pub const FAIL05: &str = "FAIL05 Ping without pong";

@@ -1,4 +1,4 @@
-//! The flag pipeline, in the seed's order.
+//! The flag pipeline, in the order of docs/PROTOCOL.md §2.
 //!
 //! Sending: RELIABLE (the caller keeps the packet for resending) → CHECKSUM (low 16 bits of the
 //! CRC-32 of the plaintext; only when not sealed) → COMPRESSED (an LZ4 block, only when it

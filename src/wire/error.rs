@@ -1,4 +1,4 @@
-//! The ERROR packet's fields and the seed's error codes.
+//! The ERROR packet's fields and the wire's error codes (docs/PROTOCOL.md §2).
 //!
 //! ```text
 //! | header (4-10) | Major (4) | Minor (4) | Data: UTF-8 message (0..=988) |
@@ -9,7 +9,7 @@ use std::fmt;
 
 use super::{check_buffer, EmitError, WireError};
 
-/// The seed's error codes, each a (major, minor) pair.
+/// The wire's error codes, each a (major, minor) pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     /// 1.0 CONNECTION: the handshake could not finish.
@@ -49,7 +49,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Every code, in the seed's order.
+    /// Every code, in table order.
     pub const ALL: [ErrorCode; 17] = [
         Self::Connection,
         Self::NoSpace,
@@ -93,12 +93,12 @@ impl ErrorCode {
         }
     }
 
-    /// The code for a (major, minor) pair, or `None` for one the seed does not define.
+    /// The code for a (major, minor) pair, or `None` for one the protocol does not define.
     pub fn from_parts(major: u8, minor: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|c| c.parts() == (major, minor))
     }
 
-    /// The seed's name for the code.
+    /// The code's name (`NO SPACE`, `FINISHED INVALID`, ...).
     pub const fn name(self) -> &'static str {
         match self {
             Self::Connection => "CONNECTION",
@@ -144,7 +144,7 @@ impl ErrorFields {
     /// Parses the field, returning it and the Data after it.
     ///
     /// # Errors
-    /// 3.0 if the field is missing or names a code the seed does not define.
+    /// 3.0 if the field is missing or names a code the protocol does not define.
     pub fn parse(input: &[u8]) -> Result<(Self, &[u8]), WireError> {
         let (&octet, rest) = input
             .split_first()

@@ -26,7 +26,7 @@ mod field {
     pub const OPTIONAL: usize = 4;
 }
 
-/// The packet types of the seed (`Type`, the low nibble of octet 0).
+/// The packet types (`Type`, the low nibble of octet 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PacketType {
     /// 0: Data only.
@@ -65,7 +65,7 @@ impl PacketType {
         }
     }
 
-    /// The seed's name for the type.
+    /// The type's name (`DEFAULT`, `ACK`, ...).
     pub const fn name(self) -> &'static str {
         match self {
             Self::Default => "DEFAULT",
@@ -83,7 +83,7 @@ impl fmt::Display for PacketType {
     }
 }
 
-/// The Flags octet. Bits are named MSB first as in the seed.
+/// The Flags octet. Bits are named MSB first, as docs/PROTOCOL.md §2 draws them.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Flags(u8);
 
@@ -137,7 +137,7 @@ impl Flags {
         Flags(self.0 & !other.0)
     }
 
-    /// The seed's names of the flags set, most significant first.
+    /// The names of the flags set, most significant first.
     pub fn names(self) -> impl Iterator<Item = &'static str> {
         const NAMES: [(Flags, &str); 5] = [
             (Flags::RELIABLE, "RELIABLE"),

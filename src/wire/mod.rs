@@ -1,4 +1,4 @@
-//! Bytes to structs and back: the seed's packet layout, nothing more.
+//! Bytes to structs and back: tickwire's packet layout, nothing more.
 //!
 //! This layer has no state, no clock and no crypto. Each packet type has its own file with a
 //! parsed form, `parse(&[u8]) -> Result<(Self, &[u8]), WireError>`, `len()` and
@@ -6,14 +6,14 @@
 //!
 //! # Panic contract
 //! Parsing never panics and never allocates: it borrows from the datagram, and any input gives
-//! either a packet or a [`WireError`] naming the seed's error code. Emitting checks the buffer it
+//! either a packet or a [`WireError`] naming the wire's error code. Emitting checks the buffer it
 //! is given and the limits of the wire (Data at most [`MAX_DATA`] octets, a certificate at most
 //! 65535) and returns an error instead of writing a truncated datagram. The fuzz targets in
 //! `fuzz/` hold the code to this.
 //!
 //! # Layout
 //! Bit 0 is the most significant bit of the first octet; multi-octet fields are big-endian.
-//! See `../shared/SPEC-READING.md` and `docs/PROTOCOL.md` for the full reading of the seed.
+//! `docs/PROTOCOL.md` §2 describes the layout, the flags and the error codes byte by byte.
 
 mod ack;
 mod auth;
@@ -31,7 +31,7 @@ pub use packet::{Body, Packet, TypeFields};
 
 use std::fmt;
 
-/// The protocol version this crate speaks (the seed's "0 for all development").
+/// The protocol version this crate speaks (0: the only version so far).
 pub const VERSION: u8 = 0;
 /// The most octets of Data one datagram carries.
 pub const MAX_DATA: usize = 988;
@@ -51,10 +51,10 @@ pub const MAX_CERTIFICATE: usize = u16::MAX as usize;
 
 /// Why a datagram could not be read or a packet could not be written.
 ///
-/// Every error names the seed's error code (`code`) and says in a few words what was wrong.
+/// Every error names the wire's error code (`code`) and says in a few words what was wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WireError {
-    /// The seed's error code for this failure (3.x for malformed packets).
+    /// The wire's error code for this failure (3.x for malformed packets).
     pub code: ErrorCode,
     /// A short, static explanation for logs.
     pub reason: &'static str,
