@@ -11,9 +11,15 @@
 //! - [`wire`]: bytes to structs and back, one module per packet type.
 //! - [`pipeline`]: the flag pipeline (checksum → LZ4 → AES-GCM → fragmentation) and reassembly.
 //! - [`crypto`]: the handshake's key exchange, certificate and key schedule.
-//! - [`connection`]: one peer's state after the handshake (reliability, channels, congestion).
-//! - [`endpoint`]: the sans-IO [`Server`] (connection table, admission, handshake limits) and
-//!   [`Client`].
+//! - [`connection`]: one peer's state after the handshake, one concern per file (channels,
+//!   packets in flight and loss detection, path validation, timers, the send path, the memory
+//!   budget).
+//! - [`endpoint`]: the sans-IO [`Server`] (connection table, admission with per-IP limits and
+//!   stateless retries, a deadline heap so a wake-up costs the same with 10 or 10,000
+//!   connections) and [`Client`].
+//!
+//! Every byte held for a peer is charged to its connection's budget, and every limit has a
+//! default and a counter: see `docs/LIMITS.md` in the repository.
 //! - `io`: the only code that touches sockets and the clock: a mio driver around the endpoints.
 //!
 //! The core does no I/O and reads no clock: every input carries `now`, so a test can run an

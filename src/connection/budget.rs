@@ -121,6 +121,53 @@ impl Budget {
     }
 }
 
+use super::{Connection, Job, Queued, RecvChannel, SendChannel, SentPacket, SeqRange};
+use std::time::Instant;
+
+impl Connection {
+    /// Octets charged to this connection's send and receive budgets (cheap to read).
+    pub fn budget_used(&self) -> usize {
+        self.budget.received(self.reassembler.reserved_bytes()) + self.budget.queued
+    }
+
+    /// Octets this connection holds, counted by capacity.
+    pub fn memory_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let vecs = |v: &Vec<Vec<u8>>| v.iter().map(Vec::capacity).sum::<usize>();
+        let mut n = size_of::<Self>() + vecs(&self.pool) + self.unreliable_payload.capacity();
+        n += self.reassembler.memory_bytes();
+        for ch in &self.send_channels {
+            n += size_of::<SendChannel>()
+                + ch.queue.capacity() * size_of::<Queued>()
+                + ch.queue.iter().map(|q| q.data.capacity()).sum::<usize>()
+                + ch.window.capacity();
+        }
+        for ch in &self.recv_channels {
+            n += size_of::<RecvChannel>()
+                + ch.held.capacity() * size_of::<Option<Vec<u8>>>()
+                + ch.held.iter().flatten().map(Vec::capacity).sum::<usize>();
+        }
+        n += self.sent.capacity() * size_of::<SentPacket>();
+        for p in &self.sent {
+            n += p.payload.capacity() + p.ordered.capacity() * size_of::<SeqRange>();
+        }
+        n += self.jobs.capacity() * size_of::<Job>();
+        n += self.unreliable_sent.capacity() * size_of::<(u32, u32, Instant)>();
+        n += self.copies.capacity() * size_of::<(Instant, u32, u8)>();
+        n += self.receiver.memory_bytes();
+        n
+    }
+
+    /// The application took a delivered message of `len` octets in a buffer of `capacity`
+    /// octets: its charge leaves the receive budget.
+    pub fn release_delivered(&mut self, len: usize, capacity: usize) {
+        self.budget.undelivered = self
+            .budget
+            .undelivered
+            .saturating_sub(message_cost(len, capacity));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

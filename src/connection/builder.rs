@@ -1,0 +1,558 @@
+//! The send path: what goes out next (`poll_transmit`), packing queued messages into a sealed
+//! packet, and writing each datagram (data, resends, copies, acks, heartbeats, the close).
+
+use super::*;
+
+/// A datagram job: the fragments of a packet still to write.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Job {
+    /// A reliable packet from `sent`, fragments from `next` on, skipping those held.
+    Reliable { pn: u32, next: usize },
+    /// The unreliable packet in `unreliable_payload`.
+    Unreliable { next: usize },
+    /// The ERROR packet closing the connection (resent like a reliable packet).
+    Close,
+}
+
+impl Connection {
+    /// Writes the next datagram for the peer into `buf` (at least
+    /// [`crate::wire::MAX_DATA_DATAGRAM`] octets) and returns its length and destination, or
+    /// `None` when nothing is due.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        scratch: &mut Scratch,
+        buf: &mut [u8],
+    ) -> Option<(usize, SocketAddr)> {
+        if let Some(challenge) = self.poll_challenge(now, scratch, buf) {
+            return Some(challenge);
+        }
+        let addr = self.addr;
+        self.poll_datagram(now, scratch, buf).map(|n| (n, addr))
+    }
+
+    pub(super) fn poll_datagram(
+        &mut self,
+        now: Instant,
+        scratch: &mut Scratch,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        if self.state == State::Closed {
+            return None;
+        }
+        if self.paced_until.is_some_and(|t| t <= now) {
+            self.paced_until = None;
+        }
+        if self.resend_finished {
+            self.resend_finished = false;
+            if let Some(f) = &self.finished {
+                buf[..f.len()].copy_from_slice(f);
+                return Some(self.count_sent(now, f.len(), false));
+            }
+        }
+        while let Some(job) = self.jobs.front().copied() {
+            // The fragments of a large packet are paced like any datagram: a burst of 255 at
+            // once overflows socket buffers on the way. (Small jobs, the close, go at once.)
+            if matches!(job, Job::Reliable { .. } | Job::Unreliable { .. })
+                && self.job_is_large(job)
+                && !self.pace(now)
+            {
+                break;
+            }
+            if let Some(n) = self.run_job(now, job, scratch, buf) {
+                return Some(n);
+            }
+            self.jobs.pop_front();
+        }
+        while let Some(&(due, pn, index)) = self.copies.front() {
+            if due > now {
+                break;
+            }
+            self.copies.pop_front();
+            let Ok(i) = self.sent.binary_search_by_key(&pn, |p| p.pn) else {
+                continue; // acknowledged already
+            };
+            let p = &self.sent[i];
+            let index = usize::from(index);
+            if p.header.fragment.is_some() && p.held[index] {
+                continue; // the receiver has it
+            }
+            let n = fragment::write_datagram(&p.header, &p.fields, &p.payload, index, buf)
+                .expect("buffer holds a full datagram");
+            return Some(self.count_sent(now, n, true));
+        }
+        match self.state {
+            State::Closing { .. } => {
+                let sealed = self.close.as_ref().is_some_and(|c| c.packet.is_some());
+                if !sealed {
+                    // Deliver what `send` accepted, then the ERROR.
+                    if self.can_send_reliable(now) && self.build_packet(now, true, scratch) {
+                        return self.poll_datagram(now, scratch, buf);
+                    }
+                    if self.close_ready() && !self.jobs.iter().any(|j| matches!(j, Job::Close)) {
+                        self.jobs.push_back(Job::Close);
+                        return self.poll_datagram(now, scratch, buf);
+                    }
+                }
+                return self.write_ack(now, scratch, buf);
+            }
+            State::Draining => {
+                let n = self.write_ack(now, scratch, buf);
+                if n.is_none() {
+                    self.state = State::Closed;
+                }
+                return n;
+            }
+            _ => {}
+        }
+        if let Some((data, len)) = self.path_response.take().or_else(|| self.pong.take()) {
+            let n = self.write_small(
+                now,
+                TypeFields::Heartbeat(Heartbeat::Pong),
+                &data[..len],
+                scratch,
+                buf,
+            );
+            return Some(n);
+        }
+        if self.can_send_reliable(now) && self.build_packet(now, true, scratch) {
+            return self.poll_datagram(now, scratch, buf);
+        }
+        if self.has_unreliable()
+            && !self.window_exhausted()
+            && self.pace(now)
+            && self.build_packet(now, false, scratch)
+        {
+            return self.poll_datagram(now, scratch, buf);
+        }
+        if now >= self.next_ping() {
+            self.last_ping = now;
+            let micros = now.saturating_duration_since(self.epoch).as_micros() as u64;
+            let n = self.write_small(
+                now,
+                TypeFields::Heartbeat(Heartbeat::Ping),
+                &micros.to_be_bytes(),
+                scratch,
+                buf,
+            );
+            return Some(n);
+        }
+        let frag_ack_due = self
+            .frag_ack_due
+            .is_some_and(|d| now >= d + self.frag_ack_interval());
+        let acks_due = self.receiver.has_pending_acks()
+            && (self.receiver.pending_count() >= 16
+                || self
+                    .receiver
+                    .pending_since()
+                    .is_some_and(|s| now >= s + self.config.ack_delay));
+        if acks_due || frag_ack_due {
+            return self.write_ack(now, scratch, buf);
+        }
+        None
+    }
+
+    pub(super) fn can_send_reliable(&mut self, now: Instant) -> bool {
+        if !self
+            .send_channels
+            .iter()
+            .any(|c| c.mode.is_reliable() && !c.queue.is_empty())
+        {
+            return false;
+        }
+        if self.sent.len() >= MAX_IN_FLIGHT_PACKETS {
+            return false;
+        }
+        if self.window_exhausted() {
+            return false;
+        }
+        if self.in_flight > 0 && self.in_flight + MAX_DATA as u64 > self.cc.window() {
+            return false;
+        }
+        self.pace(now)
+    }
+
+    /// Whether a job writes a fragmented packet (and is therefore paced).
+    pub(super) fn job_is_large(&self, job: Job) -> bool {
+        match job {
+            Job::Reliable { pn, .. } => self
+                .sent
+                .binary_search_by_key(&pn, |p| p.pn)
+                .is_ok_and(|i| self.sent[i].header.fragment.is_some()),
+            Job::Unreliable { .. } => self
+                .unreliable_header
+                .is_some_and(|(h, _)| h.fragment.is_some()),
+            Job::Close => false,
+        }
+    }
+
+    /// Takes pacing tokens for one datagram, or records when they will be there.
+    pub(super) fn pace(&mut self, now: Instant) -> bool {
+        if self.cc.try_pace(now, self.rtt.srtt()) {
+            self.paced_until = None;
+            true
+        } else {
+            let at = self.cc.pace_deadline(self.rtt.srtt()).unwrap_or(now);
+            self.paced_until = Some(at.max(now + Duration::from_micros(100)));
+            false
+        }
+    }
+
+    /// Packs queued messages of reliable (or unreliable) channels into a new packet, seals
+    /// it and queues the job that writes it. Returns false if there was nothing to pack.
+    pub(super) fn build_packet(
+        &mut self,
+        now: Instant,
+        reliable: bool,
+        scratch: &mut Scratch,
+    ) -> bool {
+        let plain = &mut scratch.plain;
+        plain.clear();
+        let frag_ack_due = self.frag_ack_due;
+        self.put_fragment_acks(plain, PACKET_PLAINTEXT / 4);
+        let mut compress = true;
+        let mut message_bytes = 0usize;
+        let mut ordered = self.range_pool.pop().unwrap_or_default();
+        ordered.clear();
+        let n = self.send_channels.len();
+        let start = self.rotate % n;
+        self.rotate = self.rotate.wrapping_add(1);
+        let mut any = false;
+        'channels: for k in 0..n {
+            let ci = (start + k) % n;
+            let ch = &mut self.send_channels[ci];
+            if ch.mode.is_reliable() != reliable {
+                continue;
+            }
+            while let Some(q) = ch.queue.front() {
+                let seq = ch.mode.is_sequenced().then_some(ch.next_seq);
+                let frame_len = frame::message_frame_len(q.data.len(), seq.is_some());
+                let alone = plain.is_empty() && frame_len > PACKET_PLAINTEXT;
+                if !alone && plain.len() + frame_len > PACKET_PLAINTEXT {
+                    break 'channels;
+                }
+                if ch.mode == DeliveryMode::ReliableOrdered
+                    && ch.next_seq.wrapping_sub(ch.window_base) >= ORDER_WINDOW
+                {
+                    break;
+                }
+                let q = ch.queue.pop_front().expect("front checked");
+                let cost = message_cost(q.data.len(), q.data.capacity());
+                ch.queued -= cost;
+                frame::put_message(plain, ci as u8, seq, &q.data);
+                any = true;
+                compress &= ch.compress;
+                if reliable {
+                    message_bytes += cost;
+                }
+                if ch.mode == DeliveryMode::ReliableOrdered {
+                    ch.window.push_back(false);
+                    match ordered.last_mut() {
+                        Some(r) if usize::from(r.channel) == ci => r.count += 1,
+                        _ => ordered.push(SeqRange {
+                            channel: ci as u8,
+                            first: ch.next_seq,
+                            count: 1,
+                        }),
+                    }
+                }
+                if seq.is_some() {
+                    ch.next_seq = ch.next_seq.wrapping_add(1);
+                }
+                if self.pool.len() < POOL_LIMIT {
+                    self.pool.push(q.data);
+                }
+                if alone {
+                    break 'channels;
+                }
+            }
+        }
+        if !any {
+            self.range_pool.push(ordered);
+            self.frag_ack_due = frag_ack_due;
+            return false;
+        }
+        let fields = self.ack_fields();
+        let pn = self.take_pn();
+        let opts = SendOptions {
+            reliable,
+            checksum: false,
+            compress,
+        };
+        let mut out = if reliable {
+            self.pool.pop().unwrap_or_default()
+        } else {
+            std::mem::take(&mut self.unreliable_payload)
+        };
+        let header = encode_into(
+            &mut scratch.compressed,
+            fields,
+            &scratch.plain,
+            opts,
+            Seal::Sealed {
+                key: &self.send_key,
+                packet_number: pn,
+            },
+            &mut out,
+        )
+        .expect("messages are bounded by max_message_size, within one packet");
+        if reliable {
+            let count = header.fragment.map_or(1, |f| usize::from(f.count));
+            let size = (out.len() + count * DATAGRAM_OVERHEAD) as u64;
+            self.in_flight += size;
+            let mut packet = SentPacket::new(now, pn, header, fields, out);
+            packet.size = size;
+            packet.message_bytes = message_bytes;
+            packet.ordered = ordered;
+            self.sent.push_back(packet);
+            self.jobs.push_back(Job::Reliable { pn, next: 0 });
+        } else {
+            if self.unreliable_sent.len() >= UNRELIABLE_TRACKED {
+                self.unreliable_sent.pop_front();
+            }
+            let count = header.fragment.map_or(1, |f| usize::from(f.count));
+            let size = (out.len() + count * DATAGRAM_OVERHEAD) as u32;
+            self.unreliable_sent.push_back((pn, size, now));
+            self.unreliable_payload = out;
+            self.unreliable_header = Some((header, fields));
+            self.jobs.push_back(Job::Unreliable { next: 0 });
+        }
+        true
+    }
+
+    pub(super) fn ack_fields(&mut self) -> TypeFields {
+        match self.receiver.latest_ack() {
+            Some(ack) => {
+                self.receiver.covered_by(&ack);
+                TypeFields::Ack(ack)
+            }
+            None => TypeFields::Default,
+        }
+    }
+
+    pub(super) fn take_pn(&mut self) -> u32 {
+        let pn = self.next_pn;
+        self.next_pn = self.next_pn.saturating_add(1);
+        pn
+    }
+
+    /// Appends FRAGMENT_ACK frames for the packets in reassembly, within `budget` octets.
+    pub(super) fn put_fragment_acks(&mut self, plain: &mut Vec<u8>, budget: usize) {
+        if self.frag_ack_due.is_none() {
+            return;
+        }
+        let start = plain.len();
+        for pn in self.reassembler.packets() {
+            let Some((count, held)) = self.reassembler.held(pn) else {
+                continue;
+            };
+            if plain.len() - start + frame::fragment_ack_len(count) > budget {
+                return;
+            }
+            let mut bits = [0u8; 32];
+            for (i, b) in held.iter().by_vals().enumerate() {
+                if b {
+                    bits[i / 8] |= 0x80 >> (i % 8);
+                }
+            }
+            frame::put_fragment_ack(plain, pn, count, &bits);
+        }
+        self.frag_ack_due = None;
+    }
+
+    pub(super) fn run_job(
+        &mut self,
+        now: Instant,
+        job: Job,
+        scratch: &mut Scratch,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        match job {
+            Job::Reliable { pn, next } => {
+                let i = self.sent.binary_search_by_key(&pn, |p| p.pn).ok()?;
+                let p = &mut self.sent[i];
+                let count = p.header.fragment.map_or(1, |f| usize::from(f.count));
+                if next == 0 && count > 1 && p.held[..count].all() {
+                    // Every fragment was reported held, yet no ack came: the receiver dropped
+                    // the packet after reassembly. Forget the report and send it all again.
+                    p.held = FragmentBitmap::ZERO;
+                }
+                let index = (next..count).find(|&k| count == 1 || !p.held[k])?;
+                let n = fragment::write_datagram(&p.header, &p.fields, &p.payload, index, buf)
+                    .expect("buffer holds a full datagram");
+                if next == 0 {
+                    p.sent_before_pn = self.next_pn;
+                    p.fresh_report = false;
+                }
+                p.last_index = index;
+                p.last_sent = now;
+                let resend = p.resends > 0 || p.declared_lost;
+                let gap = (self.rtt.srtt() / 4).max(Duration::from_millis(2));
+                if !resend
+                    && count == 1
+                    && p.payload.len() <= REDUNDANT_MAX
+                    && self.loss_ewma >= REDUNDANCY_LOSS
+                    && self.in_flight + p.size <= self.cc.window()
+                {
+                    // While loss lasts, a small reliable packet goes out twice, a quarter RTT
+                    // apart: a game cannot wait a resend timeout for its inputs.
+                    self.copies.push_back((now + gap, pn, 0));
+                } else if count > 1 {
+                    // The last fragment of a transmission goes twice (losing it costs a resend
+                    // timeout, as nothing after it shows the gap), and so does every fragment
+                    // of a resend round of a few: one more loss there costs the same.
+                    let missing = count - p.held[..count].count_ones();
+                    let last_of_round = (index + 1..count).all(|k| p.held[k]);
+                    if last_of_round || (resend && missing <= 8) {
+                        self.copies.push_back((now + gap, pn, index as u8));
+                    }
+                }
+                // The transmission ends at the last fragment the receiver lacks.
+                if (index + 1..count).all(|k| p.held[k]) {
+                    if p.declared_lost {
+                        p.resends += 1;
+                        p.declared_lost = false;
+                    }
+                    self.jobs.pop_front();
+                } else if let Some(Job::Reliable { next, .. }) = self.jobs.front_mut() {
+                    *next = index + 1;
+                }
+                Some(self.count_sent(now, n, resend))
+            }
+            Job::Unreliable { next } => {
+                let (header, fields) = self.unreliable_header?;
+                let count = header.fragment.map_or(1, |f| usize::from(f.count));
+                if next >= count {
+                    return None;
+                }
+                let n =
+                    fragment::write_datagram(&header, &fields, &self.unreliable_payload, next, buf)
+                        .expect("buffer holds a full datagram");
+                if let Some(Job::Unreliable { next: nx }) = self.jobs.front_mut() {
+                    *nx += 1;
+                }
+                if next + 1 >= count {
+                    self.jobs.pop_front();
+                    self.unreliable_header = None;
+                }
+                Some(self.count_sent(now, n, false))
+            }
+            Job::Close => {
+                let close = self.close.as_mut()?;
+                if close.packet.is_none() {
+                    let pn = self.next_pn;
+                    self.next_pn = self.next_pn.saturating_add(1);
+                    let mut out = Vec::new();
+                    let fields = TypeFields::Error(close.code);
+                    let opts = SendOptions {
+                        reliable: true,
+                        ..SendOptions::default()
+                    };
+                    let header = encode_into(
+                        &mut scratch.compressed,
+                        fields,
+                        &close.message,
+                        opts,
+                        Seal::Sealed {
+                            key: &self.send_key,
+                            packet_number: pn,
+                        },
+                        &mut out,
+                    )
+                    .expect("close message fits one packet");
+                    close.packet = Some(SentPacket::new(now, pn, header, fields, out));
+                }
+                let p = close.packet.as_mut().expect("built above");
+                let n = fragment::write_datagram(&p.header, &p.fields, &p.payload, 0, buf)
+                    .expect("buffer holds a full datagram");
+                let resend = p.last_sent != now || p.resends > 0;
+                if p.last_sent != now {
+                    p.resends += 1;
+                }
+                p.last_sent = now;
+                self.jobs.pop_front();
+                Some(self.count_sent(now, n, resend))
+            }
+        }
+    }
+
+    /// Writes a one-datagram unreliable packet of `fields` and `data` (a heartbeat).
+    pub(super) fn write_small(
+        &mut self,
+        now: Instant,
+        fields: TypeFields,
+        data: &[u8],
+        scratch: &mut Scratch,
+        buf: &mut [u8],
+    ) -> usize {
+        let pn = self.take_pn();
+        let mut out = std::mem::take(&mut scratch.plain);
+        let header = encode_into(
+            &mut scratch.compressed,
+            fields,
+            data,
+            SendOptions::default(),
+            Seal::Sealed {
+                key: &self.send_key,
+                packet_number: pn,
+            },
+            &mut out,
+        )
+        .expect("a heartbeat fits one datagram");
+        let n = fragment::write_datagram(&header, &fields, &out, 0, buf)
+            .expect("buffer holds a full datagram");
+        scratch.plain = out;
+        self.count_sent(now, n, false)
+    }
+
+    /// Writes an ACK packet with the owed acknowledgements and fragment acks, if any.
+    pub(super) fn write_ack(
+        &mut self,
+        now: Instant,
+        scratch: &mut Scratch,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        let ack = self.receiver.take_ack();
+        if ack.is_none() && self.frag_ack_due.is_none() {
+            return None;
+        }
+        let fields = match ack {
+            Some(a) => TypeFields::Ack(a),
+            None => self.ack_fields(),
+        };
+        let mut plain = std::mem::take(&mut scratch.plain);
+        plain.clear();
+        self.put_fragment_acks(&mut plain, PACKET_PLAINTEXT);
+        let pn = self.take_pn();
+        let mut out = std::mem::take(&mut scratch.compressed);
+        let mut compressed = Vec::new();
+        let header = encode_into(
+            &mut compressed,
+            fields,
+            &plain,
+            SendOptions::default(),
+            Seal::Sealed {
+                key: &self.send_key,
+                packet_number: pn,
+            },
+            &mut out,
+        )
+        .expect("acks fit one datagram");
+        let n = fragment::write_datagram(&header, &fields, &out, 0, buf)
+            .expect("buffer holds a full datagram");
+        scratch.plain = plain;
+        scratch.compressed = out;
+        Some(self.count_sent(now, n, false))
+    }
+
+    pub(super) fn count_sent(&mut self, now: Instant, len: usize, resend: bool) -> usize {
+        self.cc.on_sent(len);
+        self.last_send = now;
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += len as u64;
+        if resend {
+            self.stats.packets_resent += 1;
+        }
+        len
+    }
+}

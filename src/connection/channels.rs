@@ -1,0 +1,247 @@
+//! Channels: the send queues (with their budget charge), the per-channel sequence numbers and
+//! ordered window, and delivery on the receiving side (sequenced, ordered with held messages).
+
+use super::*;
+
+pub(super) struct Queued {
+    pub(super) data: Vec<u8>,
+    pub(super) enqueued: Instant,
+}
+
+pub(super) struct SendChannel {
+    pub(super) mode: DeliveryMode,
+    pub(super) compress: bool,
+    pub(super) queue: VecDeque<Queued>,
+    /// Octets of the messages in `queue`.
+    pub(super) queued: usize,
+    pub(super) next_seq: u16,
+    /// Reliable-ordered: acked flags of messages from `window_base` on.
+    pub(super) window: VecDeque<bool>,
+    pub(super) window_base: u16,
+}
+
+pub(super) struct RecvChannel {
+    pub(super) mode: DeliveryMode,
+    /// Sequenced: the newest delivered; ordered: the next expected.
+    pub(super) seq: Option<u16>,
+    /// Ordered: messages waiting for a gap before them, index i is seq `seq + i`.
+    pub(super) held: VecDeque<Option<Vec<u8>>>,
+}
+
+/// A range of one channel's messages in a packet.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SeqRange {
+    pub(super) channel: u8,
+    pub(super) first: u16,
+    pub(super) count: u16,
+}
+
+impl Connection {
+    /// Queues a message.
+    ///
+    /// # Errors
+    /// See [`SendError`]; nothing is queued on error.
+    pub fn send(&mut self, now: Instant, channel: ChannelId, data: &[u8]) -> Result<(), SendError> {
+        if self.state != State::Connected {
+            return Err(SendError::NotConnected);
+        }
+        let limit = self.config.max_message_size;
+        let ch = self
+            .send_channels
+            .get(usize::from(channel.0))
+            .ok_or(SendError::UnknownChannel(channel))?;
+        if data.len() > limit {
+            return Err(SendError::MessageTooLarge {
+                len: data.len(),
+                limit,
+            });
+        }
+        let reliable = ch.mode.is_reliable();
+        // A pooled buffer much larger than the message would be charged (and held) whole.
+        let mut buf = match self.pool.pop() {
+            Some(b) if b.capacity() <= 2 * data.len() + MAX_DATA => b,
+            Some(b) => {
+                self.pool.push(b);
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        buf.clear();
+        buf.extend_from_slice(data);
+        let cost = message_cost(buf.len(), buf.capacity());
+        if reliable && !self.budget.can_queue(cost) {
+            if self.pool.len() < POOL_LIMIT {
+                self.pool.push(buf);
+            }
+            self.stats.queue_full += 1;
+            return Err(SendError::QueueFull);
+        }
+        let ch = &mut self.send_channels[usize::from(channel.0)];
+        if reliable {
+            self.budget.queued += cost;
+        } else {
+            // Unreliable messages never block the sender: the oldest make room.
+            while ch.queued + cost > self.config.send_queue_bytes {
+                let Some(old) = ch.queue.pop_front() else {
+                    break;
+                };
+                ch.queued -= message_cost(old.data.len(), old.data.capacity());
+                self.stats.unreliable_dropped += 1;
+                if self.pool.len() < POOL_LIMIT {
+                    self.pool.push(old.data);
+                }
+            }
+        }
+        ch.queued += cost;
+        ch.queue.push_back(Queued {
+            data: buf,
+            enqueued: now,
+        });
+        self.stats.messages_sent += 1;
+        self.last_data = now;
+        self.trimmed = false;
+        Ok(())
+    }
+
+    /// What an opened packet's messages would add to the receive budget, read without acting
+    /// on them. Each channel's messages in one packet are consecutive (the sender packs them
+    /// so), so the first one of a channel says whether the rest are in order.
+    pub(super) fn scan_incoming(&self, plaintext: &[u8]) -> Incoming {
+        let mut s = Incoming::default();
+        let mut current: Option<(u8, u16)> = None;
+        for frame in Frames::new(plaintext) {
+            let Ok(Frame::Message { channel, seq, data }) = frame else {
+                continue;
+            };
+            let cost = message_cost(data.len(), 0);
+            s.bytes += cost;
+            let Some(ch) = self.recv_channels.get(usize::from(channel)) else {
+                continue;
+            };
+            let (DeliveryMode::ReliableOrdered, Some(seq)) = (ch.mode, seq) else {
+                continue;
+            };
+            let next = match current {
+                Some((c, n)) if c == channel => n,
+                _ => ch.seq.unwrap_or(0),
+            };
+            let offset = seq.wrapping_sub(next);
+            if offset == 0 {
+                s.fills_gap |= !ch.held.is_empty();
+                current = Some((channel, next.wrapping_add(1)));
+            } else if offset < ORDER_WINDOW {
+                if ch.held.get(usize::from(offset)).is_none_or(Option::is_none) {
+                    s.held += cost;
+                }
+                current = Some((channel, next));
+            }
+        }
+        s
+    }
+
+    pub(super) fn deliver(
+        &mut self,
+        channel: u8,
+        seq: Option<u16>,
+        data: &[u8],
+        messages: &mut Vec<Vec<u8>>,
+        events: &mut VecDeque<Event>,
+    ) -> Result<(), ErrorCode> {
+        let mut take_buf = |data: &[u8]| {
+            let mut buf = messages.pop().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(data);
+            buf
+        };
+        if data.len() > self.config.max_message_size {
+            return Err(ErrorCode::Packet);
+        }
+        let ch = self
+            .recv_channels
+            .get_mut(usize::from(channel))
+            .ok_or(ErrorCode::Packet)?;
+        if ch.mode.is_sequenced() != seq.is_some() {
+            return Err(ErrorCode::Packet);
+        }
+        let client = self.id;
+        let channel_id = ChannelId(channel);
+        match (ch.mode, seq) {
+            (DeliveryMode::UnreliableSequenced, Some(s)) => {
+                if let Some(last) = ch.seq {
+                    if (s.wrapping_sub(last) as i16) <= 0 {
+                        self.stats.stale_dropped += 1;
+                        return Ok(());
+                    }
+                }
+                ch.seq = Some(s);
+            }
+            (DeliveryMode::ReliableOrdered, Some(s)) => {
+                let next = ch.seq.unwrap_or(0);
+                let offset = s.wrapping_sub(next);
+                if offset >= 0x8000 {
+                    // Already delivered (cannot happen past the replay window, but harmless).
+                    return Ok(());
+                }
+                if offset >= ORDER_WINDOW {
+                    return Err(ErrorCode::SequenceId);
+                }
+                let offset = usize::from(offset);
+                if offset > 0 {
+                    if ch.held.len() <= offset {
+                        ch.held.resize_with(offset + 1, || None);
+                    }
+                    if ch.held[offset].is_none() {
+                        let buf = take_buf(data);
+                        self.budget.held += message_cost(buf.len(), buf.capacity());
+                        ch.held[offset] = Some(buf);
+                    }
+                    return Ok(());
+                }
+                // In order: deliver it, then everything held behind it.
+                let buf = take_buf(data);
+                self.budget.undelivered += message_cost(buf.len(), buf.capacity());
+                self.stats.messages_received += 1;
+                events.push_back(Event::Message {
+                    client,
+                    channel: channel_id,
+                    data: buf,
+                });
+                let mut next = next.wrapping_add(1);
+                if !ch.held.is_empty() {
+                    ch.held.pop_front();
+                }
+                while let Some(Some(_)) = ch.held.front() {
+                    let msg = ch.held.pop_front().flatten().expect("front is Some");
+                    let cost = message_cost(msg.len(), msg.capacity());
+                    self.budget.held -= cost;
+                    self.budget.undelivered += cost;
+                    self.stats.messages_received += 1;
+                    events.push_back(Event::Message {
+                        client,
+                        channel: channel_id,
+                        data: msg,
+                    });
+                    next = next.wrapping_add(1);
+                }
+                ch.seq = Some(next);
+                return Ok(());
+            }
+            _ => {}
+        }
+        let buf = take_buf(data);
+        self.budget.undelivered += message_cost(buf.len(), buf.capacity());
+        self.stats.messages_received += 1;
+        events.push_back(Event::Message {
+            client,
+            channel: channel_id,
+            data: buf,
+        });
+        Ok(())
+    }
+
+    pub(super) fn has_unreliable(&self) -> bool {
+        self.send_channels
+            .iter()
+            .any(|c| !c.mode.is_reliable() && !c.queue.is_empty())
+    }
+}

@@ -1,0 +1,270 @@
+//! Packets in flight: the record of each reliable packet sent, acknowledgements (ACK fields
+//! and FRAGMENT_ACK reports), loss detection and what it tells congestion control.
+
+use super::*;
+
+pub(super) struct SentPacket {
+    pub(super) pn: u32,
+    pub(super) header: Header,
+    pub(super) fields: TypeFields,
+    pub(super) payload: Vec<u8>,
+    /// Fragments the receiver reported holding (unfragmented packets: unused).
+    pub(super) held: FragmentBitmap,
+    pub(super) first_sent: Instant,
+    pub(super) last_sent: Instant,
+    pub(super) resends: u32,
+    pub(super) size: u64,
+    /// What its messages cost the send budget (released when acked).
+    pub(super) message_bytes: usize,
+    pub(super) ordered: Vec<SeqRange>,
+    pub(super) declared_lost: bool,
+    /// The first packet number assigned after this packet's latest transmission began: an
+    /// acknowledgement of it or later shows this transmission had its chance.
+    pub(super) sent_before_pn: u32,
+    /// Whether the receiver reported its fragments since the latest transmission.
+    pub(super) fresh_report: bool,
+    /// The highest fragment index written in the latest transmission.
+    pub(super) last_index: usize,
+    /// When the receiver last reported the fragments it holds.
+    pub(super) last_report: Option<Instant>,
+}
+
+impl SentPacket {
+    /// What the resend timer counts from: the latest transmission, or the latest fragment
+    /// report if later (a large packet crossing a slow link keeps reporting progress, and is
+    /// not resent while it does).
+    pub(super) fn timer_base(&self) -> Instant {
+        match self.last_report {
+            Some(r) if r > self.last_sent => r,
+            _ => self.last_sent,
+        }
+    }
+
+    /// The record of packet `pn`, first sent at `now`, with its processed payload.
+    pub(super) fn new(
+        now: Instant,
+        pn: u32,
+        header: Header,
+        fields: TypeFields,
+        payload: Vec<u8>,
+    ) -> Self {
+        Self {
+            pn,
+            header,
+            fields,
+            payload,
+            held: FragmentBitmap::ZERO,
+            first_sent: now,
+            last_sent: now,
+            resends: 0,
+            size: 0,
+            message_bytes: 0,
+            ordered: Vec::new(),
+            declared_lost: false,
+            sent_before_pn: pn.saturating_add(1),
+            fresh_report: false,
+            last_index: 0,
+            last_report: None,
+        }
+    }
+}
+
+impl Connection {
+    pub(super) fn on_ack_fields(&mut self, now: Instant, ack: &AckFields) {
+        // Map the 16-bit ACK ID to the nearest packet number we sent.
+        let newest = self.next_pn.wrapping_sub(1);
+        let base = newest
+            .wrapping_sub(u32::from(newest as u16).wrapping_sub(u32::from(ack.ack_id)) & 0xFFFF);
+        let ack_pn = base;
+        if ack_pn > newest {
+            return;
+        }
+        for back in 0..=16u32 {
+            let Some(pn) = ack_pn.checked_sub(back) else {
+                break;
+            };
+            if back > 0 && ack.ack_bits & (0x8000 >> (back - 1)) == 0 {
+                continue;
+            }
+            self.on_packet_acked(now, pn);
+        }
+        if self.largest_acked.is_none_or(|l| ack_pn > l) {
+            self.largest_acked = Some(ack_pn);
+        }
+        self.unreliable_acks(now, ack, ack_pn);
+        self.detect_losses(now);
+    }
+
+    /// Acknowledged unreliable packets grow the window; those left behind by
+    /// `PACKET_THRESHOLD` newer acknowledged ones count as a loss (once per round trip).
+    pub(super) fn unreliable_acks(&mut self, now: Instant, ack: &AckFields, ack_pn: u32) {
+        let mut i = 0;
+        while i < self.unreliable_sent.len() {
+            let (pn, size, sent) = self.unreliable_sent[i];
+            let back = ack_pn.wrapping_sub(pn);
+            let acked =
+                back == 0 || (1..=16).contains(&back) && ack.ack_bits & (0x8000 >> (back - 1)) != 0;
+            if acked {
+                self.cc.on_ack(u64::from(size), sent);
+                self.unreliable_sent.remove(i);
+            } else if pn < ack_pn && (PACKET_THRESHOLD..=16).contains(&back) {
+                // Inside the window the ACK describes and not in it: lost.
+                self.cc.on_loss(now, sent);
+                self.unreliable_sent.remove(i);
+            } else if pn < ack_pn && back > 16 {
+                // Older than any ACK will describe again: forget it.
+                self.unreliable_sent.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    pub(super) fn on_packet_acked(&mut self, now: Instant, pn: u32) {
+        if let Some(Closing {
+            packet: Some(close),
+            ..
+        }) = &self.close
+        {
+            if close.pn == pn {
+                self.state = State::Closed;
+                return;
+            }
+        }
+        let Ok(i) = self.sent.binary_search_by_key(&pn, |p| p.pn) else {
+            return;
+        };
+        let packet = self.sent.remove(i).expect("index from binary search");
+        if packet.resends == 0 {
+            self.rtt
+                .update(now.saturating_duration_since(packet.first_sent));
+        }
+        self.in_flight = self.in_flight.saturating_sub(packet.size);
+        self.cc.on_ack(packet.size, packet.first_sent);
+        self.budget.queued = self.budget.queued.saturating_sub(packet.message_bytes);
+        self.loss_ewma *= 0.99;
+        for r in &packet.ordered {
+            let ch = &mut self.send_channels[usize::from(r.channel)];
+            for k in 0..r.count {
+                let idx = usize::from(r.first.wrapping_add(k).wrapping_sub(ch.window_base));
+                if let Some(slot) = ch.window.get_mut(idx) {
+                    *slot = true;
+                }
+            }
+            while ch.window.front() == Some(&true) {
+                ch.window.pop_front();
+                ch.window_base = ch.window_base.wrapping_add(1);
+            }
+        }
+        self.recycle_sent(packet);
+    }
+
+    pub(super) fn recycle_sent(&mut self, packet: SentPacket) {
+        if self.pool.len() < POOL_LIMIT && packet.payload.capacity() <= 2 * MAX_DATA {
+            self.pool.push(packet.payload);
+        }
+        if self.range_pool.len() < POOL_LIMIT && packet.ordered.capacity() > 0 {
+            self.range_pool.push(packet.ordered);
+        }
+    }
+
+    pub(super) fn on_fragment_ack(&mut self, now: Instant, pn: u32, count: u8, bitmap: &[u8]) {
+        let Ok(i) = self.sent.binary_search_by_key(&pn, |p| p.pn) else {
+            return;
+        };
+        let packet = &mut self.sent[i];
+        if packet.header.fragment.map(|f| f.count) != Some(count) {
+            return;
+        }
+        // Fragments newly reported held grow the window as acknowledged octets would, so a
+        // large transfer opens it (slow start) without waiting for its one final ack.
+        let before = packet.held.count_ones();
+        let sent_at = packet.last_sent;
+        // The latest report replaces the earlier ones: the receiver may have dropped an
+        // incomplete packet since (at its reassembly deadline).
+        packet.held = FragmentBitmap::ZERO;
+        for (dst, src) in packet.held.as_raw_mut_slice().iter_mut().zip(bitmap) {
+            *dst = *src;
+        }
+        packet.held[usize::from(count)..].fill(false);
+        packet.fresh_report = true;
+        packet.last_report = Some(now);
+        let gained = packet.held.count_ones().saturating_sub(before);
+        self.cc.on_ack((gained * MAX_DATA) as u64, sent_at);
+        // Fragments missing below the last one the receiver holds of this transmission are
+        // lost (the fragment-level packet threshold): resend them now rather than at the
+        // resend timeout. A report that arrives while the packet is being (re)sent, or
+        // after it was already declared lost, changes nothing.
+        let count = usize::from(count);
+        // (No time rule: on a slow link the fragments of one burst arrive over a long time,
+        // and a report in the middle of it would make every fragment still in flight look
+        // lost.)
+        let received_last = packet.held[..count]
+            .last_one()
+            .is_some_and(|i| i >= packet.last_index);
+        let missing = packet.held[..count].not_all();
+        let queued = self
+            .jobs
+            .iter()
+            .any(|j| matches!(j, Job::Reliable { pn: p, .. } if *p == pn));
+        if received_last && missing && !packet.declared_lost && !queued {
+            packet.declared_lost = true;
+            self.on_lost(now, pn);
+        }
+    }
+
+    /// Packets unacknowledged while `PACKET_THRESHOLD` later ones were acked, or older than
+    /// 9/8 RTT behind an acked one, are lost: resend them now.
+    pub(super) fn detect_losses(&mut self, now: Instant) {
+        let Some(largest) = self.largest_acked else {
+            return;
+        };
+        let rtt = self.rtt.srtt().max(self.rtt.latest());
+        let time_threshold = rtt * 9 / 8;
+        let mut lost = Vec::new();
+        for p in self.sent.iter_mut() {
+            if p.pn >= largest {
+                break;
+            }
+            // Resends keep their packet number, so what counts is whether packets sent after
+            // this packet's latest transmission were acknowledged.
+            if p.declared_lost || largest < p.sent_before_pn {
+                continue;
+            }
+            let by_count = largest - p.sent_before_pn + 1 >= PACKET_THRESHOLD;
+            let by_time = now.saturating_duration_since(p.last_sent) >= time_threshold;
+            if by_count || by_time {
+                p.declared_lost = true;
+                lost.push(p.pn);
+            }
+        }
+        for pn in lost {
+            self.on_lost(now, pn);
+        }
+    }
+
+    pub(super) fn on_lost(&mut self, now: Instant, pn: u32) {
+        let Ok(i) = self.sent.binary_search_by_key(&pn, |p| p.pn) else {
+            return;
+        };
+        let sent_at = self.sent[i].last_sent;
+        self.cc.on_loss(now, sent_at);
+        self.stats.packets_lost += 1;
+        self.loss_ewma = self.loss_ewma * 0.99 + 0.01;
+        if !self
+            .jobs
+            .iter()
+            .any(|j| matches!(j, Job::Reliable { pn: p, .. } if *p == pn))
+        {
+            self.jobs.push_back(Job::Reliable { pn, next: 0 });
+        }
+    }
+
+    /// Whether the oldest unacknowledged reliable packet is so far behind that more new
+    /// packets could push its resends out of the receiver's replay window.
+    pub(super) fn window_exhausted(&self) -> bool {
+        self.sent
+            .front()
+            .is_some_and(|oldest| self.next_pn - oldest.pn >= recv::WINDOW - 512)
+    }
+}

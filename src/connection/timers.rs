@@ -1,0 +1,249 @@
+//! Timers: every deadline of a connection (idle timeout, resends, heartbeats, pacing, acks,
+//! reassembly, the end of a close), `poll_timeout` and `handle_timeout`, and the idle trim.
+
+use super::*;
+
+impl Connection {
+    /// Runs the timers due at `now`: the idle timeout, resends, expiry of unreliable messages
+    /// and of incomplete packets, and the end of a close.
+    pub fn handle_timeout(&mut self, now: Instant, events: &mut VecDeque<Event>) {
+        match self.state {
+            State::Closed => return,
+            State::Closing { deadline } if now >= deadline => {
+                self.state = State::Closed;
+                return;
+            }
+            _ => {}
+        }
+        if now.saturating_duration_since(self.last_recv) >= self.config.timeout {
+            if self.state == State::Connected {
+                events.push_back(Event::Disconnected {
+                    client: self.id,
+                    reason: DisconnectReason::TimedOut,
+                });
+            }
+            self.state = State::Closed;
+            if let Some(c) = self.close.as_mut() {
+                c.report = None;
+            }
+            return;
+        }
+        if self.state == State::Connected && self.next_pn >= PN_LIMIT {
+            self.close(now, ErrorCode::Disconnect, "packet numbers exhausted");
+            if let Some(c) = self.close.as_mut() {
+                c.report = Some(DisconnectReason::PacketNumbersExhausted);
+            }
+        }
+        if let State::Closing { .. } = self.state {
+            if let Some(Closing {
+                packet: Some(p), ..
+            }) = &self.close
+            {
+                if now >= p.last_sent + self.rtt.backoff_rto(p.resends)
+                    && !self.jobs.iter().any(|j| matches!(j, Job::Close))
+                {
+                    self.jobs.push_back(Job::Close);
+                }
+                return;
+            }
+        }
+        // Unreliable messages that could not go out in time.
+        let deadline = self.config.unreliable_deadline;
+        for ch in &mut self.send_channels {
+            if ch.mode.is_reliable() {
+                continue;
+            }
+            while ch
+                .queue
+                .front()
+                .is_some_and(|q| now.saturating_duration_since(q.enqueued) >= deadline)
+            {
+                let q = ch.queue.pop_front().expect("front checked");
+                ch.queued -= message_cost(q.data.len(), q.data.capacity());
+                self.stats.unreliable_dropped += 1;
+                if self.pool.len() < POOL_LIMIT {
+                    self.pool.push(q.data);
+                }
+            }
+        }
+        // Resend timeouts.
+        let mut expired = Vec::new();
+        for p in &self.sent {
+            if now >= p.timer_base() + self.rtt.backoff_rto(p.resends) {
+                expired.push(p.pn);
+            }
+        }
+        for pn in expired {
+            if self
+                .jobs
+                .iter()
+                .any(|j| matches!(j, Job::Reliable { pn: p, .. } if *p == pn))
+            {
+                continue;
+            }
+            let Ok(i) = self.sent.binary_search_by_key(&pn, |p| p.pn) else {
+                continue;
+            };
+            let first_loss = !self.sent[i].declared_lost;
+            self.sent[i].declared_lost = true;
+            let reassembly_timeout = self.config.reassembly.timeout;
+            let p = &mut self.sent[i];
+            if !p.fresh_report
+                && p.last_report
+                    .is_some_and(|t| now.saturating_duration_since(t) >= reassembly_timeout)
+            {
+                // No report for as long as the receiver keeps an incomplete packet: what it
+                // held is gone; send every fragment.
+                p.held = FragmentBitmap::ZERO;
+            }
+            if first_loss {
+                self.on_lost(now, pn);
+            } else {
+                let sent_at = self.sent[i].last_sent;
+                self.cc.on_loss(now, sent_at);
+                self.jobs.push_back(Job::Reliable { pn, next: 0 });
+            }
+        }
+        if self.reassembler.expire(now) > 0 {
+            tracing::debug!(client = self.id.0, "incomplete packets expired");
+        }
+        if !self.trimmed && now.saturating_duration_since(self.last_data) >= IDLE_TRIM {
+            self.trim_when_idle();
+        }
+    }
+
+    /// With nothing queued, in flight or in reassembly, gives back the buffers that traffic
+    /// grew, so that an idle connection holds little memory.
+    pub(super) fn trim_when_idle(&mut self) {
+        let idle = self.sent.is_empty()
+            && self.jobs.is_empty()
+            && self.reassembler.is_empty()
+            && self.send_channels.iter().all(|c| c.queue.is_empty())
+            && self.recv_channels.iter().all(|c| c.held.is_empty());
+        if !idle {
+            return;
+        }
+        self.pool.truncate(2);
+        self.pool.retain(|b| b.capacity() <= 2 * MAX_DATA);
+        self.range_pool.truncate(4);
+        if self.unreliable_payload.capacity() > 2 * MAX_DATA {
+            self.unreliable_payload = Vec::new();
+        }
+        self.reassembler.trim();
+        self.receiver.trim();
+        self.sent.shrink_to(0);
+        self.jobs.shrink_to(0);
+        // Unacknowledged unreliable packets this old will never be acknowledged.
+        self.unreliable_sent.clear();
+        self.unreliable_sent.shrink_to(0);
+        self.copies.shrink_to(0);
+        for ch in &mut self.send_channels {
+            ch.queue.shrink_to(0);
+            ch.window.shrink_to(0);
+        }
+        for ch in &mut self.recv_channels {
+            ch.held.shrink_to(0);
+        }
+        self.trimmed = true;
+    }
+
+    /// The earliest time [`Connection::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == State::Closed {
+            return None;
+        }
+        let mut t = self.last_recv + self.config.timeout;
+        let mut consider = |x: Instant| {
+            if x < t {
+                t = x;
+            }
+        };
+        match self.state {
+            State::Closing { deadline } => {
+                consider(deadline);
+                if let Some(Closing {
+                    packet: Some(p), ..
+                }) = &self.close
+                {
+                    consider(p.last_sent + self.rtt.backoff_rto(p.resends));
+                    return Some(t);
+                }
+                for p in &self.sent {
+                    consider(p.timer_base() + self.rtt.backoff_rto(p.resends));
+                }
+                // Jobs (and messages still queued) waiting for pacing tokens wait for
+                // `paced_until`; waking at `last_send` instead would spin without progress.
+                if let Some(d) = self.paced_until {
+                    consider(d);
+                } else if !self.jobs.is_empty() {
+                    consider(self.last_send);
+                }
+                if let Some(&(due, _, _)) = self.copies.front() {
+                    consider(due);
+                }
+                if let Some(since) = self.receiver.pending_since() {
+                    consider(since + self.config.ack_delay);
+                }
+                return Some(t);
+            }
+            State::Draining => {
+                consider(self.last_recv);
+                return Some(t);
+            }
+            _ => {}
+        }
+        consider(self.next_ping());
+        for p in &self.sent {
+            consider(p.timer_base() + self.rtt.backoff_rto(p.resends));
+        }
+        for ch in &self.send_channels {
+            if let Some(q) = ch.queue.front() {
+                if !ch.mode.is_reliable() {
+                    consider(q.enqueued + self.config.unreliable_deadline);
+                }
+            }
+        }
+        if let Some(d) = self.paced_until {
+            consider(d);
+        }
+        if let Some(d) = self.reassembler.next_deadline() {
+            consider(d);
+        }
+        if let Some(&(due, _, _)) = self.copies.front() {
+            consider(due);
+        }
+        if let Some(since) = self.receiver.pending_since() {
+            consider(since + self.config.ack_delay);
+        }
+        if let Some(due) = self.frag_ack_due {
+            consider(due + self.frag_ack_interval());
+        }
+        if let Some(Challenge {
+            sent_at: Some(sent),
+            ..
+        }) = self.challenge
+        {
+            consider(sent + self.rtt.rto());
+        }
+        // Jobs waiting for pacing tokens wait for `paced_until` (considered above).
+        if (!self.jobs.is_empty() && self.paced_until.is_none())
+            || self.pong.is_some()
+            || self.path_response.is_some()
+            || self.resend_finished
+        {
+            consider(self.last_send);
+        }
+        Some(t)
+    }
+
+    /// A PING goes out after `heartbeat_interval` of sending nothing, and at least every four
+    /// intervals even while other packets flow, so both sides keep measuring the RTT.
+    pub(super) fn next_ping(&self) -> Instant {
+        let interval = self.config.heartbeat_interval;
+        (self.last_send + interval).min(self.last_ping + interval * 4)
+    }
+
+    pub(super) fn frag_ack_interval(&self) -> Duration {
+        (self.rtt.srtt() / 4).max(Duration::from_millis(2))
+    }
+}
