@@ -1048,11 +1048,7 @@ impl Server {
     /// Forgets the half-open handshakes whose deadline has come (only those: the queue is in
     /// deadline order).
     fn expire_pending(&mut self, now: Instant) {
-        while let Some(&(deadline, addr)) = self.pending_expiry.front() {
-            if deadline > now {
-                break;
-            }
-            self.pending_expiry.pop_front();
+        while let Some((deadline, addr)) = take_due(&mut self.pending_expiry, now) {
             if self
                 .pending
                 .get(&addr)
@@ -1100,11 +1096,7 @@ impl Server {
         self.stats.wakeups += 1;
         self.expire_pending(now);
         self.bans.expire(now);
-        while let Some(&(until, id)) = self.resumable_expiry.front() {
-            if until > now {
-                break;
-            }
-            self.resumable_expiry.pop_front();
+        while let Some((until, id)) = take_due(&mut self.resumable_expiry, now) {
             if self
                 .resumable
                 .get(&id)
@@ -1212,4 +1204,14 @@ impl Server {
         .flatten()
         .min()
     }
+}
+
+/// Takes the front of a deadline-ordered queue if its deadline is at or before `now`.
+fn take_due<K: Copy>(queue: &mut VecDeque<(Instant, K)>, now: Instant) -> Option<(Instant, K)> {
+    let &(at, key) = queue.front()?;
+    if at > now {
+        return None;
+    }
+    queue.pop_front();
+    Some((at, key))
 }
