@@ -70,30 +70,35 @@ impl ChannelConfig {
 /// Settings every connection of an endpoint shares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionConfig {
-    /// The channels, indexed by [`crate::ChannelId`]; at most 256.
+    /// The channels, indexed by [`crate::ChannelId`]; at most 256, the same on both sides.
+    /// Default: 0 unreliable, 1 unreliable-sequenced, 2 reliable-unordered, 3 reliable-ordered.
     pub channels: Vec<ChannelConfig>,
-    /// The largest message `send` accepts and a peer may send (at most [`MAX_MESSAGE_SIZE`]).
+    /// The largest message `send` accepts and a peer may send (at most [`MAX_MESSAGE_SIZE`],
+    /// 251,916). Default 65,536 (64 KiB).
     pub max_message_size: usize,
-    /// A PING goes out when nothing was sent for this long.
+    /// A PING goes out when nothing was sent for this long (and at least every four
+    /// intervals, to keep measuring the RTT). Default 250 ms.
     pub heartbeat_interval: Duration,
     /// A connection that receives nothing for this long ends with
-    /// [`crate::DisconnectReason::TimedOut`].
+    /// [`crate::DisconnectReason::TimedOut`]. Default 10 s.
     pub timeout: Duration,
     /// The send budget: octets of reliable messages that may wait to be sent or acknowledged,
     /// each charged its buffer plus 64 octets (so empty messages are not free); `send` beyond
     /// it returns [`crate::SendError::QueueFull`]. Also bounds each unreliable channel's queue
     /// (the oldest messages make room). Default 4 MiB.
     pub send_queue_bytes: usize,
-    /// An unreliable message not sent within this time is dropped and counted.
+    /// An unreliable message not sent within this time is dropped and counted
+    /// (`ConnectionStats::unreliable_dropped`), never sent late. Default 200 ms.
     pub unreliable_deadline: Duration,
-    /// The RTT assumed before the first sample.
+    /// The RTT assumed before the first sample (the handshake gives one). Default 100 ms.
     pub initial_rtt: Duration,
-    /// The shortest resend timeout.
+    /// The shortest resend timeout. Default 30 ms.
     pub min_rto: Duration,
     /// The longest resend timeout (backoff stops here: a game would rather resend than wait).
+    /// Default 1 s.
     pub max_rto: Duration,
     /// Acknowledgements wait at most this long to be grouped (zero: sent at the next
-    /// `poll_transmit`).
+    /// `poll_transmit`). Default zero.
     pub ack_delay: Duration,
     /// The receive budget: octets of received messages not yet taken by `poll_event`,
     /// reliable-ordered messages held behind a gap, and packets in reassembly, above which
@@ -101,9 +106,10 @@ pub struct ConnectionConfig {
     /// that fills an ordering gap is still taken while the application keeps up, so at most
     /// twice this is held. Default 4 MiB.
     pub receive_buffer_bytes: usize,
-    /// Limits of fragment reassembly.
+    /// Limits of fragment reassembly. Default 32 packets, 2 MiB, 10 s.
     pub reassembly: ReassemblyConfig,
-    /// How long a closing connection waits for its ERROR 2.x to be acknowledged.
+    /// How long a closing connection waits for its ERROR 2.x to be acknowledged (reliable
+    /// messages accepted before the close go first, within this time). Default 1 s.
     pub close_timeout: Duration,
 }
 
@@ -179,11 +185,12 @@ pub struct ServerConfig {
     pub identity: ServerIdentity,
     /// Settings of every connection.
     pub connection: ConnectionConfig,
-    /// Connected clients at most; a client beyond gets ERROR 1.1.
+    /// Connected clients at most; a client beyond gets ERROR 1.1 `server full`. Default 64.
     pub max_clients: usize,
-    /// Half-open handshakes at most; AUTH beyond it is dropped and counted.
+    /// Half-open handshakes at most; AUTH beyond it is dropped and counted
+    /// (`ServerStats::handshakes_dropped`). Default 1024.
     pub max_pending: usize,
-    /// A handshake not finished within this time is forgotten.
+    /// A handshake not finished within this time is forgotten. Default 10 s.
     pub handshake_timeout: Duration,
     /// If set, only these addresses may connect; others are refused with ERROR 1.2.
     pub allow_list: Option<Vec<IpPrefix>>,
@@ -192,6 +199,7 @@ pub struct ServerConfig {
     /// The addresses tokens must name for this server (the driver adds its bound address).
     pub public_addrs: Vec<SocketAddr>,
     /// How long a closed connection's client may resume its id with its resumption secret.
+    /// Default 120 s.
     pub resume_window: Duration,
     /// Connections from one IP address (IPv6: one /64) at most; a client beyond gets ERROR
     /// 1.1 `too many connections from this address`. Default 16.
@@ -296,9 +304,11 @@ pub struct ClientConfig {
     pub server_key: ServerKeyPolicy,
     /// Settings of the connection (channels must match the server's).
     pub connection: ConnectionConfig,
-    /// A handshake not finished within this time fails.
+    /// A handshake not finished within this time fails with
+    /// `DisconnectReason::HandshakeFailed(1.0)`. Default 10 s.
     pub handshake_timeout: Duration,
-    /// The first AUTH is resent after this long without an answer (doubling each time).
+    /// The first AUTH is resent after this long without an answer (doubling each time, up
+    /// to 1 s). Default 250 ms.
     pub handshake_resend: Duration,
 }
 

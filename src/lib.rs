@@ -3,7 +3,7 @@
 //! A game links tickwire into its server and its clients. It gives them authenticated,
 //! encrypted connections (P-256 key exchange, a pinned server key, AES-128-GCM on every packet),
 //! channels with the delivery guarantees games need ([`DeliveryMode`]: unreliable, sequenced,
-//! reliable-unordered, reliable-ordered), messages up to about 246 KiB (fragmented and
+//! reliable-unordered, reliable-ordered), messages of 64 KiB by default and up to about 246 KiB (fragmented and
 //! reassembled, resending only missing fragments), heartbeats, timeouts, graceful closes and
 //! per-connection statistics.
 //!
@@ -94,6 +94,7 @@ pub use config::{
 };
 pub use crypto::{ServerIdentity, ServerKey};
 pub use endpoint::{Client, ClientInfo, IpPrefix, Resumption, Server, ServerStats};
+pub use wire::ErrorCode;
 pub use types::{
     ChannelId, ClientId, ConnectionStats, DisconnectReason, Event, SendError, Transmit,
 };
