@@ -97,9 +97,36 @@ impl fmt::Display for DisconnectReason {
             }
             Self::Local { code } => write!(f, "closed locally ({code} {})", code.name()),
             Self::TimedOut => f.write_str("timed out"),
-            Self::HandshakeFailed(code) => write!(f, "handshake failed ({code} {})", code.name()),
+            Self::HandshakeFailed(code) => {
+                write!(f, "handshake failed ({code} {})", code.name())?;
+                let hint = match code.parts() {
+                    (1, 0) => {
+                        ": no answer from the server before the handshake deadline (is it \
+                         running at that address and port, and is the port reachable?)"
+                    }
+                    (1, 1) => ": the server is full, or has too many clients from this address",
+                    (1, 2) => {
+                        ": the server's key is not the pinned one, or the server refused this \
+                         client (banned, not on its allow-list, or a missing or bad connect token)"
+                    }
+                    (1, 3) => ": the two sides derived different keys (a man in the middle?)",
+                    _ => "",
+                };
+                f.write_str(hint)
+            }
             Self::ProtocolViolation(code) => {
-                write!(f, "protocol violation ({code} {})", code.name())
+                write!(f, "protocol violation ({code} {})", code.name())?;
+                let hint = match code.parts() {
+                    (3, 0) => {
+                        ": a malformed frame, a message on a channel this side does not have \
+                         (both sides must configure the same channels), or a message over \
+                         max_message_size"
+                    }
+                    (3, 4) => ": a reliable-ordered message far outside the ordered window",
+                    (3, 8) => ": a packet that does not decompress within the size limit",
+                    _ => "",
+                };
+                f.write_str(hint)
             }
             Self::PacketNumbersExhausted => f.write_str("packet numbers exhausted"),
             Self::Replaced => f.write_str("replaced by a newer connection of the same client"),
