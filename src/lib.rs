@@ -94,7 +94,7 @@ pub use config::{
 };
 pub use crypto::{ServerIdentity, ServerKey};
 pub use endpoint::{Client, ClientInfo, IpPrefix, Resumption, Server, ServerStats};
-pub use wire::ErrorCode;
 pub use types::{
     ChannelId, ClientId, ConnectionStats, DisconnectReason, Event, SendError, Transmit,
 };
+pub use wire::ErrorCode;

@@ -18,8 +18,13 @@ impl Drop for Guard {
 }
 
 fn echo_binary() -> PathBuf {
+    example_binary("echo")
+}
+
+/// Builds an example (debug) and returns its path.
+fn example_binary(name: &str) -> PathBuf {
     let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "--example", "echo"])
+        .args(["build", "-q", "--example", name])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("cargo runs");
@@ -27,7 +32,7 @@ fn echo_binary() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("debug").join("examples").join("echo")
+    target.join("debug").join("examples").join(name)
 }
 
 /// Lines of a child's stdout, read on a thread.
@@ -145,4 +150,22 @@ fn echo_example_runs_clean() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(stdout.contains("OK: all 4 clients"), "{stdout}");
+}
+
+#[test]
+fn game_loop_example_runs_clean() {
+    // The fixed-tick loop of the README: snapshots in order, every relayed chat line.
+    let game = example_binary("game_loop");
+    let run = Command::new(&game)
+        .args(["--clients", "4", "--secs", "2"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "game_loop failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("OK: every client"), "{stdout}");
 }

@@ -25,7 +25,8 @@ pub struct ClientDriver {
 
 impl ClientDriver {
     /// A client with `config` that starts connecting to `server` from a new socket bound to
-    /// an ephemeral port on the unspecified address of the server's family.
+    /// an ephemeral port on the unspecified address of the server's family (on the loopback
+    /// address when the server's is loopback).
     ///
     /// # Errors
     /// [`BindError::Config`] if `config` or `socket` is invalid, [`BindError::Io`] if the
@@ -35,7 +36,10 @@ impl ClientDriver {
         server: SocketAddr,
         socket: SocketConfig,
     ) -> Result<Self, BindError> {
+        // A loopback server is reached from loopback (never exposed on other interfaces).
         let local = match server {
+            SocketAddr::V4(a) if a.ip().is_loopback() => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            SocketAddr::V6(a) if a.ip().is_loopback() => SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
             SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
         };
