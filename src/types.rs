@@ -185,8 +185,17 @@ pub struct ConnectionStats {
     pub jitter: Duration,
     /// The current resend timeout.
     pub rto: Duration,
-    /// Fraction of reliable packets declared lost, smoothed (0.0 to 1.0).
+    /// Fraction of this side's packets that did not reach the peer, smoothed over about the
+    /// last 100 (0.0 to 1.0): reliable packets declared lost, and unreliable data packets the
+    /// peer's acknowledgements show missing.
     pub loss: f64,
+    /// Fraction of the peer's packets that did not arrive here, smoothed over about the last
+    /// 100 (0.0 to 1.0; a packet that arrives late is taken back).
+    pub incoming_loss: f64,
+    /// Octets sent per second, over the last full second of sending.
+    pub send_bytes_per_sec: u64,
+    /// Octets received per second, over the last full second of receiving.
+    pub receive_bytes_per_sec: u64,
     /// Datagrams sent (including resends).
     pub packets_sent: u64,
     /// Datagrams received that opened and were accepted.

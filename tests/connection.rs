@@ -718,3 +718,60 @@ fn a_close_while_large_messages_are_paced_does_not_livelock() {
         assert_eq!(data, &vec![i as u8; 60 * 1024]);
     }
 }
+
+#[test]
+fn stats_tell_the_loss_each_way_the_rates_and_survive_the_close() {
+    let mut sim = sim_with_client();
+    sim.connect_all();
+    // 10% loss from the client to the server only (seeded), after the handshake.
+    let mut rng = Rng(77);
+    sim.filter = Box::new(move |dir, _, _| {
+        if dir == Dir::ToServer && rng.chance(0.10) {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    for _ in 0..300 {
+        let now = sim.now;
+        sim.clients[0].1.send(now, ChannelId(0), &[1; 100]).unwrap();
+        sim.clients[0].1.send(now, ChannelId(3), &[2; 100]).unwrap();
+        sim.run_for(Duration::from_millis(10));
+    }
+    let id = sim.server.clients()[0].id;
+    let server = sim.server.client_stats(id).unwrap();
+    let client = sim.clients[0].1.stats();
+    // What the server sees missing, and what the client learns was lost: about 10% each.
+    assert!(
+        (0.03..0.2).contains(&server.incoming_loss),
+        "server incoming loss {}",
+        server.incoming_loss
+    );
+    assert!(
+        (0.03..0.2).contains(&client.loss),
+        "client loss {}",
+        client.loss
+    );
+    // Nothing is lost the other way.
+    assert!(client.incoming_loss < 0.02, "{}", client.incoming_loss);
+    assert!(
+        client.send_bytes_per_sec > 10_000,
+        "{}",
+        client.send_bytes_per_sec
+    );
+    assert!(server.receive_bytes_per_sec > 10_000);
+    // After a graceful close both sides still tell the connection's counters.
+    sim.filter = Box::new(|_, _, _| Fate::Deliver);
+    let now = sim.now;
+    sim.clients[0].1.disconnect(now, "bye");
+    assert!(
+        sim.run_until(Duration::from_secs(3), |s| s.clients[0].1.is_closed()
+            && !s.server.is_connected(id))
+    );
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.clients[0].1.stats().messages_sent >= 600);
+    assert!(sim
+        .server
+        .client_stats(id)
+        .is_some_and(|s| s.messages_received >= 300));
+}

@@ -546,6 +546,7 @@ impl Connection {
     }
 
     pub(super) fn count_sent(&mut self, now: Instant, len: usize, resend: bool) -> usize {
+        self.sent_rate.add(now, len);
         self.cc.on_sent(len);
         self.last_send = now;
         self.stats.packets_sent += 1;

@@ -96,6 +96,39 @@ pub fn plaintext_limit(config: &ConnectionConfig) -> usize {
     (PACKET_PLAINTEXT + frame::message_frame_len(config.max_message_size, true)).min(MAX_PAYLOAD)
 }
 
+/// Octets per second over the last full second.
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    since: Instant,
+    bytes: u64,
+    per_sec: u64,
+}
+
+impl Rate {
+    fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            bytes: 0,
+            per_sec: 0,
+        }
+    }
+
+    fn add(&mut self, now: Instant, len: usize) {
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed >= Duration::from_secs(1) {
+            self.per_sec = (self.bytes as f64 / elapsed.as_secs_f64()) as u64;
+            self.since = now;
+            self.bytes = 0;
+        }
+        self.bytes += len as u64;
+    }
+
+    /// One packet's outcome in a smoothed loss fraction.
+    fn smooth(loss: &mut f64, lost: bool) {
+        *loss = *loss * 0.99 + if lost { 0.01 } else { 0.0 };
+    }
+}
+
 /// Which side of the connection this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -192,6 +225,10 @@ pub struct Connection {
     challenge: Option<Challenge>,
     path_response: Option<([u8; 16], usize)>,
     loss_ewma: f64,
+    /// Smoothed fraction of packets lost on the way to the peer, reliable and unreliable.
+    path_loss: f64,
+    sent_rate: Rate,
+    received_rate: Rate,
     stats: ConnectionStats,
     pool: Vec<Vec<u8>>,
     range_pool: Vec<Vec<SeqRange>>,
@@ -298,6 +335,9 @@ impl Connection {
             challenge: None,
             path_response: None,
             loss_ewma: 0.0,
+            path_loss: 0.0,
+            sent_rate: Rate::new(now),
+            received_rate: Rate::new(now),
             stats: ConnectionStats::default(),
             pool: Vec::new(),
             range_pool: Vec::new(),
@@ -350,7 +390,10 @@ impl Connection {
         s.rtt = self.rtt.srtt();
         s.jitter = self.rtt.rttvar();
         s.rto = self.rtt.rto();
-        s.loss = self.loss_ewma;
+        s.loss = self.path_loss;
+        s.incoming_loss = self.receiver.loss();
+        s.send_bytes_per_sec = self.sent_rate.per_sec;
+        s.receive_bytes_per_sec = self.received_rate.per_sec;
         s.in_flight_bytes = self.in_flight;
         s.congestion_window = self.cc.window();
         s.send_rate = self.cc.pacing_rate(self.rtt.srtt());
@@ -591,6 +634,7 @@ impl Connection {
         }
         self.stats.packets_received += 1;
         self.stats.bytes_received += len as u64;
+        self.received_rate.add(now, len);
         if header.flags.contains(Flags::RELIABLE) {
             self.receiver.ack_later(now, pn);
         } else if matches!(fields, TypeFields::Default | TypeFields::Ack(_)) {

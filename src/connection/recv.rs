@@ -9,6 +9,8 @@ use crate::wire::AckFields;
 
 /// Packet numbers remembered below the largest accepted one.
 pub const WINDOW: u32 = 4096;
+/// Weight of one packet in the smoothed incoming loss (about the last 100 packets count).
+const LOSS_GAIN: f64 = 0.01;
 /// Reliable packet numbers that may wait for an acknowledgement at once.
 const MAX_PENDING_ACKS: usize = 1024;
 
@@ -30,6 +32,9 @@ pub struct Receiver {
     bits: BitArray<[u64; (WINDOW / 64) as usize], Lsb0>,
     pending: VecDeque<u32>,
     pending_since: Option<Instant>,
+    /// Smoothed fraction of the peer's packets that did not arrive (a packet number skipped
+    /// counts as lost until it arrives late).
+    loss: f64,
 }
 
 impl Default for Receiver {
@@ -46,7 +51,13 @@ impl Receiver {
             bits: BitArray::ZERO,
             pending: VecDeque::new(),
             pending_since: None,
+            loss: 0.0,
         }
+    }
+
+    /// Smoothed fraction of the peer's packets that did not arrive (0.0 to 1.0).
+    pub fn loss(&self) -> f64 {
+        self.loss
     }
 
     /// The largest packet number accepted.
@@ -73,8 +84,16 @@ impl Receiver {
     /// Marks `pn` accepted (after it opened).
     pub fn accept(&mut self, pn: u32) {
         match self.largest {
-            Some(l) if pn <= l => {}
+            Some(l) if pn <= l => {
+                // It was counted missing when a later one arrived: take that back.
+                self.loss = (self.loss - LOSS_GAIN).max(0.0);
+            }
             Some(l) => {
+                // Each packet number skipped counts as one loss (at most 64 per arrival).
+                for _ in 0..(pn - l - 1).min(64) {
+                    self.loss += LOSS_GAIN * (1.0 - self.loss);
+                }
+                self.loss *= 1.0 - LOSS_GAIN;
                 if pn - l >= WINDOW {
                     self.bits.fill(false);
                 } else {

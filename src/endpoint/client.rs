@@ -70,6 +70,8 @@ pub struct Client {
     id: Option<ClientId>,
     resumption: Option<Resumption>,
     dropped: u64,
+    /// The connection's counters when it ended.
+    final_stats: Option<ConnectionStats>,
 }
 
 /// What a client keeps to get its client id back after losing its connection: pass it to
@@ -184,6 +186,7 @@ impl Client {
             id: None,
             resumption: None,
             dropped: 0,
+            final_stats: None,
         })
     }
 
@@ -221,7 +224,7 @@ impl Client {
     pub fn stats(&self) -> ConnectionStats {
         match &self.state {
             State::Connected(c) => c.stats(),
-            _ => ConnectionStats::default(),
+            _ => self.final_stats.unwrap_or_default(),
         }
     }
 
@@ -468,6 +471,7 @@ impl Client {
                         reason,
                     });
                 }
+                self.final_stats = Some(conn.stats());
                 self.state = State::Closed;
             }
         }

@@ -70,6 +70,8 @@ const PENDING_COST: usize = std::mem::size_of::<Pending>() + 256;
 struct Resumable {
     secret: [u8; 32],
     until: Option<Instant>,
+    /// The connection's counters when it ended (kept as long as the id may be resumed).
+    final_stats: Option<ConnectionStats>,
 }
 
 /// With connect tokens configured, ids the server picks have this bit set, and tokens may
@@ -291,9 +293,13 @@ impl Server {
         v
     }
 
-    /// One client's counters.
+    /// One client's counters; after its connection ended, its final counters for as long as
+    /// its id may be resumed (`resume_window`, default 120 s).
     pub fn client_stats(&self, client: ClientId) -> Option<ConnectionStats> {
-        self.connections.get(&client).map(Connection::stats)
+        match self.connections.get(&client) {
+            Some(c) => Some(c.stats()),
+            None => self.resumable.get(&client).and_then(|r| r.final_stats),
+        }
     }
 
     /// Whether `client` is connected.
@@ -729,6 +735,9 @@ impl Server {
     /// Removes connection `id` from the table and the address maps; returns it.
     fn remove_connection(&mut self, id: ClientId) -> Option<Connection> {
         let conn = self.connections.remove(&id)?;
+        if let Some(r) = self.resumable.get_mut(&id) {
+            r.final_stats = Some(conn.stats());
+        }
         self.timers.schedule(id, None);
         for a in std::iter::once(conn.addr()).chain(conn.candidate_addr()) {
             if self.by_addr.get(&a) == Some(&id) {
@@ -841,6 +850,7 @@ impl Server {
             Resumable {
                 secret: p.keys.resumption_secret,
                 until: None,
+                final_stats: None,
             },
         );
         let mut data = [0u8; SERVER_FINISHED_DATA];
