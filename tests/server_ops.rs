@@ -485,3 +485,31 @@ fn handle_timeout_returns_while_work_waits_for_poll_transmit() {
     sim.server.handle_timeout(now + Duration::from_secs(1));
     assert!(sim.server.stats().timers_run - before <= 2);
 }
+
+#[test]
+fn broadcast_except_and_send_to_many_reach_whom_they_name() {
+    let mut sim = connected_sim(3);
+    let ids: Vec<ClientId> = sim.server.clients().iter().map(|c| c.id).collect();
+    let now = sim.now;
+    assert_eq!(
+        sim.server
+            .broadcast_except(now, ids[0], ChannelId(3), b"not you"),
+        2
+    );
+    assert_eq!(
+        sim.server
+            .send_to_many(now, &[ids[0], ids[2], ClientId(999)], ChannelId(3), b"team"),
+        2
+    );
+    sim.run_for(Duration::from_secs(1));
+    let by_client: Vec<Vec<Vec<u8>>> = (0..3)
+        .map(|i| sim.client_messages(i).into_iter().map(|(_, d)| d).collect())
+        .collect();
+    let of = |id: ClientId| {
+        let i = (0..3).find(|&i| sim.clients[i].1.id() == Some(id)).unwrap();
+        by_client[i].clone()
+    };
+    assert_eq!(of(ids[0]), vec![b"team".to_vec()]);
+    assert_eq!(of(ids[1]), vec![b"not you".to_vec()]);
+    assert_eq!(of(ids[2]), vec![b"not you".to_vec(), b"team".to_vec()]);
+}

@@ -182,6 +182,8 @@ pub struct Server {
     timers: Deadlines<ClientId>,
     /// Reused list of connections whose deadline came.
     due: Vec<ClientId>,
+    /// Reused list of the clients a broadcast goes to.
+    ids: Vec<ClientId>,
     /// Half-open handshakes by deadline, in the order they began (entries of handshakes
     /// finished or replaced since are skipped).
     pending_expiry: VecDeque<(Instant, SocketAddr)>,
@@ -238,6 +240,7 @@ impl Server {
             last_now: Instant::now(),
             timers: Deadlines::new(),
             due: Vec::new(),
+            ids: Vec::new(),
             pending_expiry: VecDeque::new(),
             resumable_expiry: VecDeque::new(),
             by_ip: HashMap::new(),
@@ -332,12 +335,55 @@ impl Server {
         Ok(())
     }
 
-    /// Queues a message for every connected client; returns how many took it.
+    /// Queues a message for every connected client; returns how many took it (a client whose
+    /// queue is full, see [`SendError::QueueFull`], does not).
     pub fn broadcast(&mut self, now: Instant, channel: ChannelId, message: &[u8]) -> usize {
-        let ids: Vec<ClientId> = self.connections.keys().copied().collect();
-        ids.into_iter()
-            .filter(|&id| self.send(now, id, channel, message).is_ok())
+        self.send_each(now, channel, message, |_| true)
+    }
+
+    /// Queues a message for every connected client but `except` (typically its sender);
+    /// returns how many took it.
+    pub fn broadcast_except(
+        &mut self,
+        now: Instant,
+        except: ClientId,
+        channel: ChannelId,
+        message: &[u8],
+    ) -> usize {
+        self.send_each(now, channel, message, |id| id != except)
+    }
+
+    /// Queues a message for each of `clients` (a team, a room, the players near an event);
+    /// returns how many took it. Unknown or disconnected ids are skipped.
+    pub fn send_to_many(
+        &mut self,
+        now: Instant,
+        clients: &[ClientId],
+        channel: ChannelId,
+        message: &[u8],
+    ) -> usize {
+        clients
+            .iter()
+            .filter(|&&id| self.send(now, id, channel, message).is_ok())
             .count()
+    }
+
+    fn send_each(
+        &mut self,
+        now: Instant,
+        channel: ChannelId,
+        message: &[u8],
+        keep: impl Fn(ClientId) -> bool,
+    ) -> usize {
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.clear();
+        ids.extend(self.connections.keys().copied().filter(|&id| keep(id)));
+        let n = ids
+            .iter()
+            .filter(|&&id| self.send(now, id, channel, message).is_ok())
+            .count();
+        self.ids = ids;
+        n
     }
 
     /// Closes `client`'s connection gracefully with ERROR 2.0 and `reason`; its

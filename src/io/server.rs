@@ -127,6 +127,29 @@ impl ServerDriver {
         self.server.broadcast(Instant::now(), channel, message)
     }
 
+    /// Queues a message for every connected client but `except` (see
+    /// [`Server::broadcast_except`]).
+    pub fn broadcast_except(
+        &mut self,
+        except: ClientId,
+        channel: ChannelId,
+        message: &[u8],
+    ) -> usize {
+        self.server
+            .broadcast_except(Instant::now(), except, channel, message)
+    }
+
+    /// Queues a message for each of `clients` (see [`Server::send_to_many`]).
+    pub fn send_to_many(
+        &mut self,
+        clients: &[ClientId],
+        channel: ChannelId,
+        message: &[u8],
+    ) -> usize {
+        self.server
+            .send_to_many(Instant::now(), clients, channel, message)
+    }
+
     /// Closes `client`'s connection gracefully (see [`Server::disconnect`]).
     pub fn disconnect(&mut self, client: ClientId, reason: &str) {
         self.server.disconnect(Instant::now(), client, reason);
