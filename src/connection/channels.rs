@@ -156,11 +156,25 @@ impl Connection {
         if data.len() > self.config.max_message_size {
             return Err(ErrorCode::Packet);
         }
-        let ch = self
-            .recv_channels
-            .get_mut(usize::from(channel))
-            .ok_or(ErrorCode::Packet)?;
+        let channels = self.recv_channels.len();
+        let Some(ch) = self.recv_channels.get_mut(usize::from(channel)) else {
+            tracing::warn!(
+                client = self.id.0,
+                channel,
+                channels,
+                "the peer sent on a channel this side does not have: both sides must configure \
+                 the same channels (ConnectionConfig::channels); closing with 3.0"
+            );
+            return Err(ErrorCode::Packet);
+        };
         if ch.mode.is_sequenced() != seq.is_some() {
+            tracing::warn!(
+                client = self.id.0,
+                channel,
+                mode = ?ch.mode,
+                "the peer's channel has another delivery mode than this side's: both sides must \
+                 configure the same channels (ConnectionConfig::channels); closing with 3.0"
+            );
             return Err(ErrorCode::Packet);
         }
         let client = self.id;
