@@ -72,7 +72,11 @@ fn parse_args() -> Result<Args, String> {
             }
         }
     }
-    if !(1..=16).contains(&a.clients) || !(1..=1000).contains(&a.hz) || !(a.secs > 0.0) {
+    if !(1..=16).contains(&a.clients)
+        || !(1..=1000).contains(&a.hz)
+        || a.secs.is_nan()
+        || a.secs <= 0.0
+    {
         return Err("--clients 1..=16, --hz 1..=1000, --secs above 0".into());
     }
     Ok(a)
@@ -177,10 +181,10 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     // Give the clients a moment to connect before the first tick counts.
     let start_by = Instant::now() + Duration::from_secs(3);
     while server.server().client_count() < args.clients && Instant::now() < start_by {
-        if let Some(ev) = server.run_until_event(Some(Duration::from_millis(10)))? {
-            if let Event::Connected { client } = ev {
-                inputs.push((client, 0));
-            }
+        if let Some(Event::Connected { client }) =
+            server.run_until_event(Some(Duration::from_millis(10)))?
+        {
+            inputs.push((client, 0));
         }
         next_tick = Instant::now() + tick_len;
     }
