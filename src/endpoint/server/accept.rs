@@ -207,7 +207,7 @@ impl Server {
 
     pub(super) fn remove_pending(&mut self, from: &SocketAddr) -> Option<Pending> {
         let p = self.pending.remove(from)?;
-        self.release_ip(from.ip(), |u| u.pending -= 1);
+        self.release_ip(from.ip(), |u| u.pending = u.pending.saturating_sub(1));
         Some(p)
     }
 

@@ -27,7 +27,9 @@ impl Server {
                 self.by_addr.remove(&a);
             }
         }
-        self.release_ip(conn.addr().ip(), |u| u.connections -= 1);
+        self.release_ip(conn.addr().ip(), |u| {
+            u.connections = u.connections.saturating_sub(1)
+        });
         Some(conn)
     }
 
@@ -113,7 +115,9 @@ impl Server {
         }
         if let Some(new) = self.connections.get(&id).map(Connection::addr) {
             self.by_addr.insert(new, id);
-            self.release_ip(old.ip(), |u| u.connections -= 1);
+            self.release_ip(old.ip(), |u| {
+                u.connections = u.connections.saturating_sub(1)
+            });
             self.by_ip.entry(ip_key(new.ip())).or_default().connections += 1;
         }
         self.stats.migrations += 1;
