@@ -78,7 +78,7 @@ use std::time::{Duration, Instant};
 
 use rand_core::{OsRng, RngCore};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tickwire::connection::{frame, PACKET_PLAINTEXT};
+use tickwire::connection::PACKET_PLAINTEXT;
 use tickwire::crypto::{
     derive_session_keys, macs_equal, transcript_hash, EphemeralKey, FINISHED_LEN, PUBLIC_KEY_LEN,
 };
@@ -89,6 +89,7 @@ use tickwire::io::{ClientDriver, SocketConfig};
 use tickwire::pipeline::fragment::write_datagram;
 use tickwire::pipeline::seal::packet_number;
 use tickwire::pipeline::{encode_into, Decoder, PacketKey, Seal, SendOptions};
+use tickwire::wire::frame;
 use tickwire::wire::{
     Body, ErrorCode, Flags, Heartbeat, Packet, PacketType, TypeFields, MAX_DATA_DATAGRAM,
 };

@@ -21,10 +21,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tickwire::connection::{frame, Connection, Role, Scratch};
+use tickwire::connection::{Connection, Role, Scratch};
 use tickwire::crypto::EphemeralKey;
 use tickwire::endpoint::handshake;
 use tickwire::pipeline::{encode_into, fragment, PacketKey, Seal, SendOptions};
+use tickwire::wire::frame;
 use tickwire::wire::{ErrorCode, Heartbeat, TypeFields};
 use tickwire::{
     ChannelId, ClientId, ConnectionConfig, DisconnectReason, Event, SendError, ServerConfig,

@@ -22,7 +22,6 @@ use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use tickwire::connection::frame::{put_message, Frame, Frames};
 use tickwire::connection::{Connection, Role, Scratch};
 use tickwire::crypto::{
     derive_session_keys, transcript_hash, EphemeralKey, ServerIdentity, ServerKey, SessionKeys,
@@ -31,6 +30,7 @@ use tickwire::endpoint::handshake;
 use tickwire::pipeline::seal::{associated_data, MAX_AAD};
 use tickwire::pipeline::{encode_into, fragment, PacketKey, Seal, SendOptions};
 use tickwire::token::{ConnectToken, TokenSigner};
+use tickwire::wire::frame::{put_message, Frame, Frames};
 use tickwire::wire::{AckFields, Body, ErrorCode, Packet, TypeFields};
 use tickwire::{
     ChannelConfig, ChannelId, ClientConfig, ClientId, ConnectionConfig, DeliveryMode, Event,

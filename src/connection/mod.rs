@@ -11,13 +11,12 @@
 //! packets in flight, acknowledgements and loss detection; `path` path validation; `timers`
 //! every deadline; `builder` the send path and datagram writing; `budget` memory accounting
 //! and the limits; `recv` the replay window and owed acks; `congestion` and `rtt` the
-//! controller and estimator; `frame` the frames inside sealed packets.
+//! controller and estimator. The frames inside sealed packets are in [`crate::wire::frame`].
 
 pub mod budget;
 mod builder;
 mod channels;
 pub mod congestion;
-pub mod frame;
 mod path;
 pub mod recv;
 pub mod rtt;
@@ -35,6 +34,7 @@ use crate::pipeline::{
     SendOptions,
 };
 use crate::types::{ChannelId, ClientId, ConnectionStats, DisconnectReason, Event, SendError};
+use crate::wire::frame::{self, Frame, Frames};
 use crate::wire::{
     AckFields, Body, ErrorCode, Flags, Header, Heartbeat, Packet, TypeFields, WireError, MAX_DATA,
     MAX_PAYLOAD,
@@ -43,7 +43,6 @@ use budget::{message_cost, Admit, Budget, Incoming};
 use builder::Job;
 use channels::{Queued, RecvChannel, SendChannel, SeqRange};
 use congestion::Congestion;
-use frame::{Frame, Frames};
 use path::{Challenge, PATH_CHALLENGE};
 use recv::{Receiver, Seen};
 use rtt::RttEstimator;

@@ -18,6 +18,7 @@
 mod ack;
 mod auth;
 mod error;
+pub mod frame;
 mod header;
 mod heartbeat;
 mod packet;
