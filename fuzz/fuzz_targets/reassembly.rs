@@ -278,6 +278,10 @@ impl State {
             return;
         };
         let was_held = before.packets.iter().find(|p| p.0 == pn).cloned();
+        // A new packet may take the place of a stale or least complete one, and a fragment
+        // that contradicts a packet of one fragment replaces it: then `before` no longer
+        // describes the packets the reassembler compares with.
+        let evictions = self.reassembler.evictions();
         let result = self.reassembler.insert(self.now, &packet);
         match result {
             Err(_) => {
@@ -286,6 +290,9 @@ impl State {
             }
             Ok(Reassembly::Refused) => {
                 drop(result);
+                if self.reassembler.evictions() > evictions {
+                    return;
+                }
                 assert!(was_held.is_none(), "a fragment of a held packet was refused");
                 let need = usize::from(count) * MAX_DATA;
                 assert!(
@@ -303,10 +310,11 @@ impl State {
             }
             Ok(Reassembly::Incomplete) => {
                 drop(result);
+                let evicted = self.reassembler.evictions() > evictions;
                 let (c, bits) = self.reassembler.held(pn).expect("incomplete packet not held");
                 assert_eq!(c, count);
                 assert!(bits[usize::from(id)], "stored fragment not marked held");
-                if let Some(held) = was_held {
+                if let Some(held) = was_held.filter(|_| !evicted) {
                     assert!(!held.2[usize::from(id)], "a held fragment was stored again");
                 }
             }
@@ -321,7 +329,8 @@ impl State {
                     "completed payload of {} octets for {c} fragments",
                     payload.len()
                 );
-                match &was_held {
+                // (A packet of another Fragment Number under this pn was replaced.)
+                match was_held.as_ref().filter(|h| h.1 == count) {
                     Some(held) => {
                         let missing: Vec<usize> = (0..c).filter(|&i| !held.2[i]).collect();
                         assert_eq!(missing, vec![usize::from(id)], "completed with fragments missing");
