@@ -465,3 +465,42 @@ fn idle_drivers_do_not_spin() {
         report.wakeups
     );
 }
+
+#[test]
+fn wait_for_event_leaves_the_events_to_poll_event() {
+    let config = ServerConfig::new(ServerIdentity::generate());
+    let Ok(mut server) = ServerDriver::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        config,
+        SocketConfig::default(),
+    ) else {
+        return;
+    };
+    let key = server.server().public_key();
+    let addr = server.local_addr().unwrap();
+    let mut client =
+        ClientDriver::connect(ClientConfig::new(key), addr, SocketConfig::default()).unwrap();
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let mut got = None;
+    while got.is_none() && Instant::now() < give_up {
+        while client
+            .wait_for_event(Some(Duration::from_millis(5)))
+            .unwrap()
+        {
+            if let Some(Event::Connected { .. }) = client.poll_event() {
+                client.send(ChannelId(3), b"waited").unwrap();
+            }
+        }
+        if server
+            .wait_for_event(Some(Duration::from_millis(5)))
+            .unwrap()
+        {
+            while let Some(event) = server.poll_event() {
+                if let Event::Message { data, .. } = event {
+                    got = Some(data);
+                }
+            }
+        }
+    }
+    assert_eq!(got.as_deref(), Some(&b"waited"[..]));
+}

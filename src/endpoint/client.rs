@@ -552,6 +552,11 @@ impl Client {
         }
     }
 
+    /// Whether an event waits for [`Client::poll_event`].
+    pub fn has_event(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Takes the next event.
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front()?;

@@ -168,6 +168,17 @@ impl ClientDriver {
         self.io.pump(&mut self.client)
     }
 
+    /// Blocks until the client has an event, and returns whether one waits (take it and the
+    /// others with [`ClientDriver::poll_event`]), or returns `false` once `max_wait` has passed. The
+    /// same loop as [`ClientDriver::run_until_event`], for a game loop that only waits for the
+    /// network until its next tick and handles every event after.
+    ///
+    /// # Errors
+    /// An error of [`Poll::poll`](mio::Poll::poll) or its registry.
+    pub fn wait_for_event(&mut self, max_wait: Option<Duration>) -> io::Result<bool> {
+        self.io.wait_for_event(&mut self.client, max_wait)
+    }
+
     /// Blocks until the client has an event and returns it, or returns `None` once `max_wait`
     /// has passed (`None`: no limit; `Some(Duration::ZERO)`: one pass that never blocks).
     ///

@@ -95,6 +95,9 @@ pub(crate) trait Endpoint {
     fn poll_event(&mut self) -> Option<crate::Event> {
         None
     }
+    fn has_event(&self) -> bool {
+        false
+    }
 }
 
 impl Endpoint for Server {
@@ -113,6 +116,9 @@ impl Endpoint for Server {
     fn poll_event(&mut self) -> Option<crate::Event> {
         Server::poll_event(self)
     }
+    fn has_event(&self) -> bool {
+        Server::has_event(self)
+    }
 }
 
 impl Endpoint for Client {
@@ -130,6 +136,9 @@ impl Endpoint for Client {
     }
     fn poll_event(&mut self) -> Option<crate::Event> {
         Client::poll_event(self)
+    }
+    fn has_event(&self) -> bool {
+        Client::has_event(self)
     }
 }
 
@@ -450,6 +459,28 @@ impl Io {
             }
             if limit.is_some_and(|l| Instant::now() >= l) {
                 return Ok(None);
+            }
+        }
+    }
+
+    /// Like `run_until_event`, but leaves the event in the endpoint: returns whether one waits.
+    pub(crate) fn wait_for_event<E: Endpoint>(
+        &mut self,
+        endpoint: &mut E,
+        max_wait: Option<Duration>,
+    ) -> io::Result<bool> {
+        if endpoint.has_event() {
+            return Ok(true);
+        }
+        let limit = max_wait.and_then(|d| Instant::now().checked_add(d));
+        self.flush(endpoint)?;
+        loop {
+            self.wait_and_pump(endpoint, limit)?;
+            if endpoint.has_event() {
+                return Ok(true);
+            }
+            if limit.is_some_and(|l| Instant::now() >= l) {
+                return Ok(false);
             }
         }
     }

@@ -641,6 +641,11 @@ impl Server {
         None
     }
 
+    /// Whether an event waits for [`Server::poll_event`].
+    pub fn has_event(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Takes the next event.
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front()?;
