@@ -107,7 +107,8 @@ impl fmt::Display for DisconnectReason {
                     (1, 1) => ": the server is full, or has too many clients from this address",
                     (1, 2) => {
                         ": the server's key is not the pinned one, or the server refused this \
-                         client (banned, not on its allow-list, or a missing or bad connect token)"
+                         client (banned, not on its allow-list, a missing or bad connect token, \
+                         or channels configured differently from the server's)"
                     }
                     (1, 3) => ": the two sides derived different keys (a man in the middle?)",
                     _ => "",

@@ -732,3 +732,28 @@ fn concurrent_handshakes_do_not_exceed_max_clients() {
         .count();
     assert_eq!(refused, 3);
 }
+
+#[test]
+fn a_client_with_other_channels_is_refused_at_the_handshake() {
+    // A client configured with 2 channels meets a server with the default 4: it is told at
+    // once, instead of being closed with a protocol violation at the first message.
+    let mut sim = Sim::new(ServerConfig::new(ServerIdentity::generate()));
+    let mut cfg = sim.client_config();
+    cfg.connection.channels.truncate(2);
+    sim.add_client(cfg);
+    sim.run_for(Duration::from_secs(1));
+    assert!(!sim.clients[0].1.is_connected());
+    assert!(sim.client_events[0].iter().any(|e| matches!(
+        e,
+        Event::Disconnected {
+            reason: DisconnectReason::HandshakeFailed(ErrorCode::CertificateInvalid),
+            ..
+        }
+    )));
+    assert_eq!(sim.server.stats().refused_channels, 1);
+    assert_eq!(sim.server.client_count(), 0);
+    // The same channels connect.
+    let cfg = sim.client_config();
+    sim.add_client(cfg);
+    assert!(sim.run_until(Duration::from_secs(1), |s| s.clients[1].1.is_connected()));
+}

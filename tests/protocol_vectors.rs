@@ -102,6 +102,8 @@ const EXPECTED: &[(&str, &str)] = &[
     ("connect_token", "01000000000000000100000000713fb30001047f0000010fa06ba698e6042b0a01985276bc8b677fe4fd91c6a479d79957398f8dcfe7b10b39671fa6f91d2f7be7097a0e5b6755b6ca0a348dca108b1b190db680d2c7d37cbf"),
     ("resume_ephemeral_public", "0257e977f6db7e33c3fe7acf2842ed987009caf56d458682fca447b7d3d762ab34"),
     ("resume_ticket", "0000000000000001ed9acd68706bcc69262f105eb33504581c233c72ed34838febe53dc605c5bd58"),
+    ("channels_digest", "18925dac"),
+    ("client_auth_with_channels", "020000000021020217e617f0b6443928278f96999e69a23a4f2c152bdf6d6cdf66e5b80282d4ed007700137469636b77697265207465737420746f6b656e00000418925dac00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"),
     ("retry_cookie", "000000074bedc987f5ea5188e21e2879b770b39a"),
     ("retry", "0200000000000014000000074bedc987f5ea5188e21e2879b770b39a"),
     ("client_auth_with_cookie", "020000000021020217e617f0b6443928278f96999e69a23a4f2c152bdf6d6cdf66e5b80282d4ed007700137469636b77697265207465737420746f6b656e0014000000074bedc987f5ea5188e21e2879b770b39a00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"),
@@ -442,6 +444,22 @@ fn compute() -> BTreeMap<&'static str, Vec<u8>> {
     let hello = handshake::parse_hello(&auth[41..]).unwrap();
     assert_eq!(hello.token, TOKEN);
     assert_eq!(hello.cookie, Some(&cookie));
+    // The channel digest of the default configuration, and the client AUTH carrying it.
+    let digest = handshake::channels_digest(&ConnectionConfig::default().channels);
+    let mut input = b"tickwire v0 channels".to_vec();
+    input.extend_from_slice(&[0, 4, 0, 1, 2, 3]);
+    let want: [u8; 32] = Sha256::digest(&input).into();
+    assert_eq!(digest, want[..4]);
+    let channels_auth =
+        handshake::client_auth_full(client_eph.public_bytes(), TOKEN, None, None, Some(&digest));
+    assert_eq!(
+        handshake::parse_hello(&channels_auth[41..])
+            .unwrap()
+            .channels,
+        Some(&digest)
+    );
+    v.insert("channels_digest", digest.to_vec());
+    v.insert("client_auth_with_channels", channels_auth);
     v.insert("retry_cookie", cookie.to_vec());
     v.insert("retry", retry);
     v.insert("client_auth_with_cookie", auth);

@@ -157,7 +157,14 @@ impl Client {
         let ephemeral = EphemeralKey::generate();
         let ticket = resumption
             .map(|r| handshake::resume_ticket(r.client.0, &r.secret, ephemeral.public_bytes()));
-        let auth = handshake::client_auth(ephemeral.public_bytes(), token, ticket.as_ref());
+        let channels = handshake::channels_digest(&config.connection.channels);
+        let auth = handshake::client_auth_full(
+            ephemeral.public_bytes(),
+            token,
+            ticket.as_ref(),
+            None,
+            Some(&channels),
+        );
         let conn_config = Arc::new(config.connection.clone());
         let scratch = Scratch::new(crate::connection::plaintext_limit(&conn_config));
         Ok(Self {
@@ -322,11 +329,13 @@ impl Client {
                 // The server is under load: send the AUTH again, same key, with its cookie.
                 if *retries < MAX_RETRIES {
                     *retries += 1;
-                    *auth = handshake::client_auth_with_cookie(
+                    let channels = handshake::channels_digest(&self.config.connection.channels);
+                    *auth = handshake::client_auth_full(
                         ephemeral.public_bytes(),
                         token,
                         ticket.as_deref(),
                         Some(&cookie),
+                        Some(&channels),
                     );
                     *send_now = true;
                     *sends = 0;

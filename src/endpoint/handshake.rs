@@ -39,6 +39,34 @@ pub const TICKET_LEN: usize = 8 + 32;
 /// first 16 octets of HMAC-SHA256 under the server's retry secret.
 pub const COOKIE_LEN: usize = 4 + 16;
 
+/// Label of the channel-configuration digest.
+pub const CHANNELS_LABEL: &[u8] = b"tickwire v0 channels";
+
+/// Length of the channel-configuration digest a client hello carries.
+pub const CHANNELS_DIGEST_LEN: usize = 4;
+
+/// The digest of a channel configuration: the first 4 octets of SHA-256(`CHANNELS_LABEL` ||
+/// u16(channel count) || one octet per channel: 0 unreliable, 1 unreliable-sequenced,
+/// 2 reliable-unordered, 3 reliable-ordered). Compression is a sender's choice and not part of
+/// it.
+pub fn channels_digest(channels: &[crate::ChannelConfig]) -> [u8; CHANNELS_DIGEST_LEN] {
+    use crate::DeliveryMode;
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(CHANNELS_LABEL);
+    h.update((channels.len() as u16).to_be_bytes());
+    for c in channels {
+        h.update([match c.mode {
+            DeliveryMode::Unreliable => 0u8,
+            DeliveryMode::UnreliableSequenced => 1,
+            DeliveryMode::ReliableUnordered => 2,
+            DeliveryMode::ReliableOrdered => 3,
+        }]);
+    }
+    let d = h.finalize();
+    [d[0], d[1], d[2], d[3]]
+}
+
 /// Label of the retry cookie's MAC.
 pub const COOKIE_LABEL: &[u8] = b"tickwire v0 retry";
 
@@ -62,6 +90,18 @@ pub fn client_auth_with_cookie(
     ticket: Option<&[u8; TICKET_LEN]>,
     cookie: Option<&[u8; COOKIE_LEN]>,
 ) -> Vec<u8> {
+    client_auth_full(public_key, token, ticket, cookie, None)
+}
+
+/// The client AUTH with everything a hello may carry: token, ticket, a retry's cookie and
+/// the digest of the client's channel configuration ([`channels_digest`]).
+pub fn client_auth_full(
+    public_key: &[u8; PUBLIC_KEY_LEN],
+    token: &[u8],
+    ticket: Option<&[u8; TICKET_LEN]>,
+    cookie: Option<&[u8; COOKIE_LEN]>,
+    channels: Option<&[u8; CHANNELS_DIGEST_LEN]>,
+) -> Vec<u8> {
     let token = &token[..token.len().min(MAX_TOKEN)];
     let mut hello = Vec::with_capacity(MIN_CLIENT_AUTH);
     hello.extend_from_slice(&(token.len() as u16).to_be_bytes());
@@ -73,9 +113,17 @@ pub fn client_auth_with_cookie(
         }
         None => hello.push(0),
     }
-    if let Some(c) = cookie {
-        hello.push(COOKIE_LEN as u8);
-        hello.extend_from_slice(c);
+    match cookie {
+        Some(c) => {
+            hello.push(COOKIE_LEN as u8);
+            hello.extend_from_slice(c);
+        }
+        None if channels.is_some() => hello.push(0),
+        None => {}
+    }
+    if let Some(d) = channels {
+        hello.push(CHANNELS_DIGEST_LEN as u8);
+        hello.extend_from_slice(d);
     }
     let fixed = 4 + 2 + PUBLIC_KEY_LEN + 2;
     if fixed + hello.len() < MIN_CLIENT_AUTH {
@@ -109,6 +157,8 @@ pub struct Hello<'a> {
     pub ticket: Option<&'a [u8; TICKET_LEN]>,
     /// The cookie of a server's retry, if any.
     pub cookie: Option<&'a [u8; COOKIE_LEN]>,
+    /// The digest of the client's channel configuration, if it sent one.
+    pub channels: Option<&'a [u8; CHANNELS_DIGEST_LEN]>,
 }
 
 /// Parses a client hello, or `None` if it is malformed (padding is not checked).
@@ -128,10 +178,19 @@ pub fn parse_hello(hello: &[u8]) -> Option<Hello<'_>> {
         ),
         Some(_) => return None,
     };
-    let cookie = match rest.first() {
+    let (cookie, rest) = match rest.first() {
+        None => (None, rest),
+        Some(0) => (None, &rest[1..]),
+        Some(&n) if usize::from(n) == COOKIE_LEN => (
+            Some(rest.get(1..1 + COOKIE_LEN)?.try_into().ok()?),
+            &rest[1 + COOKIE_LEN..],
+        ),
+        Some(_) => return None,
+    };
+    let channels = match rest.first() {
         None | Some(0) => None,
-        Some(&n) if usize::from(n) == COOKIE_LEN => {
-            Some(rest.get(1..1 + COOKIE_LEN)?.try_into().ok()?)
+        Some(&n) if usize::from(n) == CHANNELS_DIGEST_LEN => {
+            Some(rest.get(1..1 + CHANNELS_DIGEST_LEN)?.try_into().ok()?)
         }
         Some(_) => return None,
     };
@@ -139,6 +198,7 @@ pub fn parse_hello(hello: &[u8]) -> Option<Hello<'_>> {
         token,
         ticket,
         cookie,
+        channels,
     })
 }
 

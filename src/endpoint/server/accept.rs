@@ -42,6 +42,15 @@ impl Server {
                 return;
             }
         }
+        if hello.channels.is_some_and(|d| *d != self.channels_digest) {
+            self.stats.refused_channels += 1;
+            self.refuse(
+                from,
+                ErrorCode::CertificateInvalid,
+                "channels differ from the server's",
+            );
+            return;
+        }
         if let Some(p) = self.pending.get_mut(&from) {
             if p.client_key == client_key {
                 // A resent AUTH: our reply was lost. Send the same reply again.

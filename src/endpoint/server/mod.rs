@@ -134,6 +134,9 @@ pub struct ServerStats {
     pub refused_memory: u64,
     /// Key exchanges done for AUTHs (each costs a P-256 multiplication and a signature).
     pub key_exchanges: u64,
+    /// AUTHs refused with ERROR 1.2 `channels differ from the server's`: the client's hello
+    /// names another channel configuration (count or delivery modes).
+    pub refused_channels: u64,
     /// Calls of `handle_timeout`.
     pub wakeups: u64,
     /// Connections visited by `handle_timeout`: only those whose deadline came, so this grows
@@ -187,6 +190,8 @@ pub struct Server {
     due: Vec<ClientId>,
     /// Reused list of the clients a broadcast goes to.
     ids: Vec<ClientId>,
+    /// The digest of this server's channel configuration, which client hellos must match.
+    channels_digest: [u8; handshake::CHANNELS_DIGEST_LEN],
     /// Half-open handshakes by deadline, in the order they began (entries of handshakes
     /// finished or replaced since are skipped).
     pending_expiry: VecDeque<(Instant, SocketAddr)>,
@@ -224,6 +229,7 @@ impl Server {
     pub fn new(config: ServerConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let conn_config = Arc::new(config.connection.clone());
+        let channels_digest = handshake::channels_digest(&conn_config.channels);
         Ok(Self {
             scratch: Scratch::new(crate::connection::plaintext_limit(&config.connection)),
             conn_config,
@@ -244,6 +250,7 @@ impl Server {
             timers: Deadlines::new(),
             due: Vec::new(),
             ids: Vec::new(),
+            channels_digest,
             pending_expiry: VecDeque::new(),
             resumable_expiry: VecDeque::new(),
             by_ip: HashMap::new(),
