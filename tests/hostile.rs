@@ -28,8 +28,8 @@ use tickwire::pipeline::{encode_into, fragment, PacketKey, Seal, SendOptions};
 use tickwire::wire::frame;
 use tickwire::wire::{ErrorCode, Heartbeat, TypeFields};
 use tickwire::{
-    ChannelId, ClientId, ConnectionConfig, DisconnectReason, Event, SendError, ServerConfig,
-    ServerIdentity,
+    ChannelConfig, ChannelId, ClientId, ConnectionConfig, DeliveryMode, DisconnectReason, Event,
+    SendError, ServerConfig, ServerIdentity,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -362,7 +362,7 @@ fn messages_held_for_a_gap_are_charged_to_the_receive_budget() {
     while let Some(e) = raw.events.pop_front() {
         if let Event::Message { data, .. } = e {
             seqs.push(data.len());
-            raw.conn.release_delivered(data.len(), data.capacity());
+            raw.conn.release_delivered(data.len());
         }
     }
     assert_eq!(seqs[0], 4);
@@ -756,4 +756,187 @@ fn a_client_with_other_channels_is_refused_at_the_handshake() {
     let cfg = sim.client_config();
     sim.add_client(cfg);
     assert!(sim.run_until(Duration::from_secs(1), |s| s.clients[1].1.is_connected()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Found in review: the budget under conflicting fragments, empty messages and two ordered
+// channels, and forged retries.
+
+fn forged_frag(pn: u32, id: u8, count: u8, data_len: usize) -> Vec<u8> {
+    let mut d = vec![0x00, 0x18, (pn >> 8) as u8, pn as u8, id, count];
+    d.extend_from_slice(&((pn >> 16) as u16).to_be_bytes());
+    d.extend_from_slice(&vec![0xAB; data_len]);
+    d
+}
+
+/// (Found in review) a spoofing stranger reserves reassembly memory far past `receive_buffer_bytes`: the
+/// budget is checked only when no slot holds the packet number, but a conflicting fragment
+/// (another Fragment Number) replaces a one-fragment slot with a bigger reservation unchecked.
+#[test]
+fn conflicting_fragment_counts_stay_within_the_receive_budget() {
+    let mut config = ConnectionConfig::default();
+    config.receive_buffer_bytes = 64 << 10;
+    let limit = config.receive_buffer_bytes;
+    let mut raw = Raw::new(config);
+    for pn in 1..=32u32 {
+        raw.deliver(vec![forged_frag(pn, 1, 2, 5)]);
+    }
+    let after_small = raw.conn.stats().receive_buffered_bytes;
+    for pn in 1..=32u32 {
+        raw.deliver(vec![forged_frag(pn, 254, 255, 5)]);
+    }
+    let s = raw.conn.stats();
+    eprintln!(
+        "after count-2 fragments: {after_small}; after count-255 replacements: reserved {} (limit {limit}), memory {}",
+        s.receive_buffered_bytes, s.memory_bytes
+    );
+    assert!(
+        s.receive_buffered_bytes as usize <= 2 * limit,
+        "{} octets reserved for a {} budget",
+        s.receive_buffered_bytes,
+        limit
+    );
+}
+
+/// (Found in review) one small compressed packet of empty messages is admitted on the fast path
+/// (plaintext + 64) but charged 64 octets per message: the receive side goes far past twice
+/// its limit, and one ~100-octet datagram makes 22,000 events.
+#[test]
+fn many_empty_messages_in_one_packet_stay_within_the_receive_budget() {
+    let mut config = ConnectionConfig::default();
+    config.receive_buffer_bytes = 64 << 10;
+    let limit = config.receive_buffer_bytes;
+    let mut raw = Raw::new(config);
+    let mut plain = Vec::new();
+    for _ in 0..22_000 {
+        frame::put_message(&mut plain, 2, None, &[]);
+    }
+    let opts = SendOptions {
+        reliable: true,
+        compress: true,
+        ..SendOptions::default()
+    };
+    let d = raw.seal(TypeFields::Default, &plain, opts);
+    let wire: usize = d.iter().map(Vec::len).sum();
+    raw.deliver(d);
+    let s = raw.conn.stats();
+    let n = raw
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Message { .. }))
+        .count();
+    eprintln!(
+        "{wire} octets on the wire -> {n} events, {} octets charged (limit {limit})",
+        s.receive_buffered_bytes
+    );
+    assert!(
+        s.receive_buffered_bytes as usize <= 2 * limit,
+        "{} octets charged for a {} budget",
+        s.receive_buffered_bytes,
+        limit
+    );
+}
+
+/// (Found in review) two reliable-ordered channels deadlock under the receive budget although the
+/// application polls everything: the packet with channel B's next message is refused (no
+/// held messages on B, so it is no gap filler), and channel A's gap filler is refused
+/// because it also carries one of B's later messages (held + s.held > limit).
+#[test]
+fn two_ordered_channels_do_not_deadlock_under_the_receive_budget() {
+    let mut config = ConnectionConfig::default();
+    config
+        .channels
+        .push(ChannelConfig::new(DeliveryMode::ReliableOrdered)); // channel 4
+    config.receive_buffer_bytes = 256 << 10;
+    let mut raw = Raw::new(config);
+    // pn 1: B seq 0. pn 2: A seq 0 + B seq 1. Both lost at first.
+    let b0 = raw.seal(
+        TypeFields::Default,
+        &message(4, Some(0), &[1; 10]),
+        reliable(),
+    );
+    let mut p = message(3, Some(0), &[2; 10]);
+    p.extend_from_slice(&message(4, Some(1), &[3; 10]));
+    let gap = raw.seal(TypeFields::Default, &p, reliable());
+    // A seq 1.. arrive and are held: large ones, then 1-octet ones to top the budget up.
+    let mut seq = 1u16;
+    for len in [60_000usize, 1] {
+        for _ in 0..400 {
+            if seq >= 1000 {
+                break;
+            }
+            let before = raw.conn.stats().dropped_over_budget;
+            let d = raw.seal(
+                TypeFields::Default,
+                &message(3, Some(seq), &vec![4; len]),
+                reliable(),
+            );
+            raw.deliver(d);
+            raw.drain();
+            if raw.conn.stats().dropped_over_budget > before {
+                break;
+            }
+            seq += 1;
+        }
+    }
+    eprintln!(
+        "held {} of {}",
+        raw.conn.stats().receive_buffered_bytes,
+        256 << 10
+    );
+    // The sender resends pn 1 and pn 2 for ten seconds; the application polls everything.
+    let mut delivered = Vec::new();
+    for _ in 0..100 {
+        raw.deliver(b0.clone());
+        raw.deliver(gap.clone());
+        // The peer's heartbeats (no messages) keep the connection alive.
+        let ping = raw.seal(
+            TypeFields::Heartbeat(tickwire::wire::Heartbeat::Ping),
+            &[0; 8],
+            SendOptions::default(),
+        );
+        raw.deliver(ping);
+        raw.drain();
+        while let Some(e) = raw.events.pop_front() {
+            if let Event::Message { channel, data, .. } = e {
+                delivered.push(channel.0);
+                raw.conn.release_delivered(data.len());
+            }
+        }
+        raw.advance(Duration::from_millis(100));
+    }
+    let s = raw.conn.stats();
+    eprintln!(
+        "delivered {} messages, dropped_over_budget {}",
+        delivered.len(),
+        s.dropped_over_budget
+    );
+    assert!(raw.conn.is_connected());
+    assert!(
+        !delivered.is_empty(),
+        "deadlock: neither gap is ever filled"
+    );
+}
+
+/// (Found in review) a spoofing stranger who knows a client's address exhausts the client's MAX_RETRIES
+/// with forged retries (unauthenticated); under retry the client then never connects.
+#[test]
+fn forged_retries_do_not_lock_a_client_out() {
+    let mut config = ServerConfig::new(ServerIdentity::generate());
+    config.retry = tickwire::RetryPolicy::Always;
+    let mut sim = Sim::new(config);
+    let cfg = sim.client_config();
+    sim.add_client(cfg);
+    let server = sim.server_addr;
+    let now = sim.now;
+    for k in 0..4u8 {
+        let mut buf = [0u8; 64];
+        let n = handshake::write_retry(&[k; handshake::COOKIE_LEN], &mut buf);
+        sim.clients[0].1.handle_datagram(now, server, &mut buf[..n]);
+    }
+    let ok = sim.run_until(Duration::from_secs(5), |s| s.clients[0].1.is_connected());
+    assert!(
+        ok,
+        "the client never connected after 4 forged 28-octet retries"
+    );
 }

@@ -10,11 +10,16 @@
 //!   reassembly (their reserved octets). Past it, an arriving packet is dropped
 //!   unacknowledged: the peer resends it later, which is flow control, not loss.
 //!
-//! The one exception on the receive side keeps ordered channels from deadlocking: a packet
-//! that fills the gap a channel's held messages wait for is taken even past the limit, as long
-//! as the application keeps up (its undelivered messages and the packet fit the limit) and
-//! held messages stay within the limit. So the receive side never holds more than twice its
-//! limit, whatever the peer sends.
+//! Received messages are charged `len + MESSAGE_OVERHEAD` (their buffers never have more
+//! than twice their length plus 64 octets of capacity), so what a packet costs is known from
+//! its frames before it is acted on.
+//!
+//! The exception on the receive side keeps ordered channels from deadlocking: a packet that
+//! may be what held messages wait for is taken even past the limit, as long as the
+//! application keeps up (its undelivered messages and the packet's fit the limit) and held
+//! messages stay within twice the limit. So the receive side never holds more than three times
+//! its limit, whatever the peer sends; a peer with the same configuration never sends more
+//! past a gap than the limit (its ordered byte window, `builder.rs`).
 
 /// Octets charged per message on top of its buffer: the bookkeeping a queued or held message
 /// costs (queue entry, allocation header). An empty message costs this much.
@@ -39,16 +44,23 @@ pub struct Budget {
     pub(crate) held: usize,
 }
 
-/// What a packet that opened would add on the receive side, found by reading its frames
+/// What a packet that opened would do to the receive side, found by reading its frames
 /// before acting on any.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Incoming {
-    /// Octets the packet's messages would add (delivered or held).
-    pub bytes: usize,
+    /// Octets its messages delivered at once would add (unordered, unreliable, in order).
+    pub delivered: usize,
     /// Octets of its messages that would be held for a gap.
     pub held: usize,
-    /// Whether it carries the next expected message of a channel that holds messages.
-    pub fills_gap: bool,
+    /// Octets of held messages it would release (they follow a gap it fills).
+    pub released: usize,
+    /// Whether it carries a message for an ordered channel that holds messages, or the next
+    /// expected message of an ordered channel while any holds messages: it may be what the
+    /// held messages wait for.
+    pub for_gap: bool,
+    /// Whether it breaks the packing rule: a plaintext larger than one datagram's carries
+    /// exactly one message (a sender puts a large message alone).
+    pub violation: bool,
 }
 
 /// Whether a packet is taken, and if not why.
@@ -58,6 +70,8 @@ pub enum Admit {
     Yes,
     /// Over the budget: drop it unacknowledged.
     OverBudget,
+    /// The peer broke the packing rule: close with 3.0.
+    Violation,
 }
 
 impl Budget {
@@ -95,25 +109,38 @@ impl Budget {
     }
 
     /// Whether an opened packet of `plaintext_len` octets fits. `scan` reads its frames
-    /// (only called when the packet does not fit at first sight).
+    /// (only called when the packet does not fit at first sight, or is larger than one
+    /// datagram's plaintext).
     pub fn admit(
         &self,
         reassembly: usize,
         plaintext_len: usize,
         scan: impl FnOnce() -> Incoming,
     ) -> Admit {
-        let incoming = plaintext_len + MESSAGE_OVERHEAD;
         let used = self.received(reassembly);
-        if used == 0 || used + incoming <= self.receive_limit {
+        // Every message frame takes at least 3 octets and is charged its length + 64.
+        let most = plaintext_len + (plaintext_len / 3 + 1) * MESSAGE_OVERHEAD;
+        let small = plaintext_len <= super::PACKET_PLAINTEXT;
+        if small && (used == 0 || used + most <= self.receive_limit) {
             return Admit::Yes;
         }
         let s = scan();
-        if s.bytes == 0 {
-            // Acks, fragment reports and heartbeats hold nothing.
+        if s.violation {
+            return Admit::Violation;
+        }
+        if s.delivered + s.held == 0 || used == 0 {
+            // Acks, fragment reports and heartbeats hold nothing; one packet always fits.
             return Admit::Yes;
         }
-        let keeps_up = self.undelivered + s.bytes <= self.receive_limit;
-        if s.fills_gap && keeps_up && self.held + s.held <= self.receive_limit {
+        if used + s.delivered + s.held <= self.receive_limit {
+            return Admit::Yes;
+        }
+        let keeps_up = self.undelivered + s.delivered <= self.receive_limit;
+        let held_after = (self.held + s.held).saturating_sub(s.released);
+        if keeps_up
+            && (held_after <= self.receive_limit
+                || (s.for_gap && held_after <= 2 * self.receive_limit))
+        {
             Admit::Yes
         } else {
             Admit::OverBudget
@@ -140,7 +167,7 @@ impl Connection {
             n += size_of::<SendChannel>()
                 + ch.queue.capacity() * size_of::<Queued>()
                 + ch.queue.iter().map(|q| q.data.capacity()).sum::<usize>()
-                + ch.window.capacity();
+                + ch.window.capacity() * size_of::<(bool, u32)>();
         }
         for ch in &self.recv_channels {
             n += size_of::<RecvChannel>()
@@ -158,13 +185,10 @@ impl Connection {
         n
     }
 
-    /// The application took a delivered message of `len` octets in a buffer of `capacity`
-    /// octets: its charge leaves the receive budget.
-    pub fn release_delivered(&mut self, len: usize, capacity: usize) {
-        self.budget.undelivered = self
-            .budget
-            .undelivered
-            .saturating_sub(message_cost(len, capacity));
+    /// The application took a delivered message of `len` octets: its charge leaves the
+    /// receive budget.
+    pub fn release_delivered(&mut self, len: usize) {
+        self.budget.undelivered = self.budget.undelivered.saturating_sub(message_cost(len, 0));
     }
 }
 
@@ -190,29 +214,43 @@ mod tests {
         let mut b = Budget::new(1000, 1000);
         b.held = 990;
         let plain = || Incoming {
-            bytes: 100,
+            delivered: 0,
             held: 100,
-            fills_gap: false,
+            ..Incoming::default()
         };
         assert_eq!(b.admit(0, 100, plain), Admit::OverBudget);
         let filler = || Incoming {
-            bytes: 100,
-            held: 0,
-            fills_gap: true,
+            delivered: 100,
+            released: 500,
+            for_gap: true,
+            ..Incoming::default()
         };
         assert_eq!(b.admit(0, 100, filler), Admit::Yes);
-        // A gap filler that would also push held messages past the limit is refused.
+        // A packet for a gap may take held messages past the limit, not past twice it.
         let greedy = || Incoming {
-            bytes: 100,
-            held: 50,
-            fills_gap: true,
+            delivered: 10,
+            held: 900,
+            for_gap: true,
+            ..Incoming::default()
         };
-        assert_eq!(b.admit(0, 100, greedy), Admit::OverBudget);
+        assert_eq!(b.admit(0, 100, greedy), Admit::Yes);
+        let too_greedy = || Incoming {
+            delivered: 10,
+            held: 1100,
+            for_gap: true,
+            ..Incoming::default()
+        };
+        assert_eq!(b.admit(0, 100, too_greedy), Admit::OverBudget);
         // An application that does not poll blocks even gap fillers.
         b.held = 0;
         b.undelivered = 950;
         assert_eq!(b.admit(0, 100, filler), Admit::OverBudget);
-        // Packets without messages always pass.
+        // Packets without messages always pass; a broken packing rule is a violation.
         assert_eq!(b.admit(0, 100, Incoming::default), Admit::Yes);
+        let packed = || Incoming {
+            violation: true,
+            ..Incoming::default()
+        };
+        assert_eq!(b.admit(0, 5000, packed), Admit::Violation);
     }
 }

@@ -231,8 +231,11 @@ impl Connection {
                 if !alone && plain.len() + frame_len > PACKET_PLAINTEXT {
                     break 'channels;
                 }
+                let receive_cost = message_cost(q.data.len(), 0);
                 if ch.mode == DeliveryMode::ReliableOrdered
-                    && ch.next_seq.wrapping_sub(ch.window_base) >= ORDER_WINDOW
+                    && (ch.next_seq.wrapping_sub(ch.window_base) >= ORDER_WINDOW
+                        || (!ch.window.is_empty()
+                            && ch.window_bytes + receive_cost > ch.window_limit))
                 {
                     break;
                 }
@@ -246,7 +249,8 @@ impl Connection {
                     message_bytes += cost;
                 }
                 if ch.mode == DeliveryMode::ReliableOrdered {
-                    ch.window.push_back(false);
+                    ch.window.push_back((false, receive_cost as u32));
+                    ch.window_bytes += receive_cost;
                     match ordered.last_mut() {
                         Some(r) if usize::from(r.channel) == ci => r.count += 1,
                         _ => ordered.push(SeqRange {
@@ -342,11 +346,19 @@ impl Connection {
             return;
         }
         let start = plain.len();
+        // Reports are charged to an allowance of 3x the fragment octets received, so forged
+        // fragments draw no more than they carried.
+        let allowance = self.frag_report_allowance;
         for pn in self.reassembler.packets() {
             let Some((count, held)) = self.reassembler.held(pn) else {
                 continue;
             };
-            if plain.len() - start + frame::fragment_ack_len(count) > budget {
+            let len = frame::fragment_ack_len(count);
+            if plain.len() - start + len > allowance {
+                break;
+            }
+            if plain.len() - start + len > budget {
+                self.frag_report_allowance -= plain.len() - start;
                 return;
             }
             let mut bits = [0u8; 32];
@@ -357,6 +369,7 @@ impl Connection {
             }
             frame::put_fragment_ack(plain, pn, count, &bits);
         }
+        self.frag_report_allowance -= plain.len() - start;
         self.frag_ack_due = None;
     }
 
@@ -516,13 +529,18 @@ impl Connection {
         if ack.is_none() && self.frag_ack_due.is_none() {
             return None;
         }
+        let mut plain = std::mem::take(&mut scratch.plain);
+        plain.clear();
+        self.put_fragment_acks(&mut plain, PACKET_PLAINTEXT);
+        if ack.is_none() && plain.is_empty() {
+            // Only fragment reports were due, and their allowance is spent.
+            scratch.plain = plain;
+            return None;
+        }
         let fields = match ack {
             Some(a) => TypeFields::Ack(a),
             None => self.ack_fields(),
         };
-        let mut plain = std::mem::take(&mut scratch.plain);
-        plain.clear();
-        self.put_fragment_acks(&mut plain, PACKET_PLAINTEXT);
         let pn = self.take_pn();
         let mut out = std::mem::take(&mut scratch.compressed);
         let mut compressed = Vec::new();

@@ -15,9 +15,16 @@ pub(super) struct SendChannel {
     /// Octets of the messages in `queue`.
     pub(super) queued: usize,
     pub(super) next_seq: u16,
-    /// Reliable-ordered: acked flags of messages from `window_base` on.
-    pub(super) window: VecDeque<bool>,
+    /// Reliable-ordered: acked flag and receive-side cost (length + overhead) of messages
+    /// from `window_base` on.
+    pub(super) window: VecDeque<(bool, u32)>,
     pub(super) window_base: u16,
+    /// Reliable-ordered: the receive-side cost of the messages in `window`. The receiver may
+    /// hold all of them behind a gap, so it stays within `window_limit`.
+    pub(super) window_bytes: usize,
+    /// The receive budget divided among the ordered channels (a peer configured alike never
+    /// holds more than its budget of ordered messages behind gaps).
+    pub(super) window_limit: usize,
 }
 
 pub(super) struct RecvChannel {
@@ -103,40 +110,71 @@ impl Connection {
         Ok(())
     }
 
-    /// What an opened packet's messages would add to the receive budget, read without acting
+    /// What an opened packet's messages would do to the receive budget, read without acting
     /// on them. Each channel's messages in one packet are consecutive (the sender packs them
     /// so), so the first one of a channel says whether the rest are in order.
     pub(super) fn scan_incoming(&self, plaintext: &[u8]) -> Incoming {
         let mut s = Incoming::default();
-        let mut current: Option<(u8, u16)> = None;
+        let any_held = self.budget.held > 0;
+        let mut messages = 0usize;
+        // The ordered channel being read: its next expected seq after the packet's messages so
+        // far, and whether the packet delivered in order on it.
+        let mut current: Option<(u8, u16, bool)> = None;
         for frame in Frames::new(plaintext) {
             let Ok(Frame::Message { channel, seq, data }) = frame else {
                 continue;
             };
+            messages += 1;
             let cost = message_cost(data.len(), 0);
-            s.bytes += cost;
-            let Some(ch) = self.recv_channels.get(usize::from(channel)) else {
+            let ordered = self
+                .recv_channels
+                .get(usize::from(channel))
+                .filter(|ch| ch.mode == DeliveryMode::ReliableOrdered);
+            let (Some(ch), Some(seq)) = (ordered, seq) else {
+                s.delivered += cost;
                 continue;
             };
-            let (DeliveryMode::ReliableOrdered, Some(seq)) = (ch.mode, seq) else {
-                continue;
+            if current.is_some_and(|(c, _, _)| c != channel) {
+                s.released += self.releasable(current.take().expect("checked"));
+            }
+            let (next, progressed) = match current {
+                Some((_, n, p)) => (n, p),
+                None => (ch.seq.unwrap_or(0), false),
             };
-            let next = match current {
-                Some((c, n)) if c == channel => n,
-                _ => ch.seq.unwrap_or(0),
-            };
+            s.for_gap |= !ch.held.is_empty();
             let offset = seq.wrapping_sub(next);
             if offset == 0 {
-                s.fills_gap |= !ch.held.is_empty();
-                current = Some((channel, next.wrapping_add(1)));
+                s.delivered += cost;
+                s.for_gap |= any_held;
+                current = Some((channel, next.wrapping_add(1), true));
             } else if offset < ORDER_WINDOW {
                 if ch.held.get(usize::from(offset)).is_none_or(Option::is_none) {
                     s.held += cost;
                 }
-                current = Some((channel, next));
+                current = Some((channel, next, progressed));
             }
         }
+        if let Some(c) = current {
+            s.released += self.releasable(c);
+        }
+        s.violation = plaintext.len() > PACKET_PLAINTEXT && messages > 1;
         s
+    }
+
+    /// Octets of held messages a packet would release on `channel` by delivering up to (not
+    /// including) `next`: the held messages that follow without a gap.
+    fn releasable(&self, (channel, next, progressed): (u8, u16, bool)) -> usize {
+        if !progressed {
+            return 0;
+        }
+        let ch = &self.recv_channels[usize::from(channel)];
+        let start = usize::from(next.wrapping_sub(ch.seq.unwrap_or(0)));
+        ch.held
+            .iter()
+            .skip(start)
+            .map_while(Option::as_ref)
+            .map(|m| message_cost(m.len(), 0))
+            .sum()
     }
 
     pub(super) fn deliver(
@@ -147,8 +185,17 @@ impl Connection {
         messages: &mut Vec<Vec<u8>>,
         events: &mut VecDeque<Event>,
     ) -> Result<(), ErrorCode> {
+        // A reused buffer much larger than the message is left in the pool: a received
+        // message is charged its length + MESSAGE_OVERHEAD, and holds at most about twice that.
         let mut take_buf = |data: &[u8]| {
-            let mut buf = messages.pop().unwrap_or_default();
+            let mut buf = match messages.pop() {
+                Some(b) if b.capacity() <= 2 * data.len() + budget::MESSAGE_OVERHEAD => b,
+                Some(b) => {
+                    messages.push(b);
+                    Vec::with_capacity(data.len())
+                }
+                None => Vec::with_capacity(data.len()),
+            };
             buf.clear();
             buf.extend_from_slice(data);
             buf
@@ -206,14 +253,14 @@ impl Connection {
                     }
                     if ch.held[offset].is_none() {
                         let buf = take_buf(data);
-                        self.budget.held += message_cost(buf.len(), buf.capacity());
+                        self.budget.held += message_cost(buf.len(), 0);
                         ch.held[offset] = Some(buf);
                     }
                     return Ok(());
                 }
                 // In order: deliver it, then everything held behind it.
                 let buf = take_buf(data);
-                self.budget.undelivered += message_cost(buf.len(), buf.capacity());
+                self.budget.undelivered += message_cost(buf.len(), 0);
                 self.stats.messages_received += 1;
                 events.push_back(Event::Message {
                     client,
@@ -226,7 +273,7 @@ impl Connection {
                 }
                 while let Some(Some(_)) = ch.held.front() {
                     let msg = ch.held.pop_front().flatten().expect("front is Some");
-                    let cost = message_cost(msg.len(), msg.capacity());
+                    let cost = message_cost(msg.len(), 0);
                     self.budget.held -= cost;
                     self.budget.undelivered += cost;
                     self.stats.messages_received += 1;
@@ -243,7 +290,7 @@ impl Connection {
             _ => {}
         }
         let buf = take_buf(data);
-        self.budget.undelivered += message_cost(buf.len(), buf.capacity());
+        self.budget.undelivered += message_cost(buf.len(), 0);
         self.stats.messages_received += 1;
         events.push_back(Event::Message {
             client,

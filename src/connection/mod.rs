@@ -214,6 +214,8 @@ pub struct Connection {
     last_ping: Instant,
     pong: Option<([u8; 16], usize)>,
     frag_ack_due: Option<Instant>,
+    /// Octets of fragment reports that may still go out (3x the fragment octets received).
+    frag_report_allowance: usize,
     close: Option<Closing>,
     /// The handshake's own pn-0 datagram of this side, resent when the peer shows it lacks it.
     finished: Option<Vec<u8>>,
@@ -270,6 +272,13 @@ impl Connection {
         finished: Option<Vec<u8>>,
         handshake_rtt: Option<Duration>,
     ) -> Self {
+        let ordered = config
+            .channels
+            .iter()
+            .filter(|c| c.mode == DeliveryMode::ReliableOrdered)
+            .count()
+            .max(1);
+        let ordered_window_limit = config.receive_buffer_bytes / ordered;
         let send_channels = config
             .channels
             .iter()
@@ -281,6 +290,8 @@ impl Connection {
                 next_seq: 0,
                 window: VecDeque::new(),
                 window_base: 0,
+                window_bytes: 0,
+                window_limit: ordered_window_limit,
             })
             .collect();
         let recv_channels = config
@@ -326,6 +337,7 @@ impl Connection {
             last_ping: now,
             pong: None,
             frag_ack_due: None,
+            frag_report_allowance: 0,
             close: None,
             finished,
             resend_finished: false,
@@ -530,7 +542,13 @@ impl Connection {
                 self.drop_datagram("fragment of an implausible packet number");
                 return;
             }
-            if self.reassembler.held(pn).is_none() {
+            // A fragment that starts a packet, or replaces one of another Fragment Number,
+            // reserves new octets.
+            if self
+                .reassembler
+                .held(pn)
+                .is_none_or(|(count, _)| count != f.count)
+            {
                 let reserve = usize::from(f.count) * MAX_DATA;
                 if !self
                     .budget
@@ -558,6 +576,8 @@ impl Connection {
                     None
                 }
                 Ok(Reassembly::Incomplete) => {
+                    self.frag_report_allowance =
+                        (self.frag_report_allowance + 3 * len).min(4 * PACKET_PLAINTEXT);
                     if reliable && due.is_none() {
                         self.frag_ack_due = Some(now);
                     }
@@ -617,6 +637,11 @@ impl Connection {
         let admit = self.budget.admit(reassembly, plaintext.len(), || {
             self.scan_incoming(plaintext)
         });
+        if admit == Admit::Violation {
+            self.drop_datagram("a large packet carrying more than one message");
+            self.fail(now, ErrorCode::Packet, events);
+            return;
+        }
         if admit == Admit::OverBudget {
             self.stats.dropped_over_budget += 1;
             self.drop_datagram("receive budget full: the application is not polling events, or the peer sends past an ordering gap");

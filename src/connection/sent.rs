@@ -151,11 +151,12 @@ impl Connection {
             for k in 0..r.count {
                 let idx = usize::from(r.first.wrapping_add(k).wrapping_sub(ch.window_base));
                 if let Some(slot) = ch.window.get_mut(idx) {
-                    *slot = true;
+                    slot.0 = true;
                 }
             }
-            while ch.window.front() == Some(&true) {
+            while let Some(&(true, cost)) = ch.window.front() {
                 ch.window.pop_front();
+                ch.window_bytes -= cost as usize;
                 ch.window_base = ch.window_base.wrapping_add(1);
             }
         }

@@ -15,8 +15,9 @@ use crate::types::{
 };
 use crate::wire::{Body, ErrorCode, Flags, Packet, PacketType};
 
-/// Stateless retries a handshake follows at most (a server under load sends one; more means
-/// the cookies keep expiring, or someone forges retries).
+/// Stateless retries answered at once per handshake (a server under load sends one; more
+/// means the cookies keep expiring, or someone forges retries); later ones are answered by
+/// the resend timer.
 const MAX_RETRIES: u32 = 4;
 
 enum Stage {
@@ -327,21 +328,22 @@ impl Client {
         if let (Body::Auth(a), Stage::AwaitingAuth) = (&packet.body, &*stage) {
             if let Some(cookie) = handshake::parse_retry(a) {
                 // The server is under load: send the AUTH again, same key, with its cookie.
-                if *retries < MAX_RETRIES {
-                    *retries += 1;
-                    let channels = handshake::channels_digest(&self.config.connection.channels);
-                    *auth = handshake::client_auth_full(
-                        ephemeral.public_bytes(),
-                        token,
-                        ticket.as_deref(),
-                        Some(&cookie),
-                        Some(&channels),
-                    );
+                // Retries are not authenticated, so the newest cookie is always taken (a forged
+                // one cannot shut out the server's), but only the first few go out at once:
+                // later ones wait for the resend timer, so forged retries draw little.
+                let channels = handshake::channels_digest(&self.config.connection.channels);
+                *auth = handshake::client_auth_full(
+                    ephemeral.public_bytes(),
+                    token,
+                    ticket.as_deref(),
+                    Some(&cookie),
+                    Some(&channels),
+                );
+                *retries += 1;
+                if *retries <= MAX_RETRIES {
                     *send_now = true;
                     *sends = 0;
                     *sent_at = now;
-                } else {
-                    self.dropped += 1;
                 }
                 return;
             }
@@ -570,7 +572,7 @@ impl Client {
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front()?;
         if let (Event::Message { data, .. }, State::Connected(conn)) = (&ev, &mut self.state) {
-            conn.release_delivered(data.len(), data.capacity());
+            conn.release_delivered(data.len());
         }
         Some(ev)
     }

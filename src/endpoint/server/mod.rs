@@ -658,7 +658,7 @@ impl Server {
         let ev = self.events.pop_front()?;
         if let Event::Message { client, data, .. } = &ev {
             if let Some(conn) = self.connections.get_mut(client) {
-                conn.release_delivered(data.len(), data.capacity());
+                conn.release_delivered(data.len());
             }
         }
         Some(ev)
