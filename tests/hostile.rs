@@ -774,8 +774,10 @@ fn forged_frag(pn: u32, id: u8, count: u8, data_len: usize) -> Vec<u8> {
 /// (another Fragment Number) replaces a one-fragment slot with a bigger reservation unchecked.
 #[test]
 fn conflicting_fragment_counts_stay_within_the_receive_budget() {
-    let mut config = ConnectionConfig::default();
-    config.receive_buffer_bytes = 64 << 10;
+    let config = ConnectionConfig {
+        receive_buffer_bytes: 64 << 10,
+        ..ConnectionConfig::default()
+    };
     let limit = config.receive_buffer_bytes;
     let mut raw = Raw::new(config);
     for pn in 1..=32u32 {
@@ -803,8 +805,10 @@ fn conflicting_fragment_counts_stay_within_the_receive_budget() {
 /// its limit, and one ~100-octet datagram makes 22,000 events.
 #[test]
 fn many_empty_messages_in_one_packet_stay_within_the_receive_budget() {
-    let mut config = ConnectionConfig::default();
-    config.receive_buffer_bytes = 64 << 10;
+    let config = ConnectionConfig {
+        receive_buffer_bytes: 64 << 10,
+        ..ConnectionConfig::default()
+    };
     let limit = config.receive_buffer_bytes;
     let mut raw = Raw::new(config);
     let mut plain = Vec::new();
