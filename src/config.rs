@@ -100,11 +100,13 @@ pub struct ConnectionConfig {
     /// Acknowledgements wait at most this long to be grouped (zero: sent at the next
     /// `poll_transmit`). Default zero.
     pub ack_delay: Duration,
-    /// The receive budget: octets of received messages not yet taken by `poll_event`,
-    /// reliable-ordered messages held behind a gap, and packets in reassembly, above which
-    /// arriving packets are dropped unacknowledged (the sender resends them later). A packet
-    /// that fills an ordering gap is still taken while the application keeps up, so at most
-    /// twice this is held. Default 4 MiB.
+    /// The receive budget: octets of received messages not yet taken by `poll_event` and
+    /// reliable-ordered messages held behind a gap (each its length + 64), and packets in
+    /// reassembly, above which arriving packets are dropped unacknowledged (the sender resends
+    /// them later). A packet that may fill an ordering gap is still taken while the
+    /// application keeps up, so at most three times this is held. A sender keeps each
+    /// reliable-ordered channel's unacknowledged messages within this divided by the number of
+    /// ordered channels. Default 4 MiB.
     pub receive_buffer_bytes: usize,
     /// Limits of fragment reassembly. Default 32 packets, 2 MiB, 10 s.
     pub reassembly: ReassemblyConfig,
