@@ -185,6 +185,17 @@ impl Connection {
         n
     }
 
+    /// Octets of delivered messages still waiting in the endpoint's event queue.
+    pub(crate) fn undelivered_charge(&self) -> usize {
+        self.budget.undelivered
+    }
+
+    /// Takes over the charge of a replaced connection of the same client whose messages still
+    /// wait in the event queue (their `release_delivered` comes to this connection).
+    pub(crate) fn inherit_undelivered(&mut self, charge: usize) {
+        self.budget.undelivered += charge;
+    }
+
     /// The application took a delivered message of `len` octets: its charge leaves the
     /// receive budget.
     pub fn release_delivered(&mut self, len: usize) {

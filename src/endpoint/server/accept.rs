@@ -287,9 +287,11 @@ impl Server {
                 self.by_addr.remove(&from);
             }
         }
+        let mut inherited = 0;
         let id = match p.client_id {
             Some(id) => {
-                if self.remove_connection(id).is_some() {
+                if let Some(old) = self.remove_connection(id) {
+                    inherited = old.undelivered_charge();
                     self.events.push_back(Event::Disconnected {
                         client: id,
                         reason: crate::types::DisconnectReason::Replaced,
@@ -330,7 +332,7 @@ impl Server {
         data[FINISHED_LEN..].copy_from_slice(&id.0.to_be_bytes());
         let finished = handshake::finished_datagram(&p.keys.server_to_client, &data);
         self.reply(from, Reply::Finished(finished.clone()));
-        let conn = Connection::new(
+        let mut conn = Connection::new(
             now,
             id,
             from,
@@ -341,6 +343,9 @@ impl Server {
             Some(finished),
             (!p.resent).then(|| now.saturating_duration_since(p.replied_at)),
         );
+        // The replaced connection's messages still in the event queue are released from
+        // this one (poll_event finds connections by client id).
+        conn.inherit_undelivered(inherited);
         self.timers.schedule(id, conn.poll_timeout());
         self.connections.insert(id, conn);
         self.by_addr.insert(from, id);
