@@ -117,21 +117,7 @@ impl Server {
                 return;
             }
         }
-        // A client resuming its id, or restarting on its address, replaces its connection.
-        let replaces = client_id.is_some_and(|id| self.connections.contains_key(&id))
-            || self.by_addr.contains_key(&from);
-        if self.connections.len() >= self.config.max_clients && !replaces {
-            self.stats.refused_full += 1;
-            self.refuse(from, ErrorCode::NoSpace, "server full");
-            return;
-        }
-        if use_.connections as usize >= self.config.max_clients_per_ip && !replaces {
-            self.stats.refused_ip_limit += 1;
-            self.refuse(
-                from,
-                ErrorCode::NoSpace,
-                "too many connections from this address",
-            );
+        if !self.replaces(client_id, from) && self.refuse_past_connection_limits(from) {
             return;
         }
         if self.memory_charged() + PENDING_COST > self.config.memory_budget {
@@ -174,6 +160,36 @@ impl Server {
                 created: now,
             },
         );
+    }
+
+    /// Whether a client at `from` resuming `client_id` (if any) replaces a connection it has:
+    /// the connection of that id, or the one on its address (a restart).
+    fn replaces(&self, client_id: Option<ClientId>, from: SocketAddr) -> bool {
+        client_id.is_some_and(|id| self.connections.contains_key(&id))
+            || self.by_addr.contains_key(&from)
+    }
+
+    /// Refuses a new connection from `from` with ERROR 1.1, and counts it, if `max_clients`
+    /// or its IP's `max_clients_per_ip` is reached; returns whether it did.
+    fn refuse_past_connection_limits(&mut self, from: SocketAddr) -> bool {
+        let ip_conns = self
+            .by_ip
+            .get(&ip_key(from.ip()))
+            .map_or(0, |u| u.connections as usize);
+        if self.connections.len() >= self.config.max_clients {
+            self.stats.refused_full += 1;
+            self.refuse(from, ErrorCode::NoSpace, "server full");
+        } else if ip_conns >= self.config.max_clients_per_ip {
+            self.stats.refused_ip_limit += 1;
+            self.refuse(
+                from,
+                ErrorCode::NoSpace,
+                "too many connections from this address",
+            );
+        } else {
+            return false;
+        }
+        true
     }
 
     /// Seconds of the server's clock (from its first datagram), for cookies and rates.
@@ -250,29 +266,8 @@ impl Server {
         }
         let p = self.remove_pending(&from).expect("looked up above");
         // Handshakes run concurrently: the limits are checked again now that it finished.
-        let replaces = p
-            .client_id
-            .is_some_and(|id| self.connections.contains_key(&id))
-            || self.by_addr.contains_key(&from);
-        if !replaces {
-            let ip_conns = self
-                .by_ip
-                .get(&ip_key(from.ip()))
-                .map_or(0, |u| u.connections as usize);
-            if self.connections.len() >= self.config.max_clients {
-                self.stats.refused_full += 1;
-                self.refuse(from, ErrorCode::NoSpace, "server full");
-                return;
-            }
-            if ip_conns >= self.config.max_clients_per_ip {
-                self.stats.refused_ip_limit += 1;
-                self.refuse(
-                    from,
-                    ErrorCode::NoSpace,
-                    "too many connections from this address",
-                );
-                return;
-            }
+        if !self.replaces(p.client_id, from) && self.refuse_past_connection_limits(from) {
+            return;
         }
         if let Some(old) = self.by_addr.get(&from).copied() {
             // The client restarted on the same address: the old connection is gone.
