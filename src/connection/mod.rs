@@ -121,11 +121,11 @@ impl Rate {
         }
         self.bytes += len as u64;
     }
+}
 
-    /// One packet's outcome in a smoothed loss fraction.
-    fn smooth(loss: &mut f64, lost: bool) {
-        *loss = *loss * 0.99 + if lost { 0.01 } else { 0.0 };
-    }
+/// Adds one packet's outcome to a loss fraction smoothed over about the last 100 packets.
+fn smooth_loss(loss: &mut f64, lost: bool) {
+    *loss = *loss * 0.99 + if lost { 0.01 } else { 0.0 };
 }
 
 /// Which side of the connection this is.

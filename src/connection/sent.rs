@@ -106,12 +106,12 @@ impl Connection {
                 back == 0 || (1..=16).contains(&back) && ack.ack_bits & (0x8000 >> (back - 1)) != 0;
             if acked {
                 self.cc.on_ack(u64::from(size), sent);
-                Rate::smooth(&mut self.path_loss, false);
+                smooth_loss(&mut self.path_loss, false);
                 self.unreliable_sent.remove(i);
             } else if pn < ack_pn && (PACKET_THRESHOLD..=16).contains(&back) {
                 // Inside the window the ACK describes and not in it: lost.
                 self.cc.on_loss(now, sent);
-                Rate::smooth(&mut self.path_loss, true);
+                smooth_loss(&mut self.path_loss, true);
                 self.unreliable_sent.remove(i);
             } else if pn < ack_pn && back > 16 {
                 // Older than any ACK will describe again: forget it.
@@ -144,8 +144,8 @@ impl Connection {
         self.in_flight = self.in_flight.saturating_sub(packet.size);
         self.cc.on_ack(packet.size, packet.first_sent);
         self.budget.queued = self.budget.queued.saturating_sub(packet.message_bytes);
-        self.loss_ewma *= 0.99;
-        Rate::smooth(&mut self.path_loss, false);
+        smooth_loss(&mut self.loss_ewma, false);
+        smooth_loss(&mut self.path_loss, false);
         for r in &packet.ordered {
             let ch = &mut self.send_channels[usize::from(r.channel)];
             for k in 0..r.count {
@@ -254,8 +254,8 @@ impl Connection {
         let sent_at = self.sent[i].last_sent;
         self.cc.on_loss(now, sent_at);
         self.stats.packets_lost += 1;
-        self.loss_ewma = self.loss_ewma * 0.99 + 0.01;
-        Rate::smooth(&mut self.path_loss, true);
+        smooth_loss(&mut self.loss_ewma, true);
+        smooth_loss(&mut self.path_loss, true);
         if !self
             .jobs
             .iter()
