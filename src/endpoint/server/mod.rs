@@ -338,10 +338,7 @@ impl Server {
             .get_mut(&client)
             .ok_or(SendError::NotConnected)?;
         conn.send(now, channel, message)?;
-        if self.dirty.back() != Some(&client) {
-            self.dirty.push_back(client);
-            self.dedup_dirty();
-        }
+        self.mark_dirty(client);
         Ok(())
     }
 
@@ -401,7 +398,7 @@ impl Server {
     pub fn disconnect(&mut self, now: Instant, client: ClientId, reason: &str) {
         if let Some(conn) = self.connections.get_mut(&client) {
             conn.close(now, ErrorCode::Disconnect, reason);
-            self.dirty.push_back(client);
+            self.mark_dirty(client);
         }
     }
 
@@ -526,7 +523,7 @@ impl Server {
                 if conn.addr() != before {
                     self.on_migrated(id, before);
                 }
-                self.dirty.push_back(id);
+                self.mark_dirty(id);
                 self.reap(id);
                 return;
             }
@@ -597,14 +594,13 @@ impl Server {
         for &id in &due {
             if let Some(conn) = self.connections.get_mut(&id) {
                 conn.handle_timeout(now, &mut self.events);
-                self.dirty.push_back(id);
+                self.mark_dirty(id);
                 self.stats.timers_run += 1;
             }
             self.reap(id);
             self.reschedule(id);
         }
         self.due = due;
-        self.dedup_dirty();
     }
 
     /// Writes the next datagram to send into `buf` (at least 1200 octets), or returns `None`
@@ -638,8 +634,7 @@ impl Server {
             };
             if let Some((len, destination)) = conn.poll_transmit(now, &mut self.scratch, buf) {
                 // Round robin: it goes to the back, others get their turn first.
-                self.dirty.push_back(id);
-                self.dedup_dirty();
+                self.mark_dirty(id);
                 return Some(Transmit { destination, len });
             }
             self.reap(id);

@@ -106,7 +106,7 @@ impl Server {
             if conn.addr() != before {
                 self.on_migrated(id, before);
             }
-            self.dirty.push_back(id);
+            self.mark_dirty(id);
             return true;
         }
         false
@@ -158,7 +158,16 @@ impl Server {
     }
 
     /// Keeps the dirty queue from growing with repeated ids.
-    pub(super) fn dedup_dirty(&mut self) {
+    /// Queues `id` for `poll_transmit` (once at the back; the queue never grows past about
+    /// two entries per connection).
+    pub(super) fn mark_dirty(&mut self, id: ClientId) {
+        if self.dirty.back() != Some(&id) {
+            self.dirty.push_back(id);
+            self.dedup_dirty();
+        }
+    }
+
+    fn dedup_dirty(&mut self) {
         if self.dirty.len() > 2 * self.connections.len() + 8 {
             let mut seen = std::collections::HashSet::new();
             self.dirty.retain(|id| seen.insert(*id));
