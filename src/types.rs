@@ -251,6 +251,9 @@ pub struct ConnectionStats {
     pub reassembly_evictions: u64,
     /// `send` calls refused with `SendError::QueueFull` (the send budget was spent).
     pub queue_full: u64,
+    /// Times fragment reports were cut short because their allowance (3 × the fragment octets
+    /// received since the last report) was spent.
+    pub fragment_reports_limited: u64,
     /// Times a path challenge waited because the new address had been sent three times what
     /// it sent (the anti-amplification limit before validation).
     pub amplification_limited: u64,

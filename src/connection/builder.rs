@@ -355,6 +355,7 @@ impl Connection {
             };
             let len = frame::fragment_ack_len(count);
             if plain.len() - start + len > allowance {
+                self.stats.fragment_reports_limited += 1;
                 break;
             }
             if plain.len() - start + len > budget {
