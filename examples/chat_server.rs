@@ -284,7 +284,7 @@ impl Chat {
                 }
                 self.driver.recycle(data);
             }
-            Event::Disconnected { client, reason } => {
+            Event::Disconnected { client, reason, .. } => {
                 self.backlogs.remove(client);
                 let session = self.sessions.remove(&client).unwrap_or_default();
                 match (&session.name, &reason) {

@@ -383,7 +383,7 @@ fn serve(
                     println!("client {client} connected from {addr}");
                 }
             }
-            Some(Event::Disconnected { client, reason }) => {
+            Some(Event::Disconnected { client, reason, .. }) => {
                 backlogs.remove(client);
                 if log {
                     println!("client {client} disconnected: {reason}");

@@ -98,7 +98,10 @@ pub struct ConnectionConfig {
     /// Default 1 s.
     pub max_rto: Duration,
     /// Acknowledgements wait at most this long to be grouped (zero: sent at the next
-    /// `poll_transmit`). Default zero.
+    /// `poll_transmit`). The ACK fields carry no delay, so this side also takes it as the
+    /// peer's: RTT samples from acknowledgements are corrected by it (never below the smallest
+    /// sample seen) and the resend timeout allows for it. Give both sides the same value.
+    /// Default zero.
     pub ack_delay: Duration,
     /// The receive budget: octets of received messages not yet taken by `poll_event` and
     /// reliable-ordered messages held behind a gap (each its length + 64), and packets in

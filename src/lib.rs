@@ -64,7 +64,7 @@
 //!     }
 //!     while let Some(Event::Connected { .. }) = client.poll_event() {
 //!         // Step 3: channel 3 is reliable-ordered in the default configuration.
-//!         client.send(now, ChannelId(3), b"hello").unwrap();
+//!         client.send(now, ChannelId::RELIABLE_ORDERED, b"hello").unwrap();
 //!     }
 //!     if received.is_some() {
 //!         break;
@@ -83,6 +83,7 @@ pub mod connection;
 pub mod crypto;
 pub mod endpoint;
 pub mod io;
+mod log;
 pub mod pipeline;
 pub mod token;
 pub mod types;

@@ -21,8 +21,23 @@ impl fmt::Display for ClientId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelId(pub u8);
 
+impl ChannelId {
+    /// Channel 0 of the default configuration: unreliable (a message may be lost, duplicates
+    /// are dropped, order is not kept). For inputs sent every tick.
+    pub const UNRELIABLE: ChannelId = ChannelId(0);
+    /// Channel 1 of the default configuration: unreliable-sequenced (a message older than
+    /// one already delivered is dropped). For snapshots.
+    pub const SEQUENCED: ChannelId = ChannelId(1);
+    /// Channel 2 of the default configuration: reliable, delivered as it arrives. For events
+    /// whose order does not matter.
+    pub const RELIABLE_UNORDERED: ChannelId = ChannelId(2);
+    /// Channel 3 of the default configuration: reliable and in order. For chat, commands,
+    /// anything that must arrive in sequence.
+    pub const RELIABLE_ORDERED: ChannelId = ChannelId(3);
+}
+
 /// Something that happened on an endpoint, taken with `poll_event`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
     /// The handshake finished: `client` may send and receive. On a client endpoint, `client`
@@ -37,6 +52,8 @@ pub enum Event {
         client: ClientId,
         /// Why.
         reason: DisconnectReason,
+        /// Its statistics when it ended (all zeros if the handshake never finished).
+        stats: Box<ConnectionStats>,
     },
     /// The client's address changed (a NAT rebinding, a new network) and the new path was
     /// confirmed: the connection goes on from `new`.
@@ -77,8 +94,16 @@ pub enum DisconnectReason {
     },
     /// Nothing arrived for the configured timeout.
     TimedOut,
-    /// The handshake did not finish: the code says why (1.0 timeout, 1.1 server full, 1.2
-    /// certificate refused, 1.3 bad finished).
+    /// Nothing came back from the server during the handshake: no server at that address
+    /// and port, or the path drops the datagrams (`ClientConfig::handshake_timeout`).
+    NoAnswer {
+        /// Where the client sent its handshake.
+        server: SocketAddr,
+        /// How long it tried.
+        after: Duration,
+    },
+    /// The handshake did not finish: the code says why (1.1 server full, 1.2
+    /// certificate or client refused, 1.3 bad finished).
     HandshakeFailed(ErrorCode),
     /// The peer broke the protocol after authenticating (the code names how).
     ProtocolViolation(ErrorCode),
@@ -97,6 +122,12 @@ impl fmt::Display for DisconnectReason {
             }
             Self::Local { code } => write!(f, "closed locally ({code} {})", code.name()),
             Self::TimedOut => f.write_str("timed out"),
+            Self::NoAnswer { server, after } => write!(
+                f,
+                "no answer from {server} within {:.1} s (is a server running at that address \
+                 and port, and is the port reachable?)",
+                after.as_secs_f64()
+            ),
             Self::HandshakeFailed(code) => {
                 write!(f, "handshake failed ({code} {})", code.name())?;
                 let hint = match code.parts() {
@@ -138,8 +169,11 @@ impl fmt::Display for DisconnectReason {
 /// Why `send` refused a message. Nothing was queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendError {
-    /// No such connection, or it is not connected (yet or any more).
+    /// No such connection, or its handshake has not finished yet.
     NotConnected,
+    /// The connection has ended or is closing: its `Event::Disconnected` (queued, if not
+    /// taken yet) says why.
+    Closed,
     /// The message is longer than the configured `max_message_size`.
     MessageTooLarge {
         /// The message's length.
@@ -157,6 +191,7 @@ impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotConnected => f.write_str("not connected"),
+            Self::Closed => f.write_str("the connection has ended or is closing"),
             Self::MessageTooLarge { len, limit } => {
                 write!(f, "message of {len} octets exceeds the limit of {limit}")
             }

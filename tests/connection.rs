@@ -144,10 +144,18 @@ fn handshake_times_out_without_a_server() {
     let mut sim = sim_with_client();
     sim.filter = Box::new(|_, _, _| Fate::Drop);
     sim.run_for(Duration::from_secs(11));
+    // The reason names the address and the time, in plain words.
+    let reason = client_disconnect_reason(&sim, 0).unwrap();
     assert_eq!(
-        client_disconnect_reason(&sim, 0),
-        Some(DisconnectReason::HandshakeFailed(ErrorCode::Connection))
+        reason,
+        DisconnectReason::NoAnswer {
+            server: sim.server_addr,
+            after: Duration::from_secs(10)
+        }
     );
+    assert!(reason
+        .to_string()
+        .starts_with("no answer from 127.0.0.1:4000 within 10.0 s"));
 }
 
 #[test]
@@ -774,4 +782,83 @@ fn stats_tell_the_loss_each_way_the_rates_and_survive_the_close() {
         .server
         .client_stats(id)
         .is_some_and(|s| s.messages_received >= 300));
+}
+
+#[test]
+fn the_rtt_does_not_count_the_peers_ack_delay() {
+    // 10 ms each way; both sides hold acknowledgements up to 30 ms. One reliable message
+    // every 50 ms, so each acknowledgement waits the full delay: uncorrected, the RTT would
+    // read about 50 ms.
+    let identity = ServerIdentity::generate();
+    let mut config = ServerConfig::new(identity);
+    config.connection.ack_delay = Duration::from_millis(30);
+    let mut sim = Sim::new(config);
+    let mut cfg = sim.client_config();
+    cfg.connection.ack_delay = Duration::from_millis(30);
+    sim.add_client(cfg);
+    sim.connect_all();
+    for _ in 0..60 {
+        let now = sim.now;
+        sim.clients[0].1.send(now, ChannelId(3), &[7; 50]).unwrap();
+        sim.run_for(Duration::from_millis(50));
+    }
+    let stats = sim.clients[0].1.stats();
+    assert!(
+        stats.rtt >= Duration::from_millis(18) && stats.rtt <= Duration::from_millis(26),
+        "rtt {:?}",
+        stats.rtt
+    );
+    // Nothing was resent for waiting in the peer's delay.
+    assert_eq!(stats.packets_resent, 0);
+}
+
+#[test]
+fn disconnected_carries_the_final_stats_and_send_says_closed() {
+    let mut sim = sim_with_client();
+    sim.connect_all();
+    for i in 0..20u8 {
+        let now = sim.now;
+        sim.clients[0].1.send(now, ChannelId(3), &[i; 10]).unwrap();
+        sim.run_for(Duration::from_millis(10));
+    }
+    let id = sim.server.clients()[0].id;
+    let now = sim.now;
+    sim.clients[0].1.disconnect(now, "bye");
+    // Closing: the client refuses new messages with Closed, not NotConnected.
+    assert_eq!(
+        sim.clients[0].1.send(now, ChannelId(3), b"late"),
+        Err(tickwire::SendError::Closed)
+    );
+    assert!(
+        sim.run_until(Duration::from_secs(3), |s| s.clients[0].1.is_closed()
+            && !s.server.is_connected(id))
+    );
+    let now = sim.now;
+    assert_eq!(
+        sim.server.send(now, id, ChannelId(3), b"late"),
+        Err(tickwire::SendError::Closed)
+    );
+    assert_eq!(
+        sim.server
+            .send(now, tickwire::ClientId(999), ChannelId(3), b"x"),
+        Err(tickwire::SendError::NotConnected)
+    );
+    let server_final = sim
+        .server_events
+        .iter()
+        .find_map(|e| match e {
+            Event::Disconnected { stats, .. } => Some(stats.clone()),
+            _ => None,
+        })
+        .expect("the server saw the close");
+    assert_eq!(server_final.messages_received, 20);
+    let client_final = sim.client_events[0]
+        .iter()
+        .find_map(|e| match e {
+            Event::Disconnected { stats, .. } => Some(stats.clone()),
+            _ => None,
+        })
+        .expect("the client saw its close");
+    assert_eq!(client_final.messages_sent, 20);
+    assert!(client_final.rtt > Duration::ZERO);
 }

@@ -153,9 +153,9 @@ fn echo_example_runs_clean() {
 }
 
 #[test]
-fn game_loop_example_runs_clean() {
+fn game_example_runs_clean() {
     // The fixed-tick loop of the README: snapshots in order, every relayed chat line.
-    let game = example_binary("game_loop");
+    let game = example_binary("game");
     let run = Command::new(&game)
         .args(["--clients", "4", "--secs", "2"])
         .stdin(Stdio::null())
@@ -164,7 +164,7 @@ fn game_loop_example_runs_clean() {
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(
         run.status.success(),
-        "game_loop failed:\n{stdout}\n{}",
+        "game failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(stdout.contains("OK: every client"), "{stdout}");

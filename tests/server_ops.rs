@@ -397,7 +397,8 @@ fn resuming_while_the_old_connection_lives_replaces_it() {
         e,
         Event::Disconnected {
             client: ClientId(1),
-            reason: DisconnectReason::Replaced
+            reason: DisconnectReason::Replaced,
+            ..
         }
     )));
     assert_eq!(sim.server.client_count(), 1);

@@ -113,7 +113,7 @@ impl Backlog {
             match send(*channel, data) {
                 Ok(()) => done.sent += 1,
                 Err(SendError::QueueFull) => break,
-                Err(SendError::NotConnected) => {
+                Err(SendError::NotConnected | SendError::Closed) => {
                     done.failed += self.entries.len() as u64;
                     self.entries.clear();
                     self.bytes = 0;

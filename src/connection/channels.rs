@@ -50,7 +50,7 @@ impl Connection {
     /// See [`SendError`]; nothing is queued on error.
     pub fn send(&mut self, now: Instant, channel: ChannelId, data: &[u8]) -> Result<(), SendError> {
         if self.state != State::Connected {
-            return Err(SendError::NotConnected);
+            return Err(SendError::Closed);
         }
         let limit = self.config.max_message_size;
         let ch = self

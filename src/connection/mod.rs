@@ -197,6 +197,8 @@ pub struct Connection {
     receiver: Receiver,
     reassembler: Reassembler,
     rtt: RttEstimator,
+    /// One info line per interval for notable drops.
+    log_limit: crate::log::LogLimit,
     cc: Congestion,
     send_channels: Vec<SendChannel>,
     recv_channels: Vec<RecvChannel>,
@@ -305,7 +307,12 @@ impl Connection {
             .collect();
         let mut receiver = Receiver::new();
         receiver.accept(0);
-        let mut rtt = RttEstimator::new(config.initial_rtt, config.min_rto, config.max_rto);
+        let mut rtt = RttEstimator::new(
+            config.initial_rtt,
+            config.min_rto,
+            config.max_rto,
+            config.ack_delay,
+        );
         if let Some(sample) = handshake_rtt {
             rtt.update(sample);
         }
@@ -316,6 +323,7 @@ impl Connection {
             role,
             state: State::Connected,
             rtt,
+            log_limit: crate::log::LogLimit::default(),
             reassembler: Reassembler::new(config.reassembly),
             config,
             send_key,
@@ -555,7 +563,10 @@ impl Connection {
                     .can_reassemble(self.reassembler.reserved_bytes(), reserve)
                 {
                     self.stats.dropped_over_budget += 1;
-                    self.drop_datagram("receive budget full: no room for a new fragmented packet");
+                    self.drop_notable(
+                        now,
+                        "receive budget full: no room for a new fragmented packet",
+                    );
                     return;
                 }
             }
@@ -568,7 +579,7 @@ impl Connection {
                 }
                 Ok(Reassembly::Refused) => {
                     self.stats.fragments_refused += 1;
-                    self.drop_datagram("reassembly limits reached");
+                    self.drop_notable(now, "reassembly limits reached");
                     None
                 }
                 Ok(Reassembly::Duplicate) => {
@@ -644,7 +655,7 @@ impl Connection {
         }
         if admit == Admit::OverBudget {
             self.stats.dropped_over_budget += 1;
-            self.drop_datagram("receive budget full: the application is not polling events, or the peer sends past an ordering gap");
+            self.drop_notable(now, "receive budget full: the application is not polling events, or the peer sends past an ordering gap");
             return;
         }
         self.receiver.accept(pn);
@@ -703,6 +714,7 @@ impl Connection {
                     events.push_back(Event::Disconnected {
                         client: self.id,
                         reason: DisconnectReason::Peer { code, message },
+                        stats: Box::new(self.stats()),
                     });
                 }
                 self.state = State::Draining;
@@ -739,9 +751,16 @@ impl Connection {
 
     fn fail(&mut self, now: Instant, code: ErrorCode, events: &mut VecDeque<Event>) {
         if self.state == State::Connected {
+            tracing::warn!(
+                client = self.id.0,
+                addr = %self.addr,
+                code = %code,
+                "the peer broke the protocol: closing"
+            );
             events.push_back(Event::Disconnected {
                 client: self.id,
                 reason: DisconnectReason::ProtocolViolation(code),
+                stats: Box::new(self.stats()),
             });
             self.start_close(now, code, "protocol violation", false);
             if let Some(c) = self.close.as_mut() {
@@ -762,6 +781,18 @@ impl Connection {
     fn drop_datagram(&mut self, why: &'static str) {
         self.stats.datagrams_dropped += 1;
         tracing::debug!(client = self.id.0, why, "datagram dropped");
+    }
+
+    /// A drop an operator should see (the application falls behind, reassembly is full): at
+    /// info level, one line per `LogLimit::INTERVAL` per connection.
+    fn drop_notable(&mut self, now: Instant, why: &'static str) {
+        self.stats.datagrams_dropped += 1;
+        match self.log_limit.allow(now) {
+            Some(left_out) => {
+                tracing::info!(client = self.id.0, why, left_out, "datagram dropped")
+            }
+            None => tracing::debug!(client = self.id.0, why, "datagram dropped"),
+        }
     }
 
     fn drop_wire(&mut self, e: WireError) {

@@ -79,6 +79,9 @@ impl Connection {
         if ack_pn > newest {
             return;
         }
+        // One RTT sample per ACK, from the newest packet it newly acknowledges (sent once):
+        // older ones waited longer in the peer's ack delay and would read high.
+        let mut newest_sent: Option<Instant> = None;
         for back in 0..=16u32 {
             let Some(pn) = ack_pn.checked_sub(back) else {
                 break;
@@ -86,18 +89,32 @@ impl Connection {
             if back > 0 && ack.ack_bits & (0x8000 >> (back - 1)) == 0 {
                 continue;
             }
-            self.on_packet_acked(now, pn);
+            if let Some(sent) = self.on_packet_acked(pn) {
+                newest_sent = newest_sent.max(Some(sent));
+            }
         }
         if self.largest_acked.is_none_or(|l| ack_pn > l) {
             self.largest_acked = Some(ack_pn);
         }
-        self.unreliable_acks(now, ack, ack_pn);
+        if let Some(sent) = self.unreliable_acks(now, ack, ack_pn) {
+            newest_sent = newest_sent.max(Some(sent));
+        }
+        if let Some(sent) = newest_sent {
+            self.rtt.update_acked(now.saturating_duration_since(sent));
+        }
         self.detect_losses(now);
     }
 
     /// Acknowledged unreliable packets grow the window; those left behind by
     /// `PACKET_THRESHOLD` newer acknowledged ones count as a loss (once per round trip).
-    pub(super) fn unreliable_acks(&mut self, now: Instant, ack: &AckFields, ack_pn: u32) {
+    /// Returns when the newest one acknowledged was sent.
+    pub(super) fn unreliable_acks(
+        &mut self,
+        now: Instant,
+        ack: &AckFields,
+        ack_pn: u32,
+    ) -> Option<Instant> {
+        let mut newest = None;
         let mut i = 0;
         while i < self.unreliable_sent.len() {
             let (pn, size, sent) = self.unreliable_sent[i];
@@ -105,6 +122,7 @@ impl Connection {
             let acked =
                 back == 0 || (1..=16).contains(&back) && ack.ack_bits & (0x8000 >> (back - 1)) != 0;
             if acked {
+                newest = newest.max(Some(sent));
                 self.cc.on_ack(u64::from(size), sent);
                 smooth_loss(&mut self.path_loss, false);
                 self.unreliable_sent.remove(i);
@@ -120,9 +138,12 @@ impl Connection {
                 i += 1;
             }
         }
+        newest
     }
 
-    pub(super) fn on_packet_acked(&mut self, now: Instant, pn: u32) {
+    /// Takes packet `pn` off the record; returns when it was sent if it was sent once (an
+    /// RTT sample).
+    pub(super) fn on_packet_acked(&mut self, pn: u32) -> Option<Instant> {
         if let Some(Closing {
             packet: Some(close),
             ..
@@ -130,17 +151,14 @@ impl Connection {
         {
             if close.pn == pn {
                 self.state = State::Closed;
-                return;
+                return None;
             }
         }
         let Ok(i) = self.sent.binary_search_by_key(&pn, |p| p.pn) else {
-            return;
+            return None;
         };
         let packet = self.sent.remove(i).expect("index from binary search");
-        if packet.resends == 0 {
-            self.rtt
-                .update(now.saturating_duration_since(packet.first_sent));
-        }
+        let sample = (packet.resends == 0).then_some(packet.first_sent);
         self.in_flight = self.in_flight.saturating_sub(packet.size);
         self.cc.on_ack(packet.size, packet.first_sent);
         self.budget.queued = self.budget.queued.saturating_sub(packet.message_bytes);
@@ -161,6 +179,7 @@ impl Connection {
             }
         }
         self.recycle_sent(packet);
+        sample
     }
 
     pub(super) fn recycle_sent(&mut self, packet: SentPacket) {

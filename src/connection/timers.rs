@@ -20,6 +20,7 @@ impl Connection {
                 events.push_back(Event::Disconnected {
                     client: self.id,
                     reason: DisconnectReason::TimedOut,
+                    stats: Box::new(self.stats()),
                 });
             }
             self.state = State::Closed;

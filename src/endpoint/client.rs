@@ -253,6 +253,7 @@ impl Client {
     ) -> Result<(), SendError> {
         match &mut self.state {
             State::Connected(c) => c.send(now, channel, message),
+            State::Closed => Err(SendError::Closed),
             _ => Err(SendError::NotConnected),
         }
     }
@@ -268,6 +269,7 @@ impl Client {
                     reason: DisconnectReason::Local {
                         code: ErrorCode::ClientDisconnect,
                     },
+                    stats: Box::default(),
                 });
             }
             State::Closed => {}
@@ -454,6 +456,7 @@ impl Client {
                         self.events.push_back(Event::Disconnected {
                             client: ClientId(0),
                             reason: DisconnectReason::HandshakeFailed(*code),
+                            stats: Box::default(),
                         });
                         return;
                     }
@@ -470,6 +473,7 @@ impl Client {
         self.events.push_back(Event::Disconnected {
             client: ClientId(0),
             reason: DisconnectReason::HandshakeFailed(code),
+            stats: Box::default(),
         });
     }
 
@@ -480,6 +484,7 @@ impl Client {
                     self.events.push_back(Event::Disconnected {
                         client: conn.id(),
                         reason,
+                        stats: Box::new(conn.stats()),
                     });
                 }
                 self.final_stats = Some(conn.stats());
@@ -506,7 +511,11 @@ impl Client {
                     self.state = State::Closed;
                     self.events.push_back(Event::Disconnected {
                         client: ClientId(0),
-                        reason: DisconnectReason::HandshakeFailed(ErrorCode::Connection),
+                        reason: DisconnectReason::NoAnswer {
+                            server: self.server,
+                            after: self.config.handshake_timeout,
+                        },
+                        stats: Box::default(),
                     });
                 } else if now >= *resend_at {
                     *send_now = true;

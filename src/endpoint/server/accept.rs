@@ -272,10 +272,11 @@ impl Server {
         if let Some(old) = self.by_addr.get(&from).copied() {
             // The client restarted on the same address: the old connection is gone.
             if p.client_id != Some(old) {
-                if self.remove_connection(old).is_some() {
+                if let Some(conn) = self.remove_connection(old) {
                     self.events.push_back(Event::Disconnected {
                         client: old,
                         reason: crate::types::DisconnectReason::Replaced,
+                        stats: Box::new(conn.stats()),
                     });
                     self.expire_resumable(old, now + self.config.resume_window);
                 }
@@ -290,6 +291,7 @@ impl Server {
                     self.events.push_back(Event::Disconnected {
                         client: id,
                         reason: crate::types::DisconnectReason::Replaced,
+                        stats: Box::new(old.stats()),
                     });
                 }
                 self.stats.resumed += u64::from(self.resumable.contains_key(&id));
@@ -360,7 +362,10 @@ impl Server {
 
     /// Answers an AUTH with an unsealed ERROR, keeping no state.
     pub(super) fn refuse(&mut self, to: SocketAddr, code: ErrorCode, why: &'static str) {
-        tracing::debug!(%to, code = %code, why, "handshake refused");
+        match self.refusal_log.allow(self.last_now) {
+            Some(left_out) => tracing::info!(%to, code = %code, why, left_out, "handshake refused"),
+            None => tracing::debug!(%to, code = %code, why, "handshake refused"),
+        }
         self.reply(to, Reply::Error(code, why));
     }
 

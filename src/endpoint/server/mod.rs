@@ -184,6 +184,8 @@ pub struct Server {
     token_uses: HashMap<[u8; 32], (SocketAddr, u64)>,
     wall_clock: Option<(Instant, u64)>,
     last_now: Instant,
+    /// One info line per interval for refused handshakes.
+    refusal_log: crate::log::LogLimit,
     /// Each connection's next deadline.
     timers: Deadlines<ClientId>,
     /// Reused list of connections whose deadline came.
@@ -247,6 +249,7 @@ impl Server {
             token_uses: HashMap::new(),
             wall_clock: None,
             last_now: Instant::now(),
+            refusal_log: crate::log::LogLimit::default(),
             timers: Deadlines::new(),
             due: Vec::new(),
             ids: Vec::new(),
@@ -333,10 +336,14 @@ impl Server {
         channel: ChannelId,
         message: &[u8],
     ) -> Result<(), SendError> {
-        let conn = self
-            .connections
-            .get_mut(&client)
-            .ok_or(SendError::NotConnected)?;
+        let Some(conn) = self.connections.get_mut(&client) else {
+            // Ended (its Disconnected may still be queued), or never existed.
+            return Err(if self.resumable.contains_key(&client) {
+                SendError::Closed
+            } else {
+                SendError::NotConnected
+            });
+        };
         conn.send(now, channel, message)?;
         self.mark_dirty(client);
         Ok(())

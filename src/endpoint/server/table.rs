@@ -150,8 +150,11 @@ impl Server {
             return;
         }
         if let Some(reason) = conn.take_report() {
-            self.events
-                .push_back(Event::Disconnected { client: id, reason });
+            self.events.push_back(Event::Disconnected {
+                client: id,
+                reason,
+                stats: Box::new(conn.stats()),
+            });
         }
         self.remove_connection(id);
         self.expire_resumable(id, self.last_now + self.config.resume_window);
