@@ -96,6 +96,7 @@ pub use config::{
 pub use crypto::{ServerIdentity, ServerKey};
 pub use endpoint::{Client, ClientInfo, IpPrefix, Resumption, Server, ServerStats};
 pub use types::{
-    ChannelId, ClientId, ConnectionStats, DisconnectReason, Event, SendError, Transmit,
+    ChannelId, ChannelStats, ClientId, ConnectionStats, DisconnectReason, Event, SendError,
+    Transmit,
 };
 pub use wire::ErrorCode;

@@ -213,7 +213,11 @@ pub struct Transmit {
 }
 
 /// Counters and estimates of one connection.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+///
+/// Read them with `Server::client_stats` or `Client::stats` while the connection lives and
+/// after it ended (the server keeps them as long as the client id stays resumable); the
+/// `Disconnected` event carries the final ones.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ConnectionStats {
     /// Smoothed round-trip time.
     pub rtt: Duration,
@@ -232,6 +236,10 @@ pub struct ConnectionStats {
     pub send_bytes_per_sec: u64,
     /// Octets received per second, over the last full second of receiving.
     pub receive_bytes_per_sec: u64,
+    /// Datagrams sent per second, over the last full second of sending.
+    pub send_packets_per_sec: u64,
+    /// Datagrams received (and accepted) per second, over the last full second of receiving.
+    pub receive_packets_per_sec: u64,
     /// Datagrams sent (including resends).
     pub packets_sent: u64,
     /// Datagrams received that opened and were accepted.
@@ -292,4 +300,28 @@ pub struct ConnectionStats {
     /// Times a path challenge waited because the new address had been sent three times what
     /// it sent (the anti-amplification limit before validation).
     pub amplification_limited: u64,
+    /// Per channel, index `ChannelId.0`: its messages and octets each way, drops and queue.
+    pub channels: Vec<ChannelStats>,
+}
+
+/// Counters of one channel of a connection, in [`ConnectionStats::channels`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChannelStats {
+    /// Messages `send` accepted on this channel.
+    pub messages_sent: u64,
+    /// Octets of the messages `send` accepted.
+    pub bytes_sent: u64,
+    /// Messages delivered to the application from this channel.
+    pub messages_received: u64,
+    /// Octets of the messages delivered.
+    pub bytes_received: u64,
+    /// Unreliable messages dropped before they went out: past
+    /// `ConnectionConfig::unreliable_deadline`, pushed out of a full queue, or at close.
+    pub dropped_unsent: u64,
+    /// Sequenced messages dropped on arrival because a newer one was delivered.
+    pub dropped_stale: u64,
+    /// Messages queued and not yet put in a packet.
+    pub queued_messages: u64,
+    /// Octets charged for the queued messages (each its length plus `MESSAGE_OVERHEAD`).
+    pub queued_bytes: u64,
 }

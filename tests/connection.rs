@@ -768,6 +768,17 @@ fn stats_tell_the_loss_each_way_the_rates_and_survive_the_close() {
         client.send_bytes_per_sec
     );
     assert!(server.receive_bytes_per_sec > 10_000);
+    // Two messages every 10 ms go out in at least 100 datagrams a second.
+    assert!(
+        client.send_packets_per_sec >= 100,
+        "{}",
+        client.send_packets_per_sec
+    );
+    assert!(server.receive_packets_per_sec >= 80);
+    // The sequenced channel 1 carried nothing; the unreliable channel 0 about 90% of 300.
+    assert_eq!(server.channels[1].messages_received, 0);
+    assert_eq!(client.channels[0].messages_sent, 300);
+    assert!((240..=300).contains(&server.channels[0].messages_received));
     // After a graceful close both sides still tell the connection's counters.
     sim.filter = Box::new(|_, _, _| Fate::Deliver);
     let now = sim.now;
@@ -861,4 +872,21 @@ fn disconnected_carries_the_final_stats_and_send_says_closed() {
         .expect("the client saw its close");
     assert_eq!(client_final.messages_sent, 20);
     assert!(client_final.rtt > Duration::ZERO);
+    // Per channel: all 20 messages of 10 octets on channel 3, nothing on the others.
+    assert_eq!(client_final.channels.len(), 4);
+    let sent = client_final.channels[3];
+    assert_eq!((sent.messages_sent, sent.bytes_sent), (20, 200));
+    assert_eq!(sent.queued_messages, 0);
+    let got = server_final.channels[3];
+    assert_eq!((got.messages_received, got.bytes_received), (20, 200));
+    for ch in [0, 1, 2] {
+        assert_eq!(client_final.channels[ch], tickwire::ChannelStats::default());
+    }
+    // The server keeps the final figures while the id is resumable.
+    assert_eq!(
+        sim.server
+            .client_stats(id)
+            .map(|s| s.channels[3].messages_received),
+        Some(20)
+    );
 }

@@ -314,7 +314,7 @@ fn spoofed_fragments_do_not_starve_reassembly_in_either_direction() {
         echoed, 200,
         "every 4000-octet echo came back under fragment spoofing"
     );
-    let server_side = sim.server.clients()[0].stats;
+    let server_side = sim.server.clients()[0].stats.clone();
     assert!(server_side.fragments_refused > 0);
     assert!(sim.clients[0].1.stats().fragments_refused > 0);
 }

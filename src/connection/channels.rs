@@ -94,6 +94,7 @@ impl Connection {
                 };
                 ch.queued -= message_cost(old.data.len(), old.data.capacity());
                 self.stats.unreliable_dropped += 1;
+                self.channel_stats[usize::from(channel.0)].dropped_unsent += 1;
                 if self.pool.len() < POOL_LIMIT {
                     self.pool.push(old.data);
                 }
@@ -105,6 +106,9 @@ impl Connection {
             enqueued: now,
         });
         self.stats.messages_sent += 1;
+        let c = &mut self.channel_stats[usize::from(channel.0)];
+        c.messages_sent += 1;
+        c.bytes_sent += data.len() as u64;
         self.last_data = now;
         self.trimmed = false;
         Ok(())
@@ -231,6 +235,7 @@ impl Connection {
                 if let Some(last) = ch.seq {
                     if (s.wrapping_sub(last) as i16) <= 0 {
                         self.stats.stale_dropped += 1;
+                        self.channel_stats[usize::from(channel)].dropped_stale += 1;
                         return Ok(());
                     }
                 }
@@ -262,6 +267,7 @@ impl Connection {
                 let buf = take_buf(data);
                 self.budget.undelivered += message_cost(buf.len(), 0);
                 self.stats.messages_received += 1;
+                count_received(&mut self.channel_stats, channel, buf.len());
                 events.push_back(Event::Message {
                     client,
                     channel: channel_id,
@@ -277,6 +283,7 @@ impl Connection {
                     self.budget.held -= cost;
                     self.budget.undelivered += cost;
                     self.stats.messages_received += 1;
+                    count_received(&mut self.channel_stats, channel, msg.len());
                     events.push_back(Event::Message {
                         client,
                         channel: channel_id,
@@ -292,6 +299,7 @@ impl Connection {
         let buf = take_buf(data);
         self.budget.undelivered += message_cost(buf.len(), 0);
         self.stats.messages_received += 1;
+        count_received(&mut self.channel_stats, channel, buf.len());
         events.push_back(Event::Message {
             client,
             channel: channel_id,
@@ -304,5 +312,13 @@ impl Connection {
         self.send_channels
             .iter()
             .any(|c| !c.mode.is_reliable() && !c.queue.is_empty())
+    }
+}
+
+/// Counts one message delivered on `channel`.
+fn count_received(stats: &mut [crate::types::ChannelStats], channel: u8, len: usize) {
+    if let Some(c) = stats.get_mut(usize::from(channel)) {
+        c.messages_received += 1;
+        c.bytes_received += len as u64;
     }
 }

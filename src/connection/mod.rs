@@ -33,7 +33,9 @@ use crate::pipeline::{
     encode_into, fragment, seal, Decoder, FragmentBitmap, PacketKey, Reassembler, Reassembly, Seal,
     SendOptions,
 };
-use crate::types::{ChannelId, ClientId, ConnectionStats, DisconnectReason, Event, SendError};
+use crate::types::{
+    ChannelId, ChannelStats, ClientId, ConnectionStats, DisconnectReason, Event, SendError,
+};
 use crate::wire::frame::{self, Frame, Frames};
 use crate::wire::{
     AckFields, Body, ErrorCode, Flags, Header, Heartbeat, Packet, TypeFields, WireError, MAX_DATA,
@@ -100,7 +102,9 @@ pub fn plaintext_limit(config: &ConnectionConfig) -> usize {
 struct Rate {
     since: Instant,
     bytes: u64,
+    packets: u64,
     per_sec: u64,
+    packets_per_sec: u64,
 }
 
 impl Rate {
@@ -108,7 +112,9 @@ impl Rate {
         Self {
             since: now,
             bytes: 0,
+            packets: 0,
             per_sec: 0,
+            packets_per_sec: 0,
         }
     }
 
@@ -116,10 +122,13 @@ impl Rate {
         let elapsed = now.saturating_duration_since(self.since);
         if elapsed >= Duration::from_secs(1) {
             self.per_sec = (self.bytes as f64 / elapsed.as_secs_f64()) as u64;
+            self.packets_per_sec = (self.packets as f64 / elapsed.as_secs_f64()) as u64;
             self.since = now;
             self.bytes = 0;
+            self.packets = 0;
         }
         self.bytes += len as u64;
+        self.packets += 1;
     }
 }
 
@@ -233,6 +242,8 @@ pub struct Connection {
     sent_rate: Rate,
     received_rate: Rate,
     stats: ConnectionStats,
+    /// Per-channel counters (the queue figures are filled in by `stats`).
+    channel_stats: Vec<ChannelStats>,
     pool: Vec<Vec<u8>>,
     range_pool: Vec<Vec<SeqRange>>,
     /// Unreliable data packets recently sent: (packet number, octets, when), so that their
@@ -316,6 +327,7 @@ impl Connection {
         if let Some(sample) = handshake_rtt {
             rtt.update(sample);
         }
+        let channel_count = config.channels.len();
         Self {
             budget: Budget::new(config.send_queue_bytes, config.receive_buffer_bytes),
             id,
@@ -358,6 +370,7 @@ impl Connection {
             sent_rate: Rate::new(now),
             received_rate: Rate::new(now),
             stats: ConnectionStats::default(),
+            channel_stats: vec![ChannelStats::default(); channel_count],
             pool: Vec::new(),
             range_pool: Vec::new(),
             copies: VecDeque::new(),
@@ -405,7 +418,7 @@ impl Connection {
 
     /// Counters and estimates.
     pub fn stats(&self) -> ConnectionStats {
-        let mut s = self.stats;
+        let mut s = self.stats.clone();
         s.rtt = self.rtt.srtt();
         s.jitter = self.rtt.rttvar();
         s.rto = self.rtt.rto();
@@ -413,6 +426,13 @@ impl Connection {
         s.incoming_loss = self.receiver.loss();
         s.send_bytes_per_sec = self.sent_rate.per_sec;
         s.receive_bytes_per_sec = self.received_rate.per_sec;
+        s.send_packets_per_sec = self.sent_rate.packets_per_sec;
+        s.receive_packets_per_sec = self.received_rate.packets_per_sec;
+        s.channels = self.channel_stats.clone();
+        for (c, ch) in s.channels.iter_mut().zip(&self.send_channels) {
+            c.queued_messages = ch.queue.len() as u64;
+            c.queued_bytes = ch.queued as u64;
+        }
         s.in_flight_bytes = self.in_flight;
         s.congestion_window = self.cc.window();
         s.send_rate = self.cc.pacing_rate(self.rtt.srtt());
@@ -449,9 +469,10 @@ impl Connection {
             packet: None,
             report: Some(DisconnectReason::Local { code }),
         });
-        for ch in &mut self.send_channels {
+        for (i, ch) in self.send_channels.iter_mut().enumerate() {
             if !ch.mode.is_reliable() {
                 self.stats.unreliable_dropped += ch.queue.len() as u64;
+                self.channel_stats[i].dropped_unsent += ch.queue.len() as u64;
                 ch.queue.clear();
                 ch.queued = 0;
             }

@@ -50,7 +50,7 @@ impl Connection {
         }
         // Unreliable messages that could not go out in time.
         let deadline = self.config.unreliable_deadline;
-        for ch in &mut self.send_channels {
+        for (i, ch) in self.send_channels.iter_mut().enumerate() {
             if ch.mode.is_reliable() {
                 continue;
             }
@@ -62,6 +62,7 @@ impl Connection {
                 let q = ch.queue.pop_front().expect("front checked");
                 ch.queued -= message_cost(q.data.len(), q.data.capacity());
                 self.stats.unreliable_dropped += 1;
+                self.channel_stats[i].dropped_unsent += 1;
                 if self.pool.len() < POOL_LIMIT {
                     self.pool.push(q.data);
                 }

@@ -232,7 +232,7 @@ impl Client {
     pub fn stats(&self) -> ConnectionStats {
         match &self.state {
             State::Connected(c) => c.stats(),
-            _ => self.final_stats.unwrap_or_default(),
+            _ => self.final_stats.clone().unwrap_or_default(),
         }
     }
 

@@ -148,7 +148,7 @@ pub struct ServerStats {
 }
 
 /// What the server knows of one client.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientInfo {
     /// The client.
     pub id: ClientId,
@@ -314,7 +314,10 @@ impl Server {
     pub fn client_stats(&self, client: ClientId) -> Option<ConnectionStats> {
         match self.connections.get(&client) {
             Some(c) => Some(c.stats()),
-            None => self.resumable.get(&client).and_then(|r| r.final_stats),
+            None => self
+                .resumable
+                .get(&client)
+                .and_then(|r| r.final_stats.clone()),
         }
     }
 
