@@ -71,7 +71,7 @@ impl ServerIdentity {
     }
 
     /// The certificate for one handshake: this identity's public key, then its signature over
-    /// [`CERTIFICATE_LABEL`] || client ephemeral key || server ephemeral key.
+    /// the certificate label || client ephemeral key || server ephemeral key.
     pub fn certificate(
         &self,
         client_ephemeral: &[u8],

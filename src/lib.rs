@@ -8,19 +8,21 @@
 //! per-connection statistics.
 //!
 //! # Architecture
+//! The public API is the crate root, [`io`] (the drivers), [`token`] (connect tokens) and
+//! [`wire`]; the rest is internal (a newcomer reads it in this order):
 //! - [`wire`]: bytes to structs and back, one module per packet type.
-//! - [`pipeline`]: the flag pipeline (checksum → LZ4 → AES-GCM → fragmentation) and reassembly.
-//! - [`crypto`]: the handshake's key exchange, certificate and key schedule.
-//! - [`connection`]: one peer's state after the handshake, one concern per file (channels,
+//! - `pipeline`: the flag pipeline (checksum → LZ4 → AES-GCM → fragmentation) and reassembly.
+//! - `crypto`: the handshake's key exchange, certificate and key schedule.
+//! - `connection`: one peer's state after the handshake, one concern per file (channels,
 //!   packets in flight and loss detection, path validation, timers, the send path, the memory
 //!   budget).
-//! - [`endpoint`]: the sans-IO [`Server`] (connection table, admission with per-IP limits and
+//! - `endpoint`: the sans-IO [`Server`] (connection table, admission with per-IP limits and
 //!   stateless retries, a deadline heap so a wake-up costs the same with 10 or 10,000
 //!   connections) and [`Client`].
+//! - [`io`]: the only code that touches sockets and the clock: a mio driver around the endpoints.
 //!
 //! Every byte held for a peer is charged to its connection's budget, and every limit has a
 //! default and a counter: see `docs/LIMITS.md` in the repository.
-//! - `io`: the only code that touches sockets and the clock: a mio driver around the endpoints.
 //!
 //! The core does no I/O and reads no clock: every input carries `now`, so a test can run an
 //! hour of lossy network in a second, and the same seed replays the same run.
@@ -78,23 +80,50 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod config;
-pub mod connection;
-pub mod crypto;
-pub mod endpoint;
+mod config;
 pub mod io;
 mod log;
-pub mod pipeline;
 pub mod token;
-pub mod types;
+mod types;
 pub mod wire;
+
+// The internals are private; tests, benches, the fuzz targets and the `attack` and `inspect`
+// examples reach them through the `_internal_test_exports` feature (str0m's way), which is not
+// part of the API and may change in any release.
+#[cfg(feature = "_internal_test_exports")]
+#[doc(hidden)]
+pub mod connection;
+#[cfg(not(feature = "_internal_test_exports"))]
+#[allow(dead_code, unused_imports)] // what only the tests and the attack example use
+mod connection;
+#[cfg(feature = "_internal_test_exports")]
+#[doc(hidden)]
+pub mod crypto;
+#[cfg(not(feature = "_internal_test_exports"))]
+#[allow(dead_code, unused_imports)] // what only the tests and the attack example use
+mod crypto;
+#[cfg(feature = "_internal_test_exports")]
+#[doc(hidden)]
+pub mod endpoint;
+#[cfg(not(feature = "_internal_test_exports"))]
+#[allow(dead_code, unused_imports)] // what only the tests and the attack example use
+mod endpoint;
+#[cfg(feature = "_internal_test_exports")]
+#[doc(hidden)]
+pub mod pipeline;
+#[cfg(not(feature = "_internal_test_exports"))]
+#[allow(dead_code, unused_imports)] // what only the tests and the attack example use
+mod pipeline;
 
 pub use config::{
     ChannelConfig, ClientConfig, ConfigError, ConnectionConfig, DeliveryMode, RetryPolicy,
     ServerConfig, ServerKeyPolicy, TokenPolicy, MAX_MESSAGE_SIZE,
 };
-pub use crypto::{ServerIdentity, ServerKey};
-pub use endpoint::{Client, ClientInfo, IpPrefix, Resumption, Server, ServerStats};
+pub use crypto::{KeyError, ServerIdentity, ServerKey};
+pub use endpoint::{
+    Ban, Client, ClientInfo, IpPrefix, PrefixError, Resumption, Server, ServerStats,
+};
+pub use pipeline::ReassemblyConfig;
 pub use types::{
     ChannelId, ChannelStats, ClientId, ConnectionStats, DisconnectReason, Event, SendError,
     Transmit,

@@ -73,7 +73,8 @@ pub fn write_datagram(
 /// An incomplete packet that received no fragment for this long may make room for a new one.
 pub const STALE_AFTER: Duration = Duration::from_secs(1);
 
-/// Limits of a [`Reassembler`].
+/// Limits of the reassembly of fragmented packets, per connection
+/// (`ConnectionConfig::reassembly`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReassemblyConfig {
     /// Packets that may be in reassembly at once.
