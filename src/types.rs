@@ -252,7 +252,8 @@ pub struct ConnectionStats {
     pub packets_resent: u64,
     /// Reliable packets declared lost (each may be resent several times).
     pub packets_lost: u64,
-    /// Reliable octets sent and not yet acknowledged.
+    /// Octets sent and not yet acknowledged (reliable, and unreliable still within the resend
+    /// timeout): what counts against `congestion_window`.
     pub in_flight_bytes: u64,
     /// The congestion window in octets.
     pub congestion_window: u64,

@@ -118,11 +118,7 @@ impl Connection {
         if self.can_send_reliable(now) && self.build_packet(now, true, scratch) {
             return self.poll_datagram(now, scratch, buf);
         }
-        if self.has_unreliable()
-            && !self.window_exhausted()
-            && self.pace(now)
-            && self.build_packet(now, false, scratch)
-        {
+        if self.can_send_unreliable(now) && self.build_packet(now, false, scratch) {
             return self.poll_datagram(now, scratch, buf);
         }
         if now >= self.next_ping() {
@@ -166,10 +162,53 @@ impl Connection {
         if self.window_exhausted() {
             return false;
         }
-        if self.in_flight > 0 && self.in_flight + MAX_DATA as u64 > self.cc.window() {
+        if !self.window_open() {
             return false;
         }
         self.pace(now)
+    }
+
+    /// Whether one more datagram fits the congestion window: reliable and unreliable octets
+    /// in flight count alike (a burst of unreliable data overflows a receiver's socket buffer
+    /// as surely as a reliable one), and one packet may always be in flight.
+    pub(super) fn window_open(&self) -> bool {
+        let in_flight = self.in_flight + self.unreliable_in_flight;
+        in_flight == 0 || in_flight + MAX_DATA as u64 <= self.cc.window()
+    }
+
+    /// Whether unreliable data may go out now: something is queued, the window has room
+    /// and the pacer tokens. Unreliable packets no acknowledgement described within the
+    /// resend timeout stop counting as in flight (the peer acknowledges them only every few
+    /// packets, so the last ones of a burst may never be).
+    pub(super) fn can_send_unreliable(&mut self, now: Instant) -> bool {
+        if !self.has_unreliable() || self.window_exhausted() {
+            return false;
+        }
+        let rto = self.rtt.rto();
+        while let Some(&(_, size, sent)) = self.unreliable_sent.get(self.unreliable_stale) {
+            if now.saturating_duration_since(sent) < rto {
+                break;
+            }
+            self.unreliable_in_flight -= u64::from(size);
+            self.unreliable_stale += 1;
+        }
+        self.window_open() && self.pace(now)
+    }
+
+    /// Stops tracking the oldest unreliable packet (neither acknowledged nor lost).
+    pub(super) fn forget_oldest_unreliable(&mut self) {
+        self.forget_unreliable(0);
+    }
+
+    /// Stops tracking the unreliable packet at `index` of `unreliable_sent`; returns it.
+    pub(super) fn forget_unreliable(&mut self, index: usize) -> Option<(u32, u32, Instant)> {
+        let entry = self.unreliable_sent.remove(index)?;
+        if index < self.unreliable_stale {
+            self.unreliable_stale -= 1;
+        } else {
+            self.unreliable_in_flight -= u64::from(entry.1);
+        }
+        Some(entry)
     }
 
     /// Whether a job writes a fragmented packet (and is therefore paced).
@@ -312,11 +351,12 @@ impl Connection {
             self.jobs.push_back(Job::Reliable { pn, next: 0 });
         } else {
             if self.unreliable_sent.len() >= UNRELIABLE_TRACKED {
-                self.unreliable_sent.pop_front();
+                self.forget_oldest_unreliable();
             }
             let count = header.fragment.map_or(1, |f| usize::from(f.count));
             let size = (out.len() + count * DATAGRAM_OVERHEAD) as u32;
             self.unreliable_sent.push_back((pn, size, now));
+            self.unreliable_in_flight += u64::from(size);
             self.unreliable_payload = out;
             self.unreliable_header = Some((header, fields));
             self.jobs.push_back(Job::Unreliable { next: 0 });

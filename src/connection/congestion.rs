@@ -1,5 +1,6 @@
-//! Congestion control: a window of reliable octets in flight that grows while acknowledgements
-//! come and shrinks on loss (slow start, then additive increase, multiplicative decrease, as in
+//! Congestion control: a window of octets in flight (reliable and unreliable alike: a flood of
+//! unreliable data overflows a bottleneck queue, or a receiver's socket buffer, as surely as a
+//! reliable one) that grows while acknowledgements come and shrinks on loss (slow start, then additive increase, multiplicative decrease, as in
 //! NewReno), and a pacing rate derived from it.
 //!
 //! Reactions to loss happen at most once per round trip (the window shrinks to 70%, as in

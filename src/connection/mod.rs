@@ -249,6 +249,13 @@ pub struct Connection {
     /// Unreliable data packets recently sent: (packet number, octets, when), so that their
     /// acknowledgements grow the window and their gaps shrink it like reliable packets'.
     unreliable_sent: VecDeque<(u32, u32, Instant)>,
+    /// Octets of the packets in `unreliable_sent` from index `unreliable_stale` on:
+    /// unreliable data in flight, which counts against the congestion window with the
+    /// reliable `in_flight`.
+    unreliable_in_flight: u64,
+    /// How many of the oldest `unreliable_sent` entries are past the resend timeout: still
+    /// waiting for an ACK to tell their fate (for the loss figure), no longer in flight.
+    unreliable_stale: usize,
     /// Unreliable data packets received since the last one that asked for an ACK.
     unreliable_unacked: u32,
     /// Second copies of datagrams due: (when, packet number, fragment index). Small reliable
@@ -375,6 +382,8 @@ impl Connection {
             range_pool: Vec::new(),
             copies: VecDeque::new(),
             unreliable_sent: VecDeque::new(),
+            unreliable_in_flight: 0,
+            unreliable_stale: 0,
             unreliable_unacked: 0,
             last_data: now,
             trimmed: false,
@@ -433,7 +442,7 @@ impl Connection {
             c.queued_messages = ch.queue.len() as u64;
             c.queued_bytes = ch.queued as u64;
         }
-        s.in_flight_bytes = self.in_flight;
+        s.in_flight_bytes = self.in_flight + self.unreliable_in_flight;
         s.congestion_window = self.cc.window();
         s.send_rate = self.cc.pacing_rate(self.rtt.srtt());
         s.memory_bytes = self.memory_bytes() as u64;

@@ -125,15 +125,15 @@ impl Connection {
                 newest = newest.max(Some(sent));
                 self.cc.on_ack(u64::from(size), sent);
                 smooth_loss(&mut self.path_loss, false);
-                self.unreliable_sent.remove(i);
+                self.forget_unreliable(i);
             } else if pn < ack_pn && (PACKET_THRESHOLD..=16).contains(&back) {
                 // Inside the window the ACK describes and not in it: lost.
                 self.cc.on_loss(now, sent);
                 smooth_loss(&mut self.path_loss, true);
-                self.unreliable_sent.remove(i);
+                self.forget_unreliable(i);
             } else if pn < ack_pn && back > 16 {
                 // Older than any ACK will describe again: forget it.
-                self.unreliable_sent.remove(i);
+                self.forget_unreliable(i);
             } else {
                 i += 1;
             }

@@ -137,6 +137,8 @@ impl Connection {
         self.jobs.shrink_to(0);
         // Unacknowledged unreliable packets this old will never be acknowledged.
         self.unreliable_sent.clear();
+        self.unreliable_in_flight = 0;
+        self.unreliable_stale = 0;
         self.unreliable_sent.shrink_to(0);
         self.copies.shrink_to(0);
         for ch in &mut self.send_channels {
