@@ -48,14 +48,26 @@ pub struct ChannelConfig {
     /// may be LZ4-compressed. Leave it off for a channel that mixes secrets with data an
     /// attacker controls: compression before encryption reveals compressibility by length.
     pub compress: bool,
+    /// The channel's lane priority: 0 is the highest, the default. When several channels
+    /// have messages queued, the sender packs those of the highest priority first, so a
+    /// high-priority message never waits behind lower-priority octets queued in tickwire
+    /// (the fragments of a large lower-priority packet already on their way included). A
+    /// sender's choice: the peer need not configure the same.
+    pub priority: u8,
+    /// The channel's share of the bandwidth among channels of the same priority, in
+    /// proportion to the others' weights (default 1, at least 1): a channel of weight 3
+    /// gets three times the octets of one of weight 1 while both have messages queued.
+    pub weight: u16,
 }
 
 impl ChannelConfig {
-    /// A channel of `mode` without compression.
+    /// A channel of `mode` without compression, priority 0, weight 1.
     pub const fn new(mode: DeliveryMode) -> Self {
         Self {
             mode,
             compress: false,
+            priority: 0,
+            weight: 1,
         }
     }
 
@@ -63,6 +75,20 @@ impl ChannelConfig {
     #[must_use]
     pub const fn compressed(mut self) -> Self {
         self.compress = true;
+        self
+    }
+
+    /// This channel with lane priority `priority` (0 highest).
+    #[must_use]
+    pub const fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// This channel with weight `weight` among the channels of its priority.
+    #[must_use]
+    pub const fn with_weight(mut self, weight: u16) -> Self {
+        self.weight = weight;
         self
     }
 }
@@ -153,6 +179,9 @@ impl ConnectionConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.channels.is_empty() || self.channels.len() > 256 {
             return Err(ConfigError("between 1 and 256 channels"));
+        }
+        if self.channels.iter().any(|c| c.weight == 0) {
+            return Err(ConfigError("a channel's weight must be at least 1"));
         }
         if self.max_message_size == 0 || self.max_message_size > MAX_MESSAGE_SIZE {
             return Err(ConfigError("max_message_size must be 1..=MAX_MESSAGE_SIZE"));

@@ -51,6 +51,12 @@ impl Connection {
             }
         }
         while let Some(job) = self.jobs.front().copied() {
+            if matches!(self.state, State::Connected)
+                && self.job_is_large(job)
+                && self.preempt(now, job, scratch)
+            {
+                continue;
+            }
             // The fragments of a large packet are paced like any datagram: a burst of 255 at
             // once overflows socket buffers on the way. (Small jobs, the close, go at once.)
             if matches!(job, Job::Reliable { .. } | Job::Unreliable { .. })
@@ -114,6 +120,18 @@ impl Connection {
                 buf,
             );
             return Some(n);
+        }
+        // Of the two kinds of packet, the one whose queued messages have the higher lane
+        // priority goes first (reliable on a tie).
+        let unreliable_first = match (self.queued_priority(true), self.queued_priority(false)) {
+            (Some(r), Some(u)) => u < r,
+            _ => false,
+        };
+        if unreliable_first
+            && self.can_send_unreliable(now)
+            && self.build_packet(now, false, scratch)
+        {
+            return self.poll_datagram(now, scratch, buf);
         }
         if self.can_send_reliable(now) && self.build_packet(now, true, scratch) {
             return self.poll_datagram(now, scratch, buf);
@@ -211,6 +229,72 @@ impl Connection {
         Some(entry)
     }
 
+    /// The channel whose message goes next into a packet of this kind (reliable or not):
+    /// the highest priority with messages queued, then the earliest weighted finish time.
+    pub(super) fn next_lane(&self, reliable: bool, blocked: &[u64; 4]) -> Option<usize> {
+        let clock = self.lane_clock;
+        self.send_channels
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| {
+                c.mode.is_reliable() == reliable
+                    && !c.queue.is_empty()
+                    && blocked[i / 64] & (1 << (i % 64)) == 0
+            })
+            .min_by_key(|(i, c)| (c.priority, c.lane_finish.max(clock), *i))
+            .map(|(i, _)| i)
+    }
+
+    /// The highest lane priority among channels of this kind with messages queued.
+    pub(super) fn queued_priority(&self, reliable: bool) -> Option<u8> {
+        self.send_channels
+            .iter()
+            .filter(|c| c.mode.is_reliable() == reliable && !c.queue.is_empty())
+            .map(|c| c.priority)
+            .min()
+    }
+
+    /// The lane priority of what a job writes.
+    pub(super) fn job_priority(&self, job: Job) -> u8 {
+        match job {
+            Job::Reliable { pn, .. } => self
+                .sent
+                .binary_search_by_key(&pn, |p| p.pn)
+                .map_or(0, |i| self.sent[i].priority),
+            Job::Unreliable { .. } => self.unreliable_priority,
+            Job::Close => 0,
+        }
+    }
+
+    /// Builds a packet from a channel of higher priority than the large packet being written
+    /// (`job`, at the front), and puts its job first: a high-priority message does not wait
+    /// behind the fragments of a lower-priority one. Returns whether it did.
+    fn preempt(&mut self, now: Instant, job: Job, scratch: &mut Scratch) -> bool {
+        let current = self.job_priority(job);
+        let reliable = self.queued_priority(true).filter(|&p| p < current);
+        let unreliable = self.queued_priority(false).filter(|&p| p < current);
+        let built = match (reliable, unreliable) {
+            (Some(r), u) if u.is_none_or(|u| r <= u) => {
+                self.can_send_reliable(now) && self.build_packet(now, true, scratch)
+            }
+            (_, Some(_)) => {
+                // One unreliable packet is written at a time.
+                !self
+                    .jobs
+                    .iter()
+                    .any(|j| matches!(j, Job::Unreliable { .. }))
+                    && self.can_send_unreliable(now)
+                    && self.build_packet(now, false, scratch)
+            }
+            _ => false,
+        };
+        if built {
+            let new = self.jobs.pop_back().expect("build_packet queued a job");
+            self.jobs.push_front(new);
+        }
+        built
+    }
+
     /// Whether a job writes a fragmented packet (and is therefore paced).
     pub(super) fn job_is_large(&self, job: Job) -> bool {
         match job {
@@ -253,61 +337,65 @@ impl Connection {
         let mut message_bytes = 0usize;
         let mut ordered = self.range_pool.pop().unwrap_or_default();
         ordered.clear();
-        let n = self.send_channels.len();
-        let start = self.rotate % n;
-        self.rotate = self.rotate.wrapping_add(1);
         let mut any = false;
-        'channels: for k in 0..n {
-            let ci = (start + k) % n;
+        let mut priority = u8::MAX;
+        // Channels skipped for this packet: their ordered window is full.
+        let mut blocked = [0u64; 4];
+        while let Some(ci) = self.next_lane(reliable, &blocked) {
             let ch = &mut self.send_channels[ci];
-            if ch.mode.is_reliable() != reliable {
+            let q = ch
+                .queue
+                .front()
+                .expect("next_lane picks a channel with messages");
+            let seq = ch.mode.is_sequenced().then_some(ch.next_seq);
+            let frame_len = frame::message_frame_len(q.data.len(), seq.is_some());
+            let alone = plain.is_empty() && frame_len > PACKET_PLAINTEXT;
+            if !alone && plain.len() + frame_len > PACKET_PLAINTEXT {
+                break;
+            }
+            let receive_cost = message_cost(q.data.len(), 0);
+            if ch.mode == DeliveryMode::ReliableOrdered
+                && (ch.next_seq.wrapping_sub(ch.window_base) >= ORDER_WINDOW
+                    || (!ch.window.is_empty() && ch.window_bytes + receive_cost > ch.window_limit))
+            {
+                blocked[ci / 64] |= 1 << (ci % 64);
                 continue;
             }
-            while let Some(q) = ch.queue.front() {
-                let seq = ch.mode.is_sequenced().then_some(ch.next_seq);
-                let frame_len = frame::message_frame_len(q.data.len(), seq.is_some());
-                let alone = plain.is_empty() && frame_len > PACKET_PLAINTEXT;
-                if !alone && plain.len() + frame_len > PACKET_PLAINTEXT {
-                    break 'channels;
+            let q = ch.queue.pop_front().expect("front checked");
+            let cost = message_cost(q.data.len(), q.data.capacity());
+            ch.queued -= cost;
+            frame::put_message(plain, ci as u8, seq, &q.data);
+            any = true;
+            priority = priority.min(ch.priority);
+            compress &= ch.compress;
+            if reliable {
+                message_bytes += cost;
+            }
+            if ch.mode == DeliveryMode::ReliableOrdered {
+                ch.window.push_back((false, receive_cost as u32));
+                ch.window_bytes += receive_cost;
+                match ordered.last_mut() {
+                    Some(r) if usize::from(r.channel) == ci => r.count += 1,
+                    _ => ordered.push(SeqRange {
+                        channel: ci as u8,
+                        first: ch.next_seq,
+                        count: 1,
+                    }),
                 }
-                let receive_cost = message_cost(q.data.len(), 0);
-                if ch.mode == DeliveryMode::ReliableOrdered
-                    && (ch.next_seq.wrapping_sub(ch.window_base) >= ORDER_WINDOW
-                        || (!ch.window.is_empty()
-                            && ch.window_bytes + receive_cost > ch.window_limit))
-                {
-                    break;
-                }
-                let q = ch.queue.pop_front().expect("front checked");
-                let cost = message_cost(q.data.len(), q.data.capacity());
-                ch.queued -= cost;
-                frame::put_message(plain, ci as u8, seq, &q.data);
-                any = true;
-                compress &= ch.compress;
-                if reliable {
-                    message_bytes += cost;
-                }
-                if ch.mode == DeliveryMode::ReliableOrdered {
-                    ch.window.push_back((false, receive_cost as u32));
-                    ch.window_bytes += receive_cost;
-                    match ordered.last_mut() {
-                        Some(r) if usize::from(r.channel) == ci => r.count += 1,
-                        _ => ordered.push(SeqRange {
-                            channel: ci as u8,
-                            first: ch.next_seq,
-                            count: 1,
-                        }),
-                    }
-                }
-                if seq.is_some() {
-                    ch.next_seq = ch.next_seq.wrapping_add(1);
-                }
-                if self.pool.len() < POOL_LIMIT {
-                    self.pool.push(q.data);
-                }
-                if alone {
-                    break 'channels;
-                }
+            }
+            if seq.is_some() {
+                ch.next_seq = ch.next_seq.wrapping_add(1);
+            }
+            // Weighted fair queueing: the channel's next message finishes later by its
+            // length over its weight, counted from now (the clock) if it was idle.
+            let start = ch.lane_finish.max(self.lane_clock);
+            ch.lane_finish = start + (frame_len as u64 * 1024) / u64::from(ch.weight);
+            self.lane_clock = start;
+            if self.pool.len() < POOL_LIMIT {
+                self.pool.push(q.data);
+            }
+            if alone {
+                break;
             }
         }
         if !any {
@@ -347,6 +435,7 @@ impl Connection {
             packet.size = size;
             packet.message_bytes = message_bytes;
             packet.ordered = ordered;
+            packet.priority = priority;
             self.sent.push_back(packet);
             self.jobs.push_back(Job::Reliable { pn, next: 0 });
         } else {
@@ -359,6 +448,7 @@ impl Connection {
             self.unreliable_in_flight += u64::from(size);
             self.unreliable_payload = out;
             self.unreliable_header = Some((header, fields));
+            self.unreliable_priority = priority;
             self.jobs.push_back(Job::Unreliable { next: 0 });
         }
         true

@@ -25,6 +25,12 @@ pub(super) struct SendChannel {
     /// The receive budget divided among the ordered channels (a peer configured alike never
     /// holds more than its budget of ordered messages behind gaps).
     pub(super) window_limit: usize,
+    /// Lane priority (0 highest) and weight, from the channel's config.
+    pub(super) priority: u8,
+    pub(super) weight: u16,
+    /// Weighted fair queueing among channels of one priority: the virtual time at which
+    /// this channel's next message would finish (octets served / weight, scaled).
+    pub(super) lane_finish: u64,
 }
 
 pub(super) struct RecvChannel {

@@ -218,6 +218,10 @@ pub struct Connection {
     budget: Budget,
     jobs: VecDeque<Job>,
     unreliable_header: Option<(Header, TypeFields)>,
+    /// The lane priority of the unreliable packet in `unreliable_payload`.
+    unreliable_priority: u8,
+    /// The virtual clock of the lane scheduler: the start time of the last message served.
+    lane_clock: u64,
     unreliable_payload: Vec<u8>,
     epoch: Instant,
     last_recv: Instant,
@@ -231,7 +235,6 @@ pub struct Connection {
     /// The handshake's own pn-0 datagram of this side, resent when the peer shows it lacks it.
     finished: Option<Vec<u8>>,
     resend_finished: bool,
-    rotate: usize,
     paced_until: Option<Instant>,
     /// A new address being validated.
     challenge: Option<Challenge>,
@@ -312,6 +315,9 @@ impl Connection {
                 window_base: 0,
                 window_bytes: 0,
                 window_limit: ordered_window_limit,
+                priority: c.priority,
+                weight: c.weight.max(1),
+                lane_finish: 0,
             })
             .collect();
         let recv_channels = config
@@ -357,6 +363,8 @@ impl Connection {
             largest_acked: None,
             jobs: VecDeque::new(),
             unreliable_header: None,
+            unreliable_priority: 0,
+            lane_clock: 0,
             unreliable_payload: Vec::new(),
             epoch: now,
             last_recv: now,
@@ -368,7 +376,6 @@ impl Connection {
             close: None,
             finished,
             resend_finished: false,
-            rotate: 0,
             paced_until: None,
             challenge: None,
             path_response: None,

@@ -27,6 +27,8 @@ pub(super) struct SentPacket {
     pub(super) last_index: usize,
     /// When the receiver last reported the fragments it holds.
     pub(super) last_report: Option<Instant>,
+    /// The highest lane priority (lowest number) among its messages.
+    pub(super) priority: u8,
 }
 
 impl SentPacket {
@@ -65,6 +67,7 @@ impl SentPacket {
             fresh_report: false,
             last_index: 0,
             last_report: None,
+            priority: 0,
         }
     }
 }
