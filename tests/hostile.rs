@@ -758,6 +758,73 @@ fn a_client_with_other_channels_is_refused_at_the_handshake() {
     assert!(sim.run_until(Duration::from_secs(1), |s| s.clients[1].1.is_connected()));
 }
 
+#[test]
+fn an_auth_key_that_is_not_a_compressed_point_is_refused_and_keeps_no_state() {
+    // p256 alone takes 05 || x (the "compact" form) as a point: the protocol does not.
+    let key = EphemeralKey::generate();
+    let good = *key.public_bytes();
+    let mut compact = good;
+    compact[0] = 0x05;
+    let mut prefix_04 = good;
+    prefix_04[0] = 0x04;
+    let mut zero = good;
+    zero[0] = 0x00;
+    // 02 || x for an x that is no point's x-coordinate.
+    let off_curve = (0u8..=255)
+        .map(|b| {
+            let mut k = good;
+            k[32] = b;
+            k
+        })
+        .find(|k| {
+            tickwire::crypto::ServerKey::from_bytes(k)
+                == Err(tickwire::crypto::KeyError::NotOnCurve)
+        })
+        .expect("half of all x are not on the curve");
+    let mut cases: Vec<Vec<u8>> = [compact, prefix_04, zero, off_curve]
+        .iter()
+        .map(|k| handshake::client_auth(k, &[], None))
+        .collect();
+    // 65 octets starting 04, the length of an uncompressed point.
+    let mut uncompressed = vec![0x04];
+    uncompressed.extend_from_slice(&[0x11; 64]);
+    cases.push(handshake::auth_datagram(&uncompressed, &[0u8; 100]));
+
+    let mut sim = Sim::new(ServerConfig::new(ServerIdentity::generate()));
+    let mut buf = [0u8; 1500];
+    for (i, mut auth) in cases.into_iter().enumerate() {
+        let from = addr(6200 + i as u16);
+        let now = sim.now;
+        assert!(auth.len() >= 160);
+        sim.server.handle_datagram(now, from, &mut auth);
+        let t = sim.server.poll_transmit(now, &mut buf).expect("an answer");
+        assert_eq!(t.destination, from);
+        let packet = tickwire::wire::Packet::parse(&buf[..t.len]).unwrap();
+        let tickwire::wire::Body::Data {
+            fields: TypeFields::Error(code),
+            data,
+        } = packet.body
+        else {
+            panic!("case {i}: not an ERROR: {packet:?}")
+        };
+        assert_eq!(code, ErrorCode::CertificateInvalid, "case {i}");
+        assert_eq!(data, b"client key invalid", "case {i}");
+        assert!(sim.server.poll_transmit(now, &mut buf).is_none());
+        let stats = sim.server.stats();
+        assert_eq!(stats.refused_client_key, i as u64 + 1);
+        assert_eq!(stats.key_exchanges, 0);
+        assert_eq!(sim.server.pending_count(), 0);
+        assert_eq!(sim.server.client_count(), 0);
+        assert_eq!(sim.server.memory_charged(), 0);
+    }
+    // The same key with its own prefix is accepted.
+    let mut auth = handshake::client_auth(&good, &[], None);
+    let now = sim.now;
+    sim.server.handle_datagram(now, addr(6300), &mut auth);
+    assert_eq!(sim.server.stats().key_exchanges, 1);
+    assert_eq!(sim.server.pending_count(), 1);
+}
+
 // ---------------------------------------------------------------------------------------
 // Found in review: the budget under conflicting fragments, empty messages and two ordered
 // channels, and forged retries.
