@@ -498,6 +498,43 @@ fn compressed_messages_within_the_limit_are_charged_and_flow_controlled() {
     assert!(raw.conn.is_connected());
 }
 
+#[test]
+fn ack_only_packets_draw_no_acks_and_every_8th_unreliable_data_packet_does() {
+    let mut raw = Raw::new(ConnectionConfig::default());
+    assert!(raw.drain().is_empty());
+    let ack = TypeFields::Ack(tickwire::wire::AckFields {
+        ack_id: 0,
+        ack_bits: 0,
+    });
+    // ACK-only packets, empty or carrying only a fragment report: nothing is owed for them,
+    // else two peers would acknowledge each other's acknowledgements.
+    for i in 0..16 {
+        let mut plain = Vec::new();
+        if i % 2 == 1 {
+            frame::put_fragment_ack(&mut plain, 9999, 2, &[0x80]);
+        }
+        let d = raw.seal(ack, &plain, SendOptions::default());
+        raw.deliver(d);
+    }
+    assert!(raw.drain().is_empty(), "an ACK-only packet drew an answer");
+    // Unreliable data packets: the 8th is acknowledged (with ack_delay 0, at once).
+    for i in 0..8 {
+        let d = raw.seal(
+            ack,
+            &message(0, None, b"unreliable"),
+            SendOptions::default(),
+        );
+        raw.deliver(d);
+        let out = raw.drain();
+        if i < 7 {
+            assert!(out.is_empty(), "packet {i} was acknowledged");
+        } else {
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].1, 10 + 16, "an ACK-only packet");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Handshake floods: raw AUTH datagrams.
 
