@@ -458,6 +458,7 @@ impl Connection {
         }
         if !flush {
             self.jobs.clear();
+            self.copies.clear();
             self.jobs.push_back(Job::Close);
         }
     }
@@ -712,6 +713,7 @@ impl Connection {
                 }
                 self.state = State::Draining;
                 self.jobs.clear();
+                self.copies.clear();
                 return;
             }
             TypeFields::Default => {}
