@@ -302,7 +302,8 @@ impl EphemeralKey {
     /// The ECDH shared secret with the peer's public key (compressed SEC1, 33 octets).
     ///
     /// # Errors
-    /// [`KeyError`] if the peer's key is refused by [`public_key_from_bytes`].
+    /// [`KeyError`] if the peer's key is not 33 octets starting 02 or 03 (a compressed SEC1
+    /// point), or not a point on P-256.
     pub fn shared_secret(&self, peer_public: &[u8]) -> Result<[u8; 32], KeyError> {
         let peer = public_key_from_bytes(peer_public)?;
         let shared = p256::ecdh::diffie_hellman(self.secret.to_nonzero_scalar(), peer.as_affine());
