@@ -365,7 +365,6 @@ impl Server {
         })
     }
 
-    /// Answers an AUTH with an unsealed ERROR, keeping no state.
     /// Refuses an AUTH whose key is not a compressed SEC1 point on P-256 (ERROR 1.2), and
     /// counts it.
     fn refuse_client_key(&mut self, from: SocketAddr) {
@@ -373,6 +372,7 @@ impl Server {
         self.refuse(from, ErrorCode::CertificateInvalid, "client key invalid");
     }
 
+    /// Answers an AUTH with an unsealed ERROR, keeping no state.
     pub(super) fn refuse(&mut self, to: SocketAddr, code: ErrorCode, why: &'static str) {
         match self.refusal_log.allow(self.last_now) {
             Some(left_out) => tracing::info!(%to, code = %code, why, left_out, "handshake refused"),
