@@ -535,6 +535,73 @@ fn ack_only_packets_draw_no_acks_and_every_8th_unreliable_data_packet_does() {
     }
 }
 
+#[test]
+fn a_batch_is_acked_oldest_first_within_the_ack_delay() {
+    let config = ConnectionConfig {
+        ack_delay: Duration::from_millis(20),
+        ..ConnectionConfig::default()
+    };
+    let mut raw = Raw::new(config);
+    let ack = TypeFields::Ack(tickwire::wire::AckFields {
+        ack_id: 0,
+        ack_bits: 0,
+    });
+    // pns 1..=20, all reliable, taken before one drain.
+    for i in 0..20u8 {
+        let d = raw.seal(ack, &message(2, None, &[i]), reliable());
+        raw.deliver(d);
+    }
+    let mut buf = [0u8; 1500];
+    let acks = |raw: &mut Raw, buf: &mut [u8]| {
+        let mut got = Vec::new();
+        while let Some((n, _)) = raw.conn.poll_transmit(raw.now, &mut raw.scratch, buf) {
+            let p = tickwire::wire::Packet::parse(&buf[..n]).unwrap();
+            match p.body {
+                tickwire::wire::Body::Data {
+                    fields: TypeFields::Ack(a),
+                    ..
+                } => got.push(a.ack_id),
+                other => panic!("not an ACK: {other:?}"),
+            }
+        }
+        got
+    };
+    // 16 or more owed: at once, naming pns 1..=17 (ACK ID 17); 18..=20 wait for the delay.
+    assert_eq!(acks(&mut raw, &mut buf), vec![17]);
+    assert_eq!(
+        raw.conn.poll_timeout(),
+        Some(raw.now + Duration::from_millis(20))
+    );
+    raw.advance(Duration::from_millis(19));
+    assert!(acks(&mut raw, &mut buf).is_empty());
+    raw.advance(Duration::from_millis(1));
+    assert_eq!(acks(&mut raw, &mut buf), vec![20]);
+}
+
+#[test]
+fn a_closing_side_answers_no_ping_but_still_acknowledges() {
+    let mut raw = Raw::new(ConnectionConfig::default());
+    let now = raw.now;
+    raw.conn.close(now, ErrorCode::Disconnect, "bye");
+    assert_eq!(raw.drain().len(), 1, "the ERROR");
+    let ping = raw.seal(
+        TypeFields::Heartbeat(Heartbeat::Ping),
+        &7u64.to_be_bytes(),
+        SendOptions::default(),
+    );
+    raw.deliver(ping);
+    assert!(raw.drain().is_empty(), "a PONG went out while closing");
+    let ack = TypeFields::Ack(tickwire::wire::AckFields {
+        ack_id: 0,
+        ack_bits: 0,
+    });
+    let data = raw.seal(ack, &message(2, None, b"late"), reliable());
+    raw.deliver(data);
+    let out = raw.drain();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1, 10 + 16, "an ACK-only packet");
+}
+
 // ---------------------------------------------------------------------------------------
 // Handshake floods: raw AUTH datagrams.
 
