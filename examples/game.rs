@@ -8,7 +8,7 @@
 //!
 //! # As separate processes, for example through the netsim proxy:
 //! cargo run --release --example game -- --server 127.0.0.1:7777 --clients 4   # prints `server key: HEX`
-//! cargo run --release -p netsim -- --listen 127.0.0.1:9000 --upstream 127.0.0.1:7777 --loss 10% --delay 25ms
+//! cargo run --release --bin netsim -- --listen 127.0.0.1:9000 --upstream 127.0.0.1:7777 --loss 10% --delay 25ms
 //! cargo run --release --example game -- --connect 127.0.0.1:9000 --server-key HEX --clients 4
 //! ```
 //! The server simulates 32 entities at `--hz` ticks per second. Each tick it applies the

@@ -20,6 +20,8 @@ use crate::pipeline::PacketKey;
 
 /// Length of a compressed SEC1 P-256 public key.
 pub const PUBLIC_KEY_LEN: usize = 33;
+/// The first octets of a compressed SEC1 point: 02 (even y) and 03 (odd y).
+pub const COMPRESSED_PREFIXES: [u8; 2] = [0x02, 0x03];
 /// Length of an ECDSA P-256 signature (r || s).
 pub const SIGNATURE_LEN: usize = 64;
 /// Length of the server's certificate: its long-term public key then the signature.
@@ -56,7 +58,7 @@ impl ServerIdentity {
     /// # Errors
     /// [`KeyError`] if `secret` is zero or not below the curve order.
     pub fn from_secret_bytes(secret: &[u8; 32]) -> Result<Self, KeyError> {
-        let signing = SigningKey::from_bytes(secret.into()).map_err(|_| KeyError)?;
+        let signing = SigningKey::from_bytes(secret.into()).map_err(|_| KeyError::Secret)?;
         Ok(Self { signing })
     }
 
@@ -98,27 +100,33 @@ impl ServerKey {
         Self(out)
     }
 
-    /// The key from its 33 compressed SEC1 octets.
+    /// The key from its 33 compressed SEC1 octets: 02 or 03, then the x-coordinate.
     ///
     /// # Errors
-    /// [`KeyError`] if the octets are not a point on P-256.
+    /// [`KeyError`] if there are not 33 octets, the first is not 02 or 03 (uncompressed,
+    /// compact and hybrid encodings are refused), or they are not a point on P-256.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
-        let key = VerifyingKey::from_sec1_bytes(bytes).map_err(|_| KeyError)?;
-        Ok(Self::from_verifying_key(&key))
+        let key = public_key_from_bytes(bytes)?;
+        Ok(Self::from_verifying_key(&VerifyingKey::from(key)))
     }
 
-    /// The key from 66 hexadecimal digits (as `echo --server` prints it).
+    /// The key from 66 hexadecimal digits (as `echo --server` prints it), under the rule of
+    /// [`ServerKey::from_bytes`].
     ///
     /// # Errors
-    /// [`KeyError`] if the text is not hex or not a point on P-256.
+    /// [`KeyError`] if the text is not 66 hex digits or its octets are refused by
+    /// [`ServerKey::from_bytes`].
     pub fn from_hex(hex: &str) -> Result<Self, KeyError> {
         let hex = hex.trim();
-        if hex.len() != PUBLIC_KEY_LEN * 2 || !hex.is_ascii() {
-            return Err(KeyError);
+        if hex.len() != PUBLIC_KEY_LEN * 2 {
+            return Err(KeyError::Length);
+        }
+        if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(KeyError::NotHex);
         }
         let mut bytes = [0u8; PUBLIC_KEY_LEN];
         for (i, b) in bytes.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| KeyError)?;
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| KeyError::NotHex)?;
         }
         Self::from_bytes(&bytes)
     }
@@ -142,7 +150,7 @@ impl ServerKey {
         if certified == *self {
             Ok(())
         } else {
-            Err(KeyError)
+            Err(KeyError::Certificate)
         }
     }
 
@@ -156,13 +164,15 @@ impl ServerKey {
         server_ephemeral: &[u8],
     ) -> Result<Self, KeyError> {
         if certificate.len() != CERTIFICATE_LEN {
-            return Err(KeyError);
+            return Err(KeyError::Certificate);
         }
         let (key, sig) = certificate.split_at(PUBLIC_KEY_LEN);
-        let verifying = VerifyingKey::from_sec1_bytes(key).map_err(|_| KeyError)?;
-        let sig = Signature::from_slice(sig).map_err(|_| KeyError)?;
+        let verifying = VerifyingKey::from(public_key_from_bytes(key)?);
+        let sig = Signature::from_slice(sig).map_err(|_| KeyError::Certificate)?;
         let msg = signature_input(client_ephemeral, server_ephemeral);
-        verifying.verify(&msg, &sig).map_err(|_| KeyError)?;
+        verifying
+            .verify(&msg, &sig)
+            .map_err(|_| KeyError::Certificate)?;
         Ok(Self::from_verifying_key(&verifying))
     }
 }
@@ -190,14 +200,53 @@ impl std::str::FromStr for ServerKey {
     }
 }
 
-/// A key or certificate that is not valid.
+/// Why a key or certificate is not valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyError;
+#[non_exhaustive]
+pub enum KeyError {
+    /// A public key that is not 33 octets (66 hex digits).
+    Length,
+    /// Key text with a character that is not a hex digit.
+    NotHex,
+    /// A public key whose first octet is not 02 or 03: only compressed SEC1 points are
+    /// accepted.
+    NotCompressed,
+    /// 33 octets that are not the compressed form of a point on P-256.
+    NotOnCurve,
+    /// A secret scalar that is zero or not below the curve order.
+    Secret,
+    /// A certificate that is malformed, names another key, or whose signature does not
+    /// verify.
+    Certificate,
+}
 
 impl fmt::Display for KeyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("invalid P-256 key, certificate or signature")
+        f.write_str(match self {
+            Self::Length => "a P-256 public key is 33 octets (66 hex digits)",
+            Self::NotHex => "the key is not hexadecimal",
+            Self::NotCompressed => "not a compressed SEC1 point: the first octet must be 02 or 03",
+            Self::NotOnCurve => "not a point on P-256",
+            Self::Secret => "not a valid P-256 secret scalar",
+            Self::Certificate => "certificate invalid or signature does not verify",
+        })
     }
+}
+
+/// Parses a public key under the protocol's rule: 33 octets, the first 02 or 03 (a compressed
+/// SEC1 point), the rest the x-coordinate of a point on P-256. `p256` alone would also take
+/// the uncompressed (04), compact (05) and identity (00) encodings.
+///
+/// # Errors
+/// [`KeyError::Length`], [`KeyError::NotCompressed`] or [`KeyError::NotOnCurve`].
+pub(crate) fn public_key_from_bytes(bytes: &[u8]) -> Result<PublicKey, KeyError> {
+    if bytes.len() != PUBLIC_KEY_LEN {
+        return Err(KeyError::Length);
+    }
+    if !COMPRESSED_PREFIXES.contains(&bytes[0]) {
+        return Err(KeyError::NotCompressed);
+    }
+    PublicKey::from_sec1_bytes(bytes).map_err(|_| KeyError::NotOnCurve)
 }
 
 impl std::error::Error for KeyError {}
@@ -235,7 +284,7 @@ impl EphemeralKey {
     pub fn from_secret_bytes(secret: &[u8; 32]) -> Result<Self, KeyError> {
         SecretKey::from_bytes(secret.into())
             .map(Self::from_secret)
-            .map_err(|_| KeyError)
+            .map_err(|_| KeyError::Secret)
     }
 
     fn from_secret(secret: SecretKey) -> Self {
@@ -250,12 +299,13 @@ impl EphemeralKey {
         &self.public
     }
 
-    /// The ECDH shared secret with the peer's public key (SEC1, compressed or not).
+    /// The ECDH shared secret with the peer's public key (compressed SEC1, 33 octets).
     ///
     /// # Errors
-    /// [`KeyError`] if the peer's key is not a point on P-256.
+    /// [`KeyError`] if the peer's key is not 33 octets starting 02 or 03 (a compressed SEC1
+    /// point), or not a point on P-256.
     pub fn shared_secret(&self, peer_public: &[u8]) -> Result<[u8; 32], KeyError> {
-        let peer = PublicKey::from_sec1_bytes(peer_public).map_err(|_| KeyError)?;
+        let peer = public_key_from_bytes(peer_public)?;
         let shared = p256::ecdh::diffie_hellman(self.secret.to_nonzero_scalar(), peer.as_affine());
         Ok((*shared.raw_secret_bytes()).into())
     }
@@ -378,6 +428,38 @@ mod tests {
         kc.client_to_server.seal(1, b"aad", &mut buf);
         let n = ks.client_to_server.open(1, b"aad", &mut buf).unwrap();
         assert_eq!(&buf[..n], b"hello");
+    }
+
+    #[test]
+    fn only_compressed_points_parse_as_server_keys() {
+        let key = ServerIdentity::generate().public_key();
+        let hex = key.to_string();
+        assert_eq!(hex.parse::<ServerKey>(), Ok(key));
+        assert_eq!(ServerKey::from_bytes(key.as_bytes()), Ok(key));
+        for prefix in ["00", "01", "04", "05", "06", "07", "ff"] {
+            let text = format!("{prefix}{}", &hex[2..]);
+            assert_eq!(
+                text.parse::<ServerKey>(),
+                Err(KeyError::NotCompressed),
+                "{text}"
+            );
+        }
+        let uncompressed = VerifyingKey::from_sec1_bytes(key.as_bytes())
+            .unwrap()
+            .to_encoded_point(false);
+        assert_eq!(
+            ServerKey::from_bytes(uncompressed.as_bytes()),
+            Err(KeyError::Length)
+        );
+        assert_eq!(ServerKey::from_hex(&hex[..64]), Err(KeyError::Length));
+        assert_eq!(
+            ServerKey::from_hex(&format!("{}zz", &hex[..64])),
+            Err(KeyError::NotHex)
+        );
+        // The other y: still a point, another key.
+        let flipped = format!("{:02x}{}", key.as_bytes()[0] ^ 1, &hex[2..]);
+        assert_ne!(flipped.parse::<ServerKey>().unwrap(), key);
+        assert!(KeyError::NotCompressed.to_string().contains("02 or 03"));
     }
 
     #[test]

@@ -170,7 +170,7 @@ impl TokenSigner {
     pub fn from_secret_bytes(secret: &[u8; 32]) -> Result<Self, crate::crypto::KeyError> {
         SigningKey::from_bytes(secret.into())
             .map(|signing| Self { signing })
-            .map_err(|_| crate::crypto::KeyError)
+            .map_err(|_| crate::crypto::KeyError::Secret)
     }
 
     /// The public key servers are configured with.

@@ -890,3 +890,57 @@ fn disconnected_carries_the_final_stats_and_send_says_closed() {
         Some(20)
     );
 }
+
+/// Sends `n` reliable messages of 900 octets from the client (one packet each), delivers
+/// every datagram the client writes at once to the server as one batch, and returns the
+/// number of datagrams in the batch. With `reply`, the server's application answers the
+/// batch before the server is polled, so its acknowledgements can ride on a data packet.
+fn batch_to_server(sim: &mut Sim, n: usize, reply: bool) -> usize {
+    let now = sim.now;
+    for i in 0..n {
+        sim.clients[0]
+            .1
+            .send(now, ChannelId(3), &[i as u8; 900])
+            .unwrap();
+    }
+    let mut buf = [0u8; 1500];
+    let mut batch = Vec::new();
+    while let Some(t) = sim.clients[0].1.poll_transmit(now, &mut buf) {
+        batch.push(buf[..t.len].to_vec());
+    }
+    let client_addr = sim.clients[0].0;
+    for d in &mut batch {
+        sim.server.handle_datagram(now, client_addr, d);
+    }
+    if reply {
+        sim.server
+            .send(now, tickwire::ClientId(1), ChannelId(3), b"got them")
+            .unwrap();
+    }
+    batch.len()
+}
+
+#[test]
+fn a_batch_of_reliable_packets_is_acked_oldest_first_and_nothing_is_resent() {
+    for reply in [false, true] {
+        let mut sim = sim_with_client();
+        sim.connect_all();
+        sim.run_for(Duration::from_millis(300));
+        let before = sim.clients[0].1.stats();
+        let sent = batch_to_server(&mut sim, 20, reply);
+        assert!(sent >= 10, "only {sent} datagrams in the batch");
+        sim.run_for(Duration::from_secs(1));
+        assert_eq!(sim.server_messages().len(), 20, "reply {reply}");
+        let after = sim.clients[0].1.stats();
+        assert_eq!(
+            after.packets_lost - before.packets_lost,
+            0,
+            "reply {reply}: packets declared lost"
+        );
+        assert_eq!(
+            after.packets_resent - before.packets_resent,
+            0,
+            "reply {reply}: packets resent"
+        );
+    }
+}

@@ -498,6 +498,110 @@ fn compressed_messages_within_the_limit_are_charged_and_flow_controlled() {
     assert!(raw.conn.is_connected());
 }
 
+#[test]
+fn ack_only_packets_draw_no_acks_and_every_8th_unreliable_data_packet_does() {
+    let mut raw = Raw::new(ConnectionConfig::default());
+    assert!(raw.drain().is_empty());
+    let ack = TypeFields::Ack(tickwire::wire::AckFields {
+        ack_id: 0,
+        ack_bits: 0,
+    });
+    // ACK-only packets, empty or carrying only a fragment report: nothing is owed for them,
+    // else two peers would acknowledge each other's acknowledgements.
+    for i in 0..16 {
+        let mut plain = Vec::new();
+        if i % 2 == 1 {
+            frame::put_fragment_ack(&mut plain, 9999, 2, &[0x80]);
+        }
+        let d = raw.seal(ack, &plain, SendOptions::default());
+        raw.deliver(d);
+    }
+    assert!(raw.drain().is_empty(), "an ACK-only packet drew an answer");
+    // Unreliable data packets: the 8th is acknowledged (with ack_delay 0, at once).
+    for i in 0..8 {
+        let d = raw.seal(
+            ack,
+            &message(0, None, b"unreliable"),
+            SendOptions::default(),
+        );
+        raw.deliver(d);
+        let out = raw.drain();
+        if i < 7 {
+            assert!(out.is_empty(), "packet {i} was acknowledged");
+        } else {
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].1, 10 + 16, "an ACK-only packet");
+        }
+    }
+}
+
+#[test]
+fn a_batch_is_acked_oldest_first_within_the_ack_delay() {
+    let config = ConnectionConfig {
+        ack_delay: Duration::from_millis(20),
+        ..ConnectionConfig::default()
+    };
+    let mut raw = Raw::new(config);
+    let ack = TypeFields::Ack(tickwire::wire::AckFields {
+        ack_id: 0,
+        ack_bits: 0,
+    });
+    // pns 1..=20, all reliable, taken before one drain.
+    for i in 0..20u8 {
+        let d = raw.seal(ack, &message(2, None, &[i]), reliable());
+        raw.deliver(d);
+    }
+    let mut buf = [0u8; 1500];
+    let acks = |raw: &mut Raw, buf: &mut [u8]| {
+        let mut got = Vec::new();
+        while let Some((n, _)) = raw.conn.poll_transmit(raw.now, &mut raw.scratch, buf) {
+            let p = tickwire::wire::Packet::parse(&buf[..n]).unwrap();
+            match p.body {
+                tickwire::wire::Body::Data {
+                    fields: TypeFields::Ack(a),
+                    ..
+                } => got.push(a.ack_id),
+                other => panic!("not an ACK: {other:?}"),
+            }
+        }
+        got
+    };
+    // 16 or more owed: at once, naming pns 1..=17 (ACK ID 17); 18..=20 wait for the delay.
+    assert_eq!(acks(&mut raw, &mut buf), vec![17]);
+    assert_eq!(
+        raw.conn.poll_timeout(),
+        Some(raw.now + Duration::from_millis(20))
+    );
+    raw.advance(Duration::from_millis(19));
+    assert!(acks(&mut raw, &mut buf).is_empty());
+    raw.advance(Duration::from_millis(1));
+    assert_eq!(acks(&mut raw, &mut buf), vec![20]);
+}
+
+#[test]
+fn a_closing_side_answers_no_ping_but_still_acknowledges() {
+    let mut raw = Raw::new(ConnectionConfig::default());
+    let now = raw.now;
+    raw.conn.close(now, ErrorCode::Disconnect, "bye");
+    assert_eq!(raw.drain().len(), 1, "the ERROR");
+    let ping = raw.seal(
+        TypeFields::Heartbeat(Heartbeat::Ping),
+        &7u64.to_be_bytes(),
+        SendOptions::default(),
+    );
+    raw.deliver(ping);
+    assert!(raw.drain().is_empty(), "a PONG went out while closing");
+    let ack = TypeFields::Ack(tickwire::wire::AckFields {
+        ack_id: 0,
+        ack_bits: 0,
+    });
+    let data = raw.seal(ack, &message(2, None, b"late"), reliable());
+    raw.deliver(data);
+    let out = raw.drain();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1, 10 + 16, "an ACK-only packet");
+}
+
 // ---------------------------------------------------------------------------------------
 // Handshake floods: raw AUTH datagrams.
 
@@ -756,6 +860,73 @@ fn a_client_with_other_channels_is_refused_at_the_handshake() {
     let cfg = sim.client_config();
     sim.add_client(cfg);
     assert!(sim.run_until(Duration::from_secs(1), |s| s.clients[1].1.is_connected()));
+}
+
+#[test]
+fn an_auth_key_that_is_not_a_compressed_point_is_refused_and_keeps_no_state() {
+    // p256 alone takes 05 || x (the "compact" form) as a point: the protocol does not.
+    let key = EphemeralKey::generate();
+    let good = *key.public_bytes();
+    let mut compact = good;
+    compact[0] = 0x05;
+    let mut prefix_04 = good;
+    prefix_04[0] = 0x04;
+    let mut zero = good;
+    zero[0] = 0x00;
+    // 02 || x for an x that is no point's x-coordinate.
+    let off_curve = (0u8..=255)
+        .map(|b| {
+            let mut k = good;
+            k[32] = b;
+            k
+        })
+        .find(|k| {
+            tickwire::crypto::ServerKey::from_bytes(k)
+                == Err(tickwire::crypto::KeyError::NotOnCurve)
+        })
+        .expect("half of all x are not on the curve");
+    let mut cases: Vec<Vec<u8>> = [compact, prefix_04, zero, off_curve]
+        .iter()
+        .map(|k| handshake::client_auth(k, &[], None))
+        .collect();
+    // 65 octets starting 04, the length of an uncompressed point.
+    let mut uncompressed = vec![0x04];
+    uncompressed.extend_from_slice(&[0x11; 64]);
+    cases.push(handshake::auth_datagram(&uncompressed, &[0u8; 100]));
+
+    let mut sim = Sim::new(ServerConfig::new(ServerIdentity::generate()));
+    let mut buf = [0u8; 1500];
+    for (i, mut auth) in cases.into_iter().enumerate() {
+        let from = addr(6200 + i as u16);
+        let now = sim.now;
+        assert!(auth.len() >= 160);
+        sim.server.handle_datagram(now, from, &mut auth);
+        let t = sim.server.poll_transmit(now, &mut buf).expect("an answer");
+        assert_eq!(t.destination, from);
+        let packet = tickwire::wire::Packet::parse(&buf[..t.len]).unwrap();
+        let tickwire::wire::Body::Data {
+            fields: TypeFields::Error(code),
+            data,
+        } = packet.body
+        else {
+            panic!("case {i}: not an ERROR: {packet:?}")
+        };
+        assert_eq!(code, ErrorCode::CertificateInvalid, "case {i}");
+        assert_eq!(data, b"client key invalid", "case {i}");
+        assert!(sim.server.poll_transmit(now, &mut buf).is_none());
+        let stats = sim.server.stats();
+        assert_eq!(stats.refused_client_key, i as u64 + 1);
+        assert_eq!(stats.key_exchanges, 0);
+        assert_eq!(sim.server.pending_count(), 0);
+        assert_eq!(sim.server.client_count(), 0);
+        assert_eq!(sim.server.memory_charged(), 0);
+    }
+    // The same key with its own prefix is accepted.
+    let mut auth = handshake::client_auth(&good, &[], None);
+    let now = sim.now;
+    sim.server.handle_datagram(now, addr(6300), &mut auth);
+    assert_eq!(sim.server.stats().key_exchanges, 1);
+    assert_eq!(sim.server.pending_count(), 1);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -68,6 +68,11 @@ const DATA_MESSAGE: &[u8] = b"hello, tickwire";
 /// The message of the packet a real `Connection` writes (MESSAGE_SEQ on channel 3).
 const CONN_MESSAGE: &[u8] = b"hello";
 
+/// The message of the fragmented vector: 980 octets, octet i = i mod 256.
+fn frag_message() -> Vec<u8> {
+    (0..980u32).map(|i| i as u8).collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Expected vectors (the same hex is quoted in docs/PROTOCOL.md)
 // ---------------------------------------------------------------------------------------------
@@ -98,6 +103,10 @@ const EXPECTED: &[(&str, &str)] = &[
     ("data_aad", "0190020300010042a000"),
     ("data_datagram", "0190020300010042a000346ecf118dce81c4100b7273eff20c3c543bb55c922aa60686d8fc586bdf00ee6ea3"),
     ("conn_data_datagram", "01900001000000000000b233fc8ae069a27554490374f49fd8392ae2ada152c6501849d3"),
+    ("frag_aad", "0198000102000000000000"),
+    ("frag_last_datagram", "019800010102000000000000933497978bbf14d40e298a11"),
+    ("fragment_ack_plaintext", "03000000010280"),
+    ("fragment_ack_datagram", "01100001000000000000667fdfa9d083135623dbf69de05021dc4fb7afdbfa60ed"),
     ("error_1_1_datagram", "04000000117365727665722066756c6c"),
     ("connect_token", "01000000000000000100000000713fb30001047f0000010fa06ba698e6042b0a01985276bc8b677fe4fd91c6a479d79957398f8dcfe7b10b39671fa6f91d2f7be7097a0e5b6755b6ca0a348dca108b1b190db680d2c7d37cbf"),
     ("resume_ephemeral_public", "0257e977f6db7e33c3fe7acf2842ed987009caf56d458682fca447b7d3d762ab34"),
@@ -371,6 +380,69 @@ fn compute() -> BTreeMap<&'static str, Vec<u8>> {
     let (n, to) = conn.poll_transmit(now, &mut scratch, &mut buf).unwrap();
     assert_eq!(to, addr(5000));
     v.insert("conn_data_datagram", buf[..n].to_vec());
+
+    // A fragmented packet and the fragment report it draws: a fresh client connection sends
+    // FRAG_MESSAGE on channel 2 (reliable-unordered). Its plaintext is 984 octets, so sealed
+    // it is 1,000: two fragments, 988 and 12 octets.
+    let mut conn = client_connection(&h, now, ConnectionConfig::default());
+    conn.send(now, ChannelId(2), &frag_message()).unwrap();
+    let mut fragments = Vec::new();
+    while let Some((n, _)) = conn.poll_transmit(now, &mut scratch, &mut buf) {
+        fragments.push(buf[..n].to_vec());
+    }
+    assert_eq!(fragments.len(), 2, "two fragments and nothing else");
+    assert_eq!(fragments[0].len(), 8 + 4 + 988);
+    let mut plain = vec![0x01, 0x02, 0x43, 0xd4];
+    plain.extend_from_slice(&frag_message());
+    assert_eq!(plain.len(), 984);
+    let aad = doc_aad(&fragments[0], true, 4);
+    let mut by_hand = fragments[0][..12].to_vec();
+    by_hand.extend_from_slice(&gcm_seal(&c2s_key, &c2s_salt, 1, &aad, &plain));
+    assert_eq!(by_hand.len(), 12 + 1000);
+    assert_eq!(
+        &by_hand[..1000],
+        &fragments[0][..],
+        "fragment 0 is the first 988 octets"
+    );
+    assert_eq!(
+        &by_hand[1000..],
+        &fragments[1][12..],
+        "fragment 1 the last 12"
+    );
+    assert_eq!(
+        doc_aad(&fragments[1], true, 4),
+        aad,
+        "every fragment has the same AAD"
+    );
+    let packet = Packet::parse(&fragments[0]).unwrap();
+    let (fields, mut crate_aad) = match packet.body {
+        Body::Data { fields, .. } => (fields, [0u8; MAX_AAD]),
+        Body::Auth(_) => unreachable!(),
+    };
+    let len = associated_data(&packet.header, &fields, &mut crate_aad);
+    assert_eq!(&crate_aad[..len], &aad[..]);
+    v.insert("frag_aad", aad);
+    v.insert("frag_last_datagram", fragments[1].clone());
+    // The server holds fragment 0 only; max(SRTT / 4, 2 ms) later (SRTT is the initial 100
+    // ms: 25 ms) it sends an ACK-only packet whose Data is one FRAGMENT_ACK frame. Nothing is
+    // owed, so its ACK fields name the largest pn accepted: the client's finished, pn 0.
+    let mut server = server_connection(&h, now, ConnectionConfig::default());
+    let mut events = VecDeque::new();
+    let mut d = fragments[0].clone();
+    server.handle_datagram(now, addr(4000), &mut d, &mut scratch, &mut events);
+    assert!(server.poll_transmit(now, &mut scratch, &mut buf).is_none());
+    let later = now + std::time::Duration::from_millis(25);
+    let (n, _) = server.poll_transmit(later, &mut scratch, &mut buf).unwrap();
+    let report_datagram = buf[..n].to_vec();
+    let mut report = Vec::new();
+    tickwire::wire::frame::put_fragment_ack(&mut report, 1, 2, &[0x80]);
+    assert_eq!(report, [0x03, 0, 0, 0, 1, 2, 0x80]);
+    let mut by_hand = vec![0x01, 0x10, 0x00, 0x01, 0x00, 0x00, 0, 0, 0, 0];
+    let aad = doc_aad(&by_hand, false, 4);
+    by_hand.extend_from_slice(&gcm_seal(&s2c_key, &s2c_salt, 1, &aad, &report));
+    assert_eq!(report_datagram, by_hand);
+    v.insert("fragment_ack_plaintext", report);
+    v.insert("fragment_ack_datagram", report_datagram);
 
     v.insert(
         "error_1_1_datagram",

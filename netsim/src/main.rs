@@ -1,7 +1,7 @@
 //! `netsim`: a UDP proxy on loopback that impairs traffic like `tc netem`.
 //!
 //! ```text
-//! cargo run --release -p netsim -- --listen 127.0.0.1:4001 --upstream 127.0.0.1:4000 \
+//! cargo run --release --bin netsim -- --listen 127.0.0.1:4001 --upstream 127.0.0.1:4000 \
 //!     --loss 5% --delay 20ms --jitter 5ms
 //! ```
 //!

@@ -454,12 +454,17 @@ impl Connection {
         true
     }
 
+    /// The ACK fields a packet carries. While acknowledgements are owed, the oldest owed ones
+    /// ([`recv::Receiver::take_ack`]): an ACK naming the newest packet of a batch would leave
+    /// the batch's oldest packets behind it, and the sender would take them for lost. Otherwise
+    /// the newest packet accepted and the 16 before it; DEFAULT before anything arrived.
     pub(super) fn ack_fields(&mut self) -> TypeFields {
-        match self.receiver.latest_ack() {
-            Some(ack) => {
-                self.receiver.covered_by(&ack);
-                TypeFields::Ack(ack)
-            }
+        match self
+            .receiver
+            .take_ack()
+            .or_else(|| self.receiver.latest_ack())
+        {
+            Some(ack) => TypeFields::Ack(ack),
             None => TypeFields::Default,
         }
     }

@@ -495,6 +495,7 @@ impl Connection {
         }
         if !flush {
             self.jobs.clear();
+            self.copies.clear();
             self.jobs.push_back(Job::Close);
         }
     }
@@ -681,6 +682,7 @@ impl Connection {
         };
         let pn = opened.packet_number;
         let plaintext = opened.plaintext;
+        let reliable = header.flags.contains(Flags::RELIABLE);
         let reassembly = self.reassembler.reserved_bytes();
         let admit = self.budget.admit(reassembly, plaintext.len(), || {
             self.scan_incoming(plaintext)
@@ -707,16 +709,8 @@ impl Connection {
         self.stats.packets_received += 1;
         self.stats.bytes_received += len as u64;
         self.received_rate.add(now, len);
-        if header.flags.contains(Flags::RELIABLE) {
+        if reliable {
             self.receiver.ack_later(now, pn);
-        } else if matches!(fields, TypeFields::Default | TypeFields::Ack(_)) {
-            // Unreliable data is acknowledged too, every few packets (one ACK covers 17), so
-            // that the sender's window and pacing follow what actually gets through.
-            self.unreliable_unacked += 1;
-            if self.unreliable_unacked >= UNRELIABLE_ACK_EVERY {
-                self.unreliable_unacked = 0;
-                self.receiver.ack_later(now, pn);
-            }
         }
         match fields {
             TypeFields::Ack(ack) => self.on_ack_fields(now, &ack),
@@ -756,12 +750,14 @@ impl Connection {
                 }
                 self.state = State::Draining;
                 self.jobs.clear();
+                self.copies.clear();
                 return;
             }
             TypeFields::Default => {}
         }
         // Frames. A packet that opened but does not parse is a protocol violation.
         let mut violation = None;
+        let mut carried_message = false;
         for frame in Frames::new(plaintext) {
             match frame {
                 Err(e) => {
@@ -769,6 +765,7 @@ impl Connection {
                     break;
                 }
                 Ok(Frame::Message { channel, seq, data }) => {
+                    carried_message = true;
                     if let Err(code) = self.deliver(channel, seq, data, messages, events) {
                         violation = Some(code);
                         break;
@@ -783,6 +780,15 @@ impl Connection {
         }
         if let Some(code) = violation {
             self.fail(now, code, events);
+        } else if !reliable && carried_message {
+            // Unreliable data is acknowledged too, every few packets (one ACK covers 17), so
+            // that the sender's window and pacing follow what actually gets through. Packets
+            // without messages (ACK-only) are not: the sender keeps no record of them.
+            self.unreliable_unacked += 1;
+            if self.unreliable_unacked >= UNRELIABLE_ACK_EVERY {
+                self.unreliable_unacked = 0;
+                self.receiver.ack_later(now, pn);
+            }
         }
     }
 

@@ -190,14 +190,6 @@ impl Receiver {
         }
         Some(fields)
     }
-
-    /// Forgets owed acknowledgements covered by `fields` (they went out piggybacked).
-    pub fn covered_by(&mut self, fields: &AckFields) {
-        self.pending.retain(|&p| !fields.acknowledges(p as u16));
-        if self.pending.is_empty() {
-            self.pending_since = None;
-        }
-    }
 }
 
 #[cfg(test)]

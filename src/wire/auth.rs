@@ -11,8 +11,9 @@ use super::{check_buffer, read_u16, EmitError, WireError, MAX_CERTIFICATE};
 /// The key exchange fields, borrowed from the datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthFields<'a> {
-    /// The sender's ephemeral EC public key (a SEC1 P-256 point, 33 or 65 octets in tickwire;
-    /// the wire allows 0..=255).
+    /// The sender's ephemeral EC public key: in tickwire a compressed SEC1 P-256 point (33
+    /// octets, first 02 or 03; the endpoints refuse any other), 0 in a retry. The layout
+    /// allows 0..=255 octets.
     pub public_key: &'a [u8],
     /// The certificate, if present (0..=65535 octets).
     pub certificate: Option<&'a [u8]>,

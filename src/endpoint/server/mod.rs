@@ -137,6 +137,9 @@ pub struct ServerStats {
     /// AUTHs refused with ERROR 1.2 `channels differ from the server's`: the client's hello
     /// names another channel configuration (count or delivery modes).
     pub refused_channels: u64,
+    /// AUTHs refused with ERROR 1.2 `client key invalid`, no state kept: the key is not 33
+    /// octets starting 02 or 03 (a compressed SEC1 point), or not a point on P-256.
+    pub refused_client_key: u64,
     /// Calls of `handle_timeout`.
     pub wakeups: u64,
     /// Connections visited by `handle_timeout`: only those whose deadline came, so this grows
