@@ -76,6 +76,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use rand_core::{OsRng, RngCore};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tickwire::connection::PACKET_PLAINTEXT;
@@ -94,20 +95,6 @@ use tickwire::wire::{
     Body, ErrorCode, Flags, Heartbeat, Packet, PacketType, TypeFields, MAX_DATA_DATAGRAM,
 };
 use tickwire::{ChannelId, ClientConfig, DisconnectReason, Event, ServerKey};
-
-const USAGE: &str =
-    "usage: cargo run --release --example attack -- --target ADDR --server-key HEX [OPTIONS]
-
-options:
-  --target ADDR        the server, an IPv4 loopback address (e.g. 127.0.0.1:7777)
-  --server-key HEX     the server's key (echo --server prints it)
-  --attack NAMES       all (default), or names/numbers separated by commas:
-                       1 migrate, 2 frag-spoof, 3 held-ordered, 4 empty-reliable,
-                       5 lz4-bomb, 6 auth-rekey, 7 halfopen-ports, 8 slot-hog, 9 auth-flood
-  --secs S             seconds per attack, 1..=600 (default 10)
-  --pid PID            the server's process id, to read its RSS
-  --rss-cap-mb MB      stop an attack once the server grew by this much (default 2048)
-  -h, --help           this text";
 
 /// Memory growth above which an attack counts as a success against the server.
 const RSS_FAILURE_MIB: u64 = 32;
@@ -203,75 +190,75 @@ impl fmt::Display for Attack {
     }
 }
 
-#[derive(Debug, Clone)]
+/// Attacks your own tickwire server over loopback, the way a spoofing stranger and a cheating
+/// authenticated client would, and reports whether it held.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "attack", long_about = None)]
 struct Args {
+    /// The server, an IPv4 loopback address (e.g. 127.0.0.1:7777).
+    #[arg(long, value_name = "ADDR", value_parser = loopback_v4)]
     target: SocketAddrV4,
+    /// The server's key (echo --server prints it).
+    #[arg(long = "server-key", value_name = "HEX")]
     key: ServerKey,
-    attacks: Vec<Attack>,
+    /// all, or names/numbers separated by commas: 1 migrate, 2 frag-spoof, 3 held-ordered,
+    /// 4 empty-reliable, 5 lz4-bomb, 6 auth-rekey, 7 halfopen-ports, 8 slot-hog, 9 auth-flood.
+    #[arg(
+        long = "attack",
+        value_name = "NAMES",
+        default_value = "all",
+        value_parser = attack_list
+    )]
+    attacks: AttackList,
+    /// Seconds per attack, 1..=600.
+    #[arg(long, value_name = "S", default_value_t = 10.0, value_parser = attack_secs)]
     secs: f64,
+    /// The server's process id, to read its RSS.
+    #[arg(long, value_name = "PID")]
     pid: Option<u32>,
+    /// Stop an attack once the server grew by this much.
+    #[arg(long, value_name = "MB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
     rss_cap_mb: u64,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let (mut target, mut key, mut attacks) = (None, None, Attack::ALL.to_vec());
-    let (mut secs, mut pid, mut rss_cap_mb) = (10.0, None, 2048);
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            return Err(String::new());
-        }
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |e: &dyn fmt::Display| format!("{flag} {value}: {e}");
-        match flag.as_str() {
-            "--target" => {
-                let addr: SocketAddr = value.parse().map_err(|e| bad(&e))?;
-                match addr {
-                    SocketAddr::V4(a) if a.ip().is_loopback() => target = Some(a),
-                    _ => return Err(bad(&"must be an IPv4 loopback address (127.0.0.0/8)")),
-                }
-            }
-            "--server-key" => key = Some(ServerKey::from_hex(&value).map_err(|e| bad(&e))?),
-            "--attack" if value == "all" => attacks = Attack::ALL.to_vec(),
-            "--attack" => {
-                attacks = value
-                    .split(',')
-                    .map(|s| Attack::parse(s.trim()).ok_or_else(|| bad(&"unknown attack")))
-                    .collect::<Result<_, _>>()?;
-            }
-            "--secs" => secs = value.parse().map_err(|e| bad(&e))?,
-            "--pid" => pid = Some(value.parse().map_err(|e| bad(&e))?),
-            "--rss-cap-mb" => rss_cap_mb = value.parse().map_err(|e| bad(&e))?,
-            _ => return Err(format!("unknown option {flag}")),
-        }
+/// The attacks `--attack` names, in the order given.
+#[derive(Debug, Clone)]
+struct AttackList(Vec<Attack>);
+
+impl std::ops::Deref for AttackList {
+    type Target = [Attack];
+    fn deref(&self) -> &[Attack] {
+        &self.0
     }
-    if !(1.0..=600.0).contains(&secs) {
-        return Err("--secs must be 1..=600".into());
+}
+
+fn loopback_v4(s: &str) -> Result<SocketAddrV4, String> {
+    match s.parse::<SocketAddr>() {
+        Ok(SocketAddr::V4(a)) if a.ip().is_loopback() => Ok(a),
+        Ok(_) => Err("must be an IPv4 loopback address (127.0.0.0/8)".into()),
+        Err(e) => Err(e.to_string()),
     }
-    if rss_cap_mb == 0 {
-        return Err("--rss-cap-mb must be above 0".into());
+}
+
+fn attack_list(s: &str) -> Result<AttackList, String> {
+    if s == "all" {
+        return Ok(AttackList(Attack::ALL.to_vec()));
     }
-    Ok(Args {
-        target: target.ok_or("--target is required")?,
-        key: key.ok_or("--server-key is required")?,
-        attacks,
-        secs,
-        pid,
-        rss_cap_mb,
-    })
+    s.split(',')
+        .map(|a| Attack::parse(a.trim()).ok_or_else(|| format!("unknown attack {:?}", a.trim())))
+        .collect::<Result<_, _>>()
+        .map(AttackList)
+}
+
+fn attack_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (1.0..=600.0).contains(&v) => Ok(v),
+        _ => Err("not a number of seconds in 1..=600".into()),
+    }
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}\n");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
     println!(
         "attacking {} for {} s per attack{}",
         args.target,

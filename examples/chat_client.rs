@@ -44,9 +44,12 @@ use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use tickwire::io::{ClientDriver, SocketConfig};
 use tickwire::{ClientConfig, DisconnectReason, Event, ServerKey};
 
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "chat/e2e.rs"]
 mod e2e;
 #[path = "chat/protocol.rs"]
@@ -54,15 +57,6 @@ mod protocol;
 
 use e2e::{CryptoError, Identity, PeerKey, SessionKey};
 use protocol::{fold, from_hex, line_of, split_word, to_hex, CHANNEL, FAIL05, GOODBYE};
-
-const USAGE: &str = "usage: chat_client --connect ADDR --server-key HEX [--raw] [--timeout-ms N]
-
-  --connect ADDR       the chat server's address
-  --server-key HEX     the key the server printed
-  --raw                send lines exactly as typed, nothing automatic (no encryption)
-  --timeout-ms N       connection timeout (default 10000)
-
-Reads commands from standard input, one per line; prints what the server sends.";
 
 /// The longest wait for network events before standard input is looked at again.
 const TICK: Duration = Duration::from_millis(20);
@@ -73,67 +67,30 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// How long standard input may end before the connection is up, and still QUIT.
 const CONNECT_WAIT: Duration = Duration::from_secs(15);
 
+/// The terminal client of chat_server: reads commands from standard input, one per line;
+/// prints what the server sends.
+#[derive(Parser, Debug)]
+#[command(name = "chat_client", long_about = None)]
 struct Args {
+    /// The chat server's address.
+    #[arg(long, value_name = "ADDR")]
     connect: SocketAddr,
+    /// The key the server printed.
+    #[arg(long, value_name = "HEX")]
     server_key: ServerKey,
+    /// Send lines exactly as typed, nothing automatic (no key publishing, no encryption).
+    #[arg(long)]
     raw: bool,
+    /// Connection timeout in ms [default: 10000], at least 20.
+    #[arg(long = "timeout-ms", value_name = "N", value_parser = cli::timeout_ms)]
     timeout: Option<Duration>,
+    /// Test hook: stop driving the connection N ms after logging in.
+    #[arg(long = "freeze-after-ms", value_name = "N", value_parser = cli::millis, hide = true)]
     freeze_after: Option<Duration>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let (mut connect, mut server_key) = (None, None);
-    let (mut raw, mut timeout, mut freeze_after) = (false, None, None);
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "-h" | "--help" => return Err(String::new()),
-            "--raw" => {
-                raw = true;
-                continue;
-            }
-            _ => {}
-        }
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
-        match flag.as_str() {
-            "--connect" => connect = Some(value.parse().map_err(|e| bad(&e))?),
-            "--server-key" => {
-                server_key = Some(ServerKey::from_hex(&value).map_err(|e| bad(&e))?);
-            }
-            "--timeout-ms" => {
-                let ms: u64 = value.parse().map_err(|e| bad(&e))?;
-                if ms < 20 {
-                    return Err(bad(&"must be at least 20"));
-                }
-                timeout = Some(Duration::from_millis(ms));
-            }
-            "--freeze-after-ms" => {
-                freeze_after = Some(Duration::from_millis(value.parse().map_err(|e| bad(&e))?));
-            }
-            _ => return Err(format!("unknown option {flag}")),
-        }
-    }
-    Ok(Args {
-        connect: connect.ok_or("--connect is required")?,
-        server_key: server_key.ok_or("--server-key is required")?,
-        raw,
-        timeout,
-        freeze_after,
-    })
-}
-
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}\n");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
     match run(&args) {
         Ok(code) => code,
         Err(e) => {

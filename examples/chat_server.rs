@@ -83,11 +83,14 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use tickwire::io::{ServerDriver, SocketConfig};
 use tickwire::{ClientId, DisconnectReason, Event, ServerConfig, ServerIdentity};
 
 #[path = "common/backlog.rs"]
 mod backlog;
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "chat/protocol.rs"]
 mod protocol;
 
@@ -97,14 +100,6 @@ use protocol::{
     fold, from_hex, line_of, split_word, valid_username, CHANNEL, FAIL00, FAIL01, FAIL02, FAIL03,
     FAIL04, FAIL05, FAIL06, FAIL07, FAIL08, GOODBYE, INIT, PUBLIC_KEY_LEN,
 };
-
-const USAGE: &str = "usage: chat_server --listen ADDR [--secs S] [--timeout-ms N] \
-[--log-received FILE]
-
-  --listen ADDR          UDP address to serve on (port 0: any free port)
-  --secs S               stop after S seconds (default: run until killed)
-  --timeout-ms N         drop a client silent for N ms (default 10000)
-  --log-received FILE    append every line received to FILE";
 
 /// How long a client that said QUIT has to close the connection itself.
 const QUIT_GRACE: Duration = Duration::from_secs(2);
@@ -119,63 +114,27 @@ const BACKLOG_BYTES: usize = DEFAULT_BACKLOG_BYTES;
 /// Why a client whose backlog overflowed is disconnected.
 const TOO_FAR_BEHIND: &str = "too far behind: the client does not read the lines sent to it";
 
+/// A chat server over tickwire (line protocol: IDENT, BCST, USERS, PM, QUIT); prints
+/// `server key: HEX` and `listening on ADDR`.
+#[derive(Parser, Debug)]
+#[command(name = "chat_server", long_about = None)]
 struct Args {
+    /// UDP address to serve on (port 0: any free port).
+    #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
+    /// Stop after S seconds, closing every connection [default: run until killed].
+    #[arg(long, value_name = "S", value_parser = cli::positive_secs)]
     secs: Option<f64>,
+    /// Drop a client silent (not even heartbeats) for N ms [default: 10000], at least 20.
+    #[arg(long = "timeout-ms", value_name = "N", value_parser = cli::timeout_ms)]
     timeout: Option<Duration>,
+    /// Append every line received to FILE, as `<client id> <line>`.
+    #[arg(long, value_name = "FILE")]
     log_received: Option<String>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut listen = None;
-    let mut args = Args {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        secs: None,
-        timeout: None,
-        log_received: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            return Err(String::new());
-        }
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
-        match flag.as_str() {
-            "--listen" => listen = Some(value.parse().map_err(|e| bad(&e))?),
-            "--secs" => {
-                let s: f64 = value.parse().map_err(|e| bad(&e))?;
-                if !(s > 0.0 && s <= 1e7) {
-                    return Err(bad(&"must be above 0"));
-                }
-                args.secs = Some(s);
-            }
-            "--timeout-ms" => {
-                let ms: u64 = value.parse().map_err(|e| bad(&e))?;
-                if ms < 20 {
-                    return Err(bad(&"must be at least 20"));
-                }
-                args.timeout = Some(Duration::from_millis(ms));
-            }
-            "--log-received" => args.log_received = Some(value),
-            _ => return Err(format!("unknown option {flag}")),
-        }
-    }
-    args.listen = listen.ok_or("--listen is required")?;
-    Ok(args)
-}
-
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}\n");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

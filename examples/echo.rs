@@ -6,6 +6,7 @@
 //! cargo run --release --example echo -- --clients 16 --secs 5 --size 256
 //! cargo run --release --example echo -- --server 127.0.0.1:7777       # only a server
 //! cargo run --release --example echo -- --connect 127.0.0.1:7777 --server-key HEX
+//! cargo run --release --example echo -- --connect 127.0.0.1:7777 --server-key HEX --clients 4
 //! ```
 //! Each client sends, every millisecond, one reliable-ordered message (channel 3) and one
 //! unreliable message (channel 0) of `--size` octets for `--secs` seconds; the server echoes
@@ -17,14 +18,17 @@
 //! and an FNV-1a checksum of all that; every echo is compared with the message regenerated
 //! from its sequence number.
 //!
-//! The program prints one row per client (smoothed RTT, reliable and unreliable messages sent
-//! and echoed, the loss estimate, resent datagrams, messages echoed per second) and exits with
-//! status 0 only if every client connected and every reliable message came back intact and in
-//! order (and no unreliable echo was corrupt or duplicated). Status 1: a check failed; 2: usage.
+//! The program prints one row per client (smoothed RTT; the loss estimates `loss out`, the
+//! client's packets that did not reach the server, [`ConnectionStats::loss`], and `loss in`,
+//! the server's that did not reach the client, [`ConnectionStats::incoming_loss`]; reliable and
+//! unreliable messages sent and echoed, resent datagrams, messages echoed per second) and exits
+//! with status 0 only if every client connected and every reliable message came back intact and
+//! in order (and no unreliable echo was corrupt or duplicated). Status 1: a check failed; 2:
+//! usage (`--help` lists the options and their defaults).
 //!
 //! `--server ADDR` serves (echoing) until interrupted, or for `--secs` if given, and prints
 //! `server key: HEX` for clients to pin. `--connect ADDR --server-key HEX` runs one client
-//! against such a server.
+//! (`--clients N`: N, each in its own thread) against such a server.
 //!
 //! # Backpressure
 //! An echo the client's send queue has no room for (the client does not read its echoes fast
@@ -56,6 +60,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use tickwire::io::{ClientDriver, IoStats, ServerDriver, SocketConfig};
 use tickwire::{
     ChannelId, ClientConfig, ClientId, ConnectionConfig, ConnectionStats, Event, IpPrefix,
@@ -66,25 +71,6 @@ use tickwire::{
 mod backlog;
 
 use backlog::{Backlog, Backlogs, Sent, DEFAULT_BACKLOG_BYTES};
-
-const USAGE: &str = "usage: cargo run --release --example echo -- [OPTIONS]
-
-Without --server or --connect: a server and N clients over 127.0.0.1 in one process.
-
-options:
-  --clients N          clients (default 4)
-  --secs S             seconds of sending (default 3); with --server: serve this long
-  --size BYTES         message size, 8..=MAX_MESSAGE_SIZE (default 64)
-  --server ADDR        only serve on ADDR (e.g. 127.0.0.1:7777), until interrupted
-  --connect ADDR       only run one client against the server at ADDR
-  --server-key HEX     the server's key (printed by --server), required with --connect
-  --backlog BYTES      server: octets of echoes kept per client while its send queue is
-                       full, each costing its length + 64 (default 1048576); beyond it
-                       unreliable echoes are dropped, and a reliable one that still does not
-                       fit disconnects the client
-  --max-per-ip N       server: connections from one IP at most (default 16, the library's);
-                       local mode allows all --clients
-  -h, --help           this text";
 
 const UNRELIABLE: ChannelId = ChannelId(0);
 const RELIABLE_ORDERED: ChannelId = ChannelId(3);
@@ -119,99 +105,93 @@ enum Mode {
     Client(SocketAddr, ServerKey),
 }
 
-#[derive(Debug, Clone, Copy)]
+/// An echo load test over real UDP: without --server or --connect, a server and N clients over
+/// 127.0.0.1 in one process.
+#[derive(Parser, Debug, Clone, Copy)]
+#[command(name = "echo", long_about = None)]
 struct Args {
-    mode: Mode,
-    clients: usize,
+    /// Clients [default: 4; with --connect: 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    clients: Option<u16>,
+    /// Seconds of sending [default: 3]; with --server: serve this long (default: until
+    /// interrupted).
+    #[arg(long, value_name = "S", value_parser = secs)]
     secs: Option<f64>,
+    /// Message size in octets, 8..=MAX_MESSAGE_SIZE.
+    #[arg(long, value_name = "BYTES", default_value_t = 64, value_parser = message_size)]
     size: usize,
-    /// The bound of each client's backlog on the server, in octets (see [`Backlog`]).
+    /// Only serve on ADDR (e.g. 127.0.0.1:7777), until interrupted; prints `server key: HEX`.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["connect", "server_key"])]
+    server: Option<SocketAddr>,
+    /// Only run the clients, against the server at ADDR.
+    #[arg(long, value_name = "ADDR", requires = "server_key")]
+    connect: Option<SocketAddr>,
+    /// The server's key (printed by --server), required with --connect.
+    #[arg(long, value_name = "HEX", requires = "connect")]
+    server_key: Option<ServerKey>,
+    /// Server: octets of echoes kept per client while its send queue is full, each costing its
+    /// length + 64; beyond it unreliable echoes are dropped, and a reliable one that still
+    /// does not fit disconnects the client.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BACKLOG_BYTES, value_parser = backlog_bytes)]
     backlog: usize,
-    /// `--server`: connections from one IP at most (`ServerConfig::max_clients_per_ip`).
+    /// Server: connections from one IP at most [default: 16, the library's]; local mode
+    /// allows all --clients.
+    #[arg(long, value_name = "N")]
     max_per_ip: Option<usize>,
 }
 
 impl Args {
+    fn mode(&self) -> Mode {
+        match (self.server, self.connect, self.server_key) {
+            (Some(addr), _, _) => Mode::Server(addr),
+            (None, Some(addr), Some(key)) => Mode::Client(addr, key),
+            _ => Mode::Local,
+        }
+    }
+
+    /// Clients to run: `--clients`, or 4 in one process and 1 with `--connect`.
+    fn clients(&self) -> usize {
+        let default = if self.connect.is_some() { 1 } else { 4 };
+        self.clients.map_or(default, usize::from)
+    }
+
     fn send_for(&self) -> Duration {
         Duration::from_secs_f64(self.secs.unwrap_or(3.0))
     }
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut server = None;
-    let mut connect = None;
-    let mut key = None;
-    let mut args = Args {
-        mode: Mode::Local,
-        clients: 4,
-        secs: None,
-        size: 64,
-        backlog: DEFAULT_BACKLOG_BYTES,
-        max_per_ip: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            return Err(String::new());
-        }
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
-        match flag.as_str() {
-            "--clients" => args.clients = value.parse().map_err(|e| bad(&e))?,
-            "--secs" => args.secs = Some(value.parse().map_err(|e| bad(&e))?),
-            "--size" => args.size = value.parse().map_err(|e| bad(&e))?,
-            "--backlog" => args.backlog = value.parse().map_err(|e| bad(&e))?,
-            "--max-per-ip" => args.max_per_ip = Some(value.parse().map_err(|e| bad(&e))?),
-            "--server" => server = Some(value.parse().map_err(|e| bad(&e))?),
-            "--connect" => connect = Some(value.parse().map_err(|e| bad(&e))?),
-            "--server-key" => key = Some(ServerKey::from_hex(&value).map_err(|e| bad(&e))?),
-            _ => return Err(format!("unknown option {flag}")),
-        }
+fn secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err("not a number of seconds above 0 and at most a day".into()),
     }
-    if !(8..=MAX_MESSAGE_SIZE).contains(&args.size) {
-        return Err(format!("--size must be 8..={MAX_MESSAGE_SIZE}"));
+}
+
+fn message_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (8..=MAX_MESSAGE_SIZE).contains(&n) => Ok(n),
+        _ => Err(format!("not a size in 8..={MAX_MESSAGE_SIZE}")),
     }
-    if !(1..=1000).contains(&args.clients) {
-        return Err("--clients must be 1..=1000".into());
-    }
-    if args.secs.is_some_and(|s| !(s > 0.0 && s <= 86_400.0)) {
-        return Err("--secs must be above 0 and at most a day".into());
-    }
-    // Every echo the server may have to send must fit in an empty backlog.
+}
+
+/// Every echo the server may have to send must fit in an empty backlog.
+fn backlog_bytes(s: &str) -> Result<usize, String> {
     let min_backlog = Backlog::cost(MAX_MESSAGE_SIZE);
-    if args.backlog < min_backlog {
-        return Err(format!(
-            "--backlog must hold one largest message: at least {min_backlog}"
-        ));
+    match s.parse::<usize>() {
+        Ok(n) if n >= min_backlog => Ok(n),
+        Ok(_) => Err(format!(
+            "must hold one largest message: at least {min_backlog}"
+        )),
+        Err(e) => Err(e.to_string()),
     }
-    args.mode = match (server, connect, key) {
-        (None, None, None) => Mode::Local,
-        (Some(addr), None, None) => Mode::Server(addr),
-        (None, Some(addr), Some(key)) => Mode::Client(addr, key),
-        (None, Some(_), None) => return Err("--connect needs --server-key".into()),
-        _ => return Err("use either --server, or --connect with --server-key".into()),
-    };
-    Ok(args)
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}\n");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    let result = match args.mode {
+    let args = Args::parse();
+    let result = match args.mode() {
         Mode::Local => run_local(&args),
         Mode::Server(addr) => run_server_only(addr, &args),
-        Mode::Client(addr, key) => {
-            let report = run_client(ClientConfig::new(key), addr, &args);
-            print_reports(&[report], &args)
-        }
+        Mode::Client(addr, key) => run_clients_only(addr, key, &args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -221,6 +201,26 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--connect`: the clients, each in its own thread, against a server elsewhere.
+fn run_clients_only(
+    addr: SocketAddr,
+    key: ServerKey,
+    args: &Args,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let clients: Vec<_> = (0..args.clients())
+        .map(|_| {
+            let args = *args;
+            std::thread::spawn(move || run_client(ClientConfig::new(key), addr, &args))
+        })
+        .collect();
+    let mut reports: Vec<ClientReport> = clients
+        .into_iter()
+        .map(|t| t.join().expect("client thread panicked"))
+        .collect();
+    reports.sort_by_key(|r| r.id);
+    print_reports(&reports, args)
 }
 
 /// Connection settings of both sides: messages of any size the protocol allows.
@@ -234,7 +234,7 @@ fn connection_config() -> ConnectionConfig {
 fn run_local(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let mut config = ServerConfig::new(ServerIdentity::generate());
     config.connection = connection_config();
-    config.max_clients = args.clients.max(64);
+    config.max_clients = args.clients().max(64);
     // Every client of the local run comes from 127.0.0.1.
     config.max_clients_per_ip = config.max_clients;
     let driver = ServerDriver::bind("127.0.0.1:0".parse()?, config, SocketConfig::default())?;
@@ -243,7 +243,7 @@ fn run_local(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     println!(
         "server on {addr}, {} clients, {:.1} s of sending, {} octet messages every {:?} \
          on channels 3 (reliable-ordered) and 0 (unreliable)",
-        args.clients,
+        args.clients(),
         args.send_for().as_secs_f64(),
         args.size,
         INTERVAL
@@ -256,7 +256,7 @@ fn run_local(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         let backlog = args.backlog;
         std::thread::spawn(move || serve(driver, &stop, Some(hard_stop), None, backlog))
     };
-    let clients: Vec<_> = (0..args.clients)
+    let clients: Vec<_> = (0..args.clients())
         .map(|_| {
             let args = *args;
             std::thread::spawn(move || run_client(ClientConfig::new(key), addr, &args))
@@ -786,14 +786,15 @@ fn print_reports(
     args: &Args,
 ) -> Result<bool, Box<dyn std::error::Error>> {
     println!(
-        "{:>6} {:>9} {:>9} {:>10} {:>10} {:>12} {:>6} {:>7} {:>9}",
+        "{:>6} {:>9} {:>8} {:>8} {:>9} {:>10} {:>10} {:>12} {:>7} {:>9}",
         "client",
         "rtt",
+        "loss out",
+        "loss in",
         "rel sent",
         "rel echoed",
         "unrel sent",
         "unrel echoed",
-        "loss",
         "resends",
         "msg/s"
     );
@@ -802,14 +803,15 @@ fn print_reports(
         let secs = r.sending.as_secs_f64().max(1e-9);
         let rate = f64::from(r.reliable_echoed + r.unreliable_echoed) / secs;
         println!(
-            "{:>6} {:>9} {:>9} {:>10} {:>10} {:>12} {:>5.1}% {:>7} {:>9.0}",
+            "{:>6} {:>9} {:>7.1}% {:>7.1}% {:>9} {:>10} {:>10} {:>12} {:>7} {:>9.0}",
             id,
             format!("{:.3}ms", r.stats.rtt.as_secs_f64() * 1e3),
+            r.stats.loss * 100.0,
+            r.stats.incoming_loss * 100.0,
             r.reliable_sent,
             r.reliable_echoed,
             r.unreliable_sent,
             r.unreliable_echoed,
-            r.stats.loss * 100.0,
             r.stats.packets_resent,
             rate
         );

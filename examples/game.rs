@@ -60,7 +60,7 @@ const INPUT_HZ: u32 = 60;
 
 /// A fixed-tick authoritative game: a server and its clients, in one process or apart.
 #[derive(Parser, Debug)]
-#[command(name = "game", about)]
+#[command(name = "game", long_about = None)]
 struct Args {
     /// Clients (in one process, or the ones `--connect` runs; the ones `--server` waits for).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]

@@ -16,9 +16,16 @@
 //! `data_len` (every type but AUTH). Sealed (ENCRYPTED) Data is reported as it is on the wire,
 //! never opened: `data_len` then counts the ciphertext and its 16-octet tag.
 //!
+//! A header the format lays out but tickwire refuses is decoded all the same: CHECKSUM with
+//! ENCRYPTED (docs/PROTOCOL.md §2: the fields in their order, Init Vector then Checksum; the
+//! tickwire parser drops such a datagram, 3.3, because a sealed packet carries no checksum).
+//! The JSON then ends with `refused` (the code tickwire's parser gives, `"3.3"`) and
+//! `refused_reason`, and the exit status is still 0.
+//!
 //! A datagram that cannot be read gives `{"error":"MAJOR.MINOR","reason":"..."}` with the
 //! protocol's error code (3.x) and exit status 1; input that is not hex is reported the same
-//! way as 3.0. Without an argument the usage goes to stderr and the exit status is 2.
+//! way as 3.0. Without an argument clap's error and the usage go to stderr and the exit status
+//! is 2; `--help` prints the usage.
 //!
 //! # Example
 //! ```text
@@ -28,31 +35,36 @@
 //! {"error":"3.1","reason":"unknown version"}
 //! ```
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use tickwire::wire::{Body, ErrorCode, Packet, TypeFields};
+use clap::Parser;
+use tickwire::wire::{Body, ErrorCode, Flags, Packet, TypeFields, WireError};
 
-const USAGE: &str = "usage: cargo run --example inspect -- HEX\n\
-    \n\
-    Decodes one tickwire datagram given as hex (upper or lower case, optional leading 0x,\n\
-    optional spaces) and prints it as one line of JSON. Exit status: 0 readable, 1 not\n\
-    readable (the JSON names the error code and the reason), 2 usage.";
+/// Decodes one tickwire datagram given as hex and prints it as one line of JSON.
+#[derive(Parser, Debug)]
+#[command(
+    name = "inspect",
+    long_about = None,
+    after_help = "Exit status: 0 readable (the JSON says `refused` if tickwire itself would drop it), \
+        1 not readable (the JSON names the error code and the reason), 2 usage."
+)]
+struct Args {
+    /// The datagram as hex digits: upper or lower case, optional leading 0x, optional spaces;
+    /// several arguments are joined.
+    #[arg(value_name = "HEX", required = true, num_args = 1.., allow_hyphen_values = true)]
+    hex: Vec<OsString>,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args_os()
-        .skip(1)
+    let args = Args::parse();
+    let input: Vec<String> = args
+        .hex
+        .iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    if args.is_empty() {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
-    }
-    if args.len() == 1 && (args[0] == "-h" || args[0] == "--help") {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    let (json, status) = match parse_hex(&args.join(" ")) {
+    let (json, status) = match parse_hex(&input.join(" ")) {
         Ok(bytes) => describe(&bytes),
         Err(reason) => (error_json(&ErrorCode::Packet.to_string(), &reason), 1),
     };
@@ -100,17 +112,69 @@ fn parse_hex(input: &str) -> Result<Vec<u8>, String> {
 
 /// Describes one datagram as a one-line JSON object, with the exit status: 0 if it was
 /// readable, 1 if not (the object then holds `error` and `reason`).
+///
+/// A header the format can lay out but tickwire refuses (CHECKSUM with ENCRYPTED: both
+/// fields present, Init Vector first) is decoded all the same, and `refused` and
+/// `refused_reason` say what tickwire's parser answers.
 fn describe(bytes: &[u8]) -> (String, i32) {
-    let packet = match Packet::parse(bytes) {
-        Ok(p) => p,
-        Err(e) => return (error_json(&e.code.to_string(), e.reason), 1),
-    };
+    match Packet::parse(bytes) {
+        Ok(packet) => (describe_packet(bytes, &packet, None, None), 0),
+        Err(refused) => {
+            let Some((stripped, sum)) = without_checksum(bytes) else {
+                return (error_json(&refused.code.to_string(), refused.reason), 1);
+            };
+            let Some(sum) = sum else {
+                // The datagram ends before the Checksum field (or before a field ahead of it).
+                return (
+                    error_json(&ErrorCode::Packet.to_string(), "truncated checksum"),
+                    1,
+                );
+            };
+            match Packet::parse(&stripped) {
+                Ok(packet) => (describe_packet(bytes, &packet, Some(sum), Some(refused)), 0),
+                Err(e) => (error_json(&e.code.to_string(), e.reason), 1),
+            }
+        }
+    }
+}
+
+/// For a datagram whose header has both CHECKSUM and ENCRYPTED set (which tickwire refuses,
+/// 3.3): the same datagram with CHECKSUM cleared and its Checksum field cut out, and that
+/// field's value, or `None` for it if the datagram ends before the field (then nothing is cut).
+/// `None` for any other datagram.
+fn without_checksum(bytes: &[u8]) -> Option<(Vec<u8>, Option<u16>)> {
+    let flags = Flags::from_bits(*bytes.get(1)?)?;
+    if !flags.contains(Flags::CHECKSUM | Flags::ENCRYPTED) {
+        return None;
+    }
+    // Version/Type, Flags, Sequence ID, [Fragment ID, Fragment Number], Init Vector, Checksum.
+    let at = 4 + if flags.contains(Flags::FRAG) { 2 } else { 0 } + 2;
+    let mut stripped = bytes.to_vec();
+    stripped[1] = flags.without(Flags::CHECKSUM).bits();
+    let sum = bytes
+        .get(at..at + 2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]));
+    if sum.is_some() {
+        stripped.drain(at..at + 2);
+    }
+    Some((stripped, sum))
+}
+
+/// The JSON of a parsed packet. `checksum` overrides the header's (for a header decoded
+/// without it); `refused` is tickwire's own verdict on the original datagram.
+fn describe_packet(
+    bytes: &[u8],
+    packet: &Packet<'_>,
+    checksum: Option<u16>,
+    refused: Option<WireError>,
+) -> String {
     let header = &packet.header;
     let mut obj = JsonObject::new();
     // Packet::parse accepts only version 0, but report what the datagram says.
     obj.number("version", u64::from(bytes[0] >> 4));
     obj.string("type", header.packet_type.name());
-    obj.strings("flags", header.flags.names());
+    let flags = Flags::from_bits(bytes[1]).unwrap_or(header.flags);
+    obj.strings("flags", flags.names());
     obj.number("seq", u64::from(header.sequence));
     if let Some(frag) = header.fragment {
         obj.number("frag_id", u64::from(frag.id));
@@ -119,10 +183,10 @@ fn describe(bytes: &[u8]) -> (String, i32) {
     if let Some(iv) = header.init_vector {
         obj.number("iv", u64::from(iv));
     }
-    if let Some(sum) = header.checksum {
+    if let Some(sum) = checksum.or(header.checksum) {
         obj.number("checksum", u64::from(sum));
     }
-    match packet.body {
+    match &packet.body {
         Body::Data { fields, data } => {
             match fields {
                 TypeFields::Default => {}
@@ -142,7 +206,11 @@ fn describe(bytes: &[u8]) -> (String, i32) {
             }
         }
     }
-    (obj.finish(), 0)
+    if let Some(e) = refused {
+        obj.string("refused", &e.code.to_string());
+        obj.string("refused_reason", e.reason);
+    }
+    obj.finish()
 }
 
 /// `{"error":CODE,"reason":REASON}`.

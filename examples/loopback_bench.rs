@@ -43,24 +43,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use socket2::{Domain, Protocol, Socket, Type};
 use tickwire::io::{ClientDriver, IoStats, ServerDriver, SocketConfig};
 use tickwire::{ChannelId, ClientConfig, Event, SendError, ServerConfig, ServerIdentity};
-
-const USAGE: &str = "usage: cargo run --release --example loopback_bench -- [OPTIONS]
-
-options:
-  --secs S          seconds measured per scenario and stack (default 2)
-  --warmup S        seconds before measuring (default 0.3)
-  --only TEXT       only the scenarios whose name contains TEXT (e.g. 64, 900, reliable)
-  --offload MODE    tickwire with SocketConfig::offload on, off, or both (default both)
-  --window N        tickwire unreliable: messages sent and not yet delivered, at most
-                    (default 1024 for 64 B, 128 for 900 B: over a millisecond of
-                    what pacing lets out)
-  --open-loop       tickwire unreliable: no window, send as fast as `send` returns
-  --no-raw          skip raw UDP
-  -v, --verbose     print each run's socket and connection counters
-  -h, --help        this text";
 
 const UNRELIABLE: ChannelId = ChannelId(0);
 const RELIABLE_ORDERED: ChannelId = ChannelId(3);
@@ -105,81 +91,71 @@ const SCENARIOS: [Scenario; 3] = [
     },
 ];
 
-#[derive(Debug, Clone)]
+/// End-to-end throughput over 127.0.0.1: tickwire through the mio drivers against raw UDP.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "loopback_bench", long_about = None)]
 struct Args {
+    /// Seconds measured per scenario and stack, 0.1..=60.
+    #[arg(long, value_name = "S", default_value_t = 2.0, value_parser = secs_measured)]
     secs: f64,
+    /// Seconds before measuring, 0..=10.
+    #[arg(long, value_name = "S", default_value_t = 0.3, value_parser = warmup_secs)]
     warmup: f64,
+    /// Only the scenarios whose name contains TEXT (e.g. 64, 900, reliable).
+    #[arg(long, value_name = "TEXT")]
     only: Option<String>,
-    /// Offload settings to run tickwire with.
-    offload: Vec<bool>,
+    /// tickwire with SocketConfig::offload on, off, or both.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = Offload::Both)]
+    offload: Offload,
+    /// tickwire unreliable: messages sent and not yet delivered, at most [default: 1024 for
+    /// 64 B, 128 for 900 B: over a millisecond of what pacing lets out].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     window: Option<u64>,
+    /// tickwire unreliable: no window, send as fast as `send` returns.
+    #[arg(long)]
     open_loop: bool,
-    raw: bool,
+    /// Skip raw UDP.
+    #[arg(long)]
+    no_raw: bool,
+    /// Print each run's socket and connection counters.
+    #[arg(short, long)]
     verbose: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        secs: 2.0,
-        warmup: 0.3,
-        only: None,
-        offload: vec![true, false],
-        window: None,
-        open_loop: false,
-        raw: true,
-        verbose: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "-h" | "--help" => return Err(String::new()),
-            "--open-loop" => args.open_loop = true,
-            "--no-raw" => args.raw = false,
-            "-v" | "--verbose" => args.verbose = true,
-            _ => {
-                let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-                let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
-                match flag.as_str() {
-                    "--secs" => args.secs = value.parse().map_err(|e| bad(&e))?,
-                    "--warmup" => args.warmup = value.parse().map_err(|e| bad(&e))?,
-                    "--only" => args.only = Some(value),
-                    "--window" => args.window = Some(value.parse().map_err(|e| bad(&e))?),
-                    "--offload" => {
-                        args.offload = match value.as_str() {
-                            "on" => vec![true],
-                            "off" => vec![false],
-                            "both" => vec![true, false],
-                            _ => return Err(bad(&"expected on, off or both")),
-                        }
-                    }
-                    _ => return Err(format!("unknown option {flag}")),
-                }
-            }
+/// `--offload`: the offload settings to run tickwire with.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Offload {
+    On,
+    Off,
+    Both,
+}
+
+impl Offload {
+    fn settings(self) -> &'static [bool] {
+        match self {
+            Offload::On => &[true],
+            Offload::Off => &[false],
+            Offload::Both => &[true, false],
         }
     }
-    if !(0.1..=60.0).contains(&args.secs) {
-        return Err("--secs must be 0.1..=60".into());
+}
+
+fn secs_measured(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=60.0).contains(&v) => Ok(v),
+        _ => Err("not a number of seconds in 0.1..=60".into()),
     }
-    if !(0.0..=10.0).contains(&args.warmup) {
-        return Err("--warmup must be 0..=10".into());
+}
+
+fn warmup_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=10.0).contains(&v) => Ok(v),
+        _ => Err("not a number of seconds in 0..=10".into()),
     }
-    if args.window == Some(0) {
-        return Err("--window must be above zero".into());
-    }
-    Ok(args)
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("error: {e}\n");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -221,12 +197,12 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
     for s in &scenarios {
         let mut row = Row::default();
-        if args.raw {
+        if !args.no_raw {
             let m = raw_udp(s, args)?;
             m.print(&format!("{} / raw UDP", s.name), args.verbose);
             row.raw = Some(m);
         }
-        for &offload in &args.offload {
+        for &offload in args.offload.settings() {
             let m = tickwire(s, args, offload)?;
             let label = if offload { "offload on" } else { "offload off" };
             m.print(&format!("{} / tickwire, {label}", s.name), args.verbose);

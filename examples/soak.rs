@@ -47,6 +47,7 @@ use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use tickwire::{ConnectionConfig, MAX_MESSAGE_SIZE};
 
 use chart::{Panel, Series};
@@ -68,43 +69,6 @@ const MODES: [&str; 4] = [
     "reliable-ordered",
 ];
 
-/// Flags handed to netsim as they are.
-const NETSIM_FLAGS: [&str; 13] = [
-    "--preset",
-    "--loss",
-    "--burst",
-    "--loss-burst",
-    "--delay",
-    "--jitter",
-    "--duplicate",
-    "--reorder",
-    "--corrupt",
-    "--rate",
-    "--queue",
-    "--mtu",
-    "--seed",
-];
-
-const USAGE: &str = "usage: cargo run --release --example soak -- [OPTIONS] [IMPAIRMENTS]
-
-Runs the echo server, the netsim proxy and N client processes on loopback, shows progress,
-then prints a report and writes an SVG chart.
-
-options:
-  --secs N        seconds of sending (default 60)
-  --clients N     client processes, 1..=64 (default 8)
-  --hz N          messages per second on each of the 4 channels per client, 1..=240 (default 30)
-  --size N        message size in octets, 19..=1200 (default 64)
-  --drain N       seconds to wait for outstanding echoes after sending (default 5)
-  --out PATH      the chart (default soak-report.svg)
-  --no-build      do not run cargo build; the echo example and netsim must exist
-  -h, --help      this text
-
-impairments (passed to netsim, applied to each direction of each client):
-  --preset NAME --loss P --burst P,R[,B[,G]] --delay D --jitter D --duplicate P
-  --reorder P --corrupt P --rate R --queue BYTES --mtu N --seed N
-example: --loss 5% --delay 20ms --jitter 5ms --duplicate 1% --reorder 1%";
-
 /// Settings of both sides, as in the echo example: messages of any size the protocol allows.
 pub fn connection_config() -> ConnectionConfig {
     ConnectionConfig {
@@ -125,70 +89,128 @@ struct Args {
     netsim: Vec<String>,
 }
 
-fn parse_args(argv: &[String]) -> Result<Args, String> {
-    let mut a = Args {
-        secs: 60,
-        clients: 8,
-        hz: 30,
-        size: 64,
-        drain: 5,
-        out: PathBuf::from("soak-report.svg"),
-        build: true,
-        netsim: Vec::new(),
-    };
-    let mut it = argv.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg.as_str(), None),
-        };
-        match flag {
-            "-h" | "--help" => return Err(String::new()),
-            "--no-build" => {
-                a.build = false;
-                continue;
-            }
-            _ => {}
+/// Runs the echo server, the netsim proxy and N client processes on loopback, shows progress,
+/// then prints a report and writes an SVG chart.
+#[derive(Parser, Debug)]
+#[command(
+    name = "soak",
+    long_about = None,
+    after_help = "Example: soak --secs 60 --clients 8 --loss 5% --delay 20ms --jitter 5ms --duplicate 1% --reorder 1%"
+)]
+struct Cli {
+    /// Seconds of sending.
+    #[arg(long, value_name = "N", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    secs: u64,
+    /// Client processes (the echo server admits 64).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    clients: u16,
+    /// Messages per second on each of the 4 channels per client.
+    #[arg(long, value_name = "N", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=240))]
+    hz: u32,
+    /// Message size in octets, 19..=1200.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = message_size)]
+    size: usize,
+    /// Seconds to wait for outstanding echoes after sending.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=120))]
+    drain: u64,
+    /// The chart.
+    #[arg(long, value_name = "PATH", default_value = "soak-report.svg")]
+    out: PathBuf,
+    /// Do not run cargo build; the echo example and netsim must exist.
+    #[arg(long)]
+    no_build: bool,
+    #[command(flatten)]
+    impairments: Impairments,
+}
+
+/// Flags handed to netsim as they are (netsim checks them); see `netsim --help`.
+#[derive(clap::Args, Debug)]
+#[command(
+    next_help_heading = "Impairments (passed to netsim, applied to each direction of each client)"
+)]
+struct Impairments {
+    /// perfect | good-wifi | congested-mobile | lossy.
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
+    /// Random loss, e.g. 5%.
+    #[arg(long, value_name = "P")]
+    loss: Option<String>,
+    /// Gilbert-Elliott bursts (netem gemodel order).
+    #[arg(long, visible_alias = "loss-burst", value_name = "P,R[,B[,G]]")]
+    burst: Option<String>,
+    /// One-way latency, e.g. 20ms.
+    #[arg(long, value_name = "D")]
+    delay: Option<String>,
+    /// Uniform +- jitter on the latency, e.g. 5ms.
+    #[arg(long, value_name = "D")]
+    jitter: Option<String>,
+    /// Duplication, e.g. 1%.
+    #[arg(long, value_name = "P")]
+    duplicate: Option<String>,
+    /// Datagrams that overtake the rest, e.g. 2%.
+    #[arg(long, value_name = "P")]
+    reorder: Option<String>,
+    /// One bit flipped, e.g. 0.1%.
+    #[arg(long, value_name = "P")]
+    corrupt: Option<String>,
+    /// Rate limit, e.g. 4mbit.
+    #[arg(long, value_name = "R")]
+    rate: Option<String>,
+    /// Bytes that may wait for the rate limit, e.g. 64kib.
+    #[arg(long, value_name = "BYTES")]
+    queue: Option<String>,
+    /// Drop payloads larger than N bytes.
+    #[arg(long, value_name = "N")]
+    mtu: Option<String>,
+    /// Seed of netsim's random choices.
+    #[arg(long, value_name = "N")]
+    seed: Option<String>,
+}
+
+impl Impairments {
+    /// netsim's flags and values, in the order of `netsim --help`.
+    fn flags(&self) -> Vec<String> {
+        let all = [
+            ("--preset", &self.preset),
+            ("--loss", &self.loss),
+            ("--burst", &self.burst),
+            ("--delay", &self.delay),
+            ("--jitter", &self.jitter),
+            ("--duplicate", &self.duplicate),
+            ("--reorder", &self.reorder),
+            ("--corrupt", &self.corrupt),
+            ("--rate", &self.rate),
+            ("--queue", &self.queue),
+            ("--mtu", &self.mtu),
+            ("--seed", &self.seed),
+        ];
+        all.into_iter()
+            .filter_map(|(flag, value)| Some([flag.to_string(), value.clone()?]))
+            .flatten()
+            .collect()
+    }
+}
+
+fn message_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (worker::MIN_SIZE..=1200).contains(&n) => Ok(n),
+        _ => Err(format!("not a size in {}..=1200", worker::MIN_SIZE)),
+    }
+}
+
+impl From<Cli> for Args {
+    fn from(cli: Cli) -> Self {
+        Args {
+            secs: cli.secs,
+            clients: usize::from(cli.clients),
+            hz: cli.hz,
+            size: cli.size,
+            drain: cli.drain,
+            out: cli.out,
+            build: !cli.no_build,
+            netsim: cli.impairments.flags(),
         }
-        let value = match inline {
-            Some(v) => v,
-            None => it
-                .next()
-                .cloned()
-                .ok_or_else(|| format!("{flag} needs a value"))?,
-        };
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
-        match flag {
-            "--secs" => a.secs = value.parse().map_err(|e| bad(&e))?,
-            "--clients" => a.clients = value.parse().map_err(|e| bad(&e))?,
-            "--hz" => a.hz = value.parse().map_err(|e| bad(&e))?,
-            "--size" => a.size = value.parse().map_err(|e| bad(&e))?,
-            "--drain" => a.drain = value.parse().map_err(|e| bad(&e))?,
-            "--out" => a.out = PathBuf::from(value),
-            f if NETSIM_FLAGS.contains(&f) => {
-                a.netsim.push(f.to_string());
-                a.netsim.push(value);
-            }
-            _ => return Err(format!("unknown option {flag}")),
-        }
     }
-    if !(1..=86_400).contains(&a.secs) {
-        return Err("--secs must be 1..=86400".into());
-    }
-    // The echo server admits 64 clients.
-    if !(1..=64).contains(&a.clients) {
-        return Err("--clients must be 1..=64".into());
-    }
-    if !(1..=240).contains(&a.hz) {
-        return Err("--hz must be 1..=240".into());
-    }
-    if !(worker::MIN_SIZE..=1200).contains(&a.size) {
-        return Err(format!("--size must be {}..=1200", worker::MIN_SIZE));
-    }
-    if !(1..=120).contains(&a.drain) {
-        return Err("--drain must be 1..=120".into());
-    }
-    Ok(a)
 }
 
 fn main() -> ExitCode {
@@ -196,16 +218,7 @@ fn main() -> ExitCode {
     if argv.first().map(String::as_str) == Some("--worker") {
         return worker::main(&argv[1..]);
     }
-    let args = match parse_args(&argv) {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("soak: {e}\n");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::from(Cli::parse());
     match run(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

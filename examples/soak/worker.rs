@@ -38,47 +38,50 @@ const MAX_VIOLATION_LINES: u32 = 20;
 /// Octets before the pattern: seq, send time, channel, worker id; and the checksum after.
 pub const MIN_SIZE: usize = 4 + 8 + 1 + 2 + 4;
 
-/// What the parent passes.
+/// What the parent passes: `soak --worker --connect ADDR --server-key HEX ...`.
+#[derive(clap::Parser, Debug)]
+#[command(name = "soak --worker", long_about = None)]
 struct WorkerArgs {
+    /// The proxy's address.
+    #[arg(long, value_name = "ADDR")]
     connect: SocketAddr,
+    /// The echo server's key.
+    #[arg(long = "server-key", value_name = "HEX")]
     key: ServerKey,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     secs: u64,
+    /// Messages per second on each channel.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     hz: u32,
+    /// Message size in octets.
+    #[arg(long, default_value_t = 64, value_parser = worker_size)]
     size: usize,
+    /// This worker's number.
+    #[arg(long, default_value_t = 0)]
     id: u16,
+    /// Seconds to wait for outstanding echoes.
+    #[arg(long, default_value = "5", value_parser = drain_secs)]
     drain: Duration,
 }
 
-fn parse(argv: &[String]) -> Result<WorkerArgs, String> {
-    let (mut connect, mut key) = (None, None);
-    let (mut secs, mut hz, mut size, mut id, mut drain) = (10, 30, 64, 0, 5);
-    let mut it = argv.iter();
-    while let Some(flag) = it.next() {
-        let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("{flag} {v}: {e}");
-        match flag.as_str() {
-            "--connect" => connect = Some(v.parse().map_err(|e| bad(&e))?),
-            "--server-key" => key = Some(ServerKey::from_hex(v).map_err(|e| bad(&e))?),
-            "--secs" => secs = v.parse().map_err(|e| bad(&e))?,
-            "--hz" => hz = v.parse().map_err(|e| bad(&e))?,
-            "--size" => size = v.parse().map_err(|e| bad(&e))?,
-            "--id" => id = v.parse().map_err(|e| bad(&e))?,
-            "--drain" => drain = v.parse().map_err(|e| bad(&e))?,
-            _ => return Err(format!("unknown worker option {flag}")),
-        }
+fn worker_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= MIN_SIZE => Ok(n),
+        _ => Err(format!("not a size of at least {MIN_SIZE}")),
     }
-    if size < MIN_SIZE || hz == 0 || secs == 0 {
-        return Err("bad --size, --hz or --secs".into());
-    }
-    Ok(WorkerArgs {
-        connect: connect.ok_or("--connect is required")?,
-        key: key.ok_or("--server-key is required")?,
-        secs,
-        hz,
-        size,
-        id,
-        drain: Duration::from_secs(drain),
-    })
+}
+
+fn drain_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|e| e.to_string())
+}
+
+fn parse(argv: &[String]) -> Result<WorkerArgs, clap::Error> {
+    use clap::Parser;
+    let argv = std::iter::once("soak --worker").chain(argv.iter().map(String::as_str));
+    WorkerArgs::try_parse_from(argv)
 }
 
 /// Runs a worker with the arguments after `--worker`. Status 0: every check passed; 1: a

@@ -14,20 +14,11 @@
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
-use netsim::proxy::{parse_args, Command, Proxy, USAGE};
+use netsim::proxy::{parse_args, Proxy};
 
 fn main() -> ExitCode {
-    let config = match parse_args(std::env::args().skip(1)) {
-        Ok(Command::Run(config)) => config,
-        Ok(Command::Help) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("netsim: {e}\nnetsim: see netsim --help");
-            return ExitCode::from(2);
-        }
-    };
+    // clap prints `--help` (status 0) or the error with a usage line (status 2).
+    let config = parse_args(std::env::args_os().skip(1)).unwrap_or_else(|e| e.exit());
     let upstream = config.upstream;
     let proxy = match Proxy::bind(config) {
         Ok(proxy) => proxy,

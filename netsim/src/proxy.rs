@@ -60,42 +60,6 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// The listen socket's token; clients count up from 1.
 const LISTEN: Token = Token(0);
 
-/// The command line's help.
-pub const USAGE: &str = "\
-netsim: a UDP proxy on loopback that impairs traffic like tc netem
-
-usage: netsim --listen ADDR --upstream ADDR [impairments] [options]
-
-  --listen ADDR          where clients send (loopback only), e.g. 127.0.0.1:4001
-  --upstream ADDR        the server to relay to (loopback only), e.g. 127.0.0.1:4000
-
-impairments, applied to each direction of each client:
-  --preset NAME          start from perfect | good-wifi | congested-mobile | lossy
-  --loss P               random loss, e.g. 5%
-  --loss-burst P,R[,B[,G]]
-  --burst P,R[,B[,G]]    Gilbert-Elliott bursts (netem gemodel order): good->bad P,
-                         bad->good R, loss in bad B (default 100%), in good G (default 0%)
-  --delay D              one-way latency, e.g. 20ms
-  --jitter D             uniform +- jitter on the latency (never reorders), e.g. 5ms
-  --duplicate P          duplication, e.g. 1%
-  --reorder P            datagrams that skip the latency and overtake the rest, e.g. 2%
-  --rate R               rate limit, e.g. 1mbit (bit, kbit, mbit, gbit, kibit, mibit, gibit)
-  --queue BYTES          bytes that may wait for the rate limit, e.g. 64kb (default 64kib)
-  --corrupt P            one bit flipped, e.g. 0.1%
-  --mtu N                drop payloads larger than N bytes
-
-options:
-  --seed N               seed of every random choice (default: random, printed)
-  --duration D           stop after D, e.g. 60s or 5m
-  --max-clients N        client addresses relayed at once (default 256)
-  --idle-timeout D       forget a client silent for D (default 60s)
-  --quiet                no live counters
-  -h, --help             this help
-
-units: P is a percentage (5%, 0.1%; 0 alone is allowed); D takes ns, us, ms, s, m or h.
-example: netsim --listen 127.0.0.1:4001 --upstream 127.0.0.1:4000 --loss 5% --delay 20ms --jitter 5ms
-";
-
 /// Everything the proxy needs to run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProxyConfig {
@@ -167,14 +131,129 @@ fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
-/// What the command line asks for.
-#[derive(Clone, Debug, PartialEq)]
-#[allow(clippy::large_enum_variant)] // made once per process; boxing buys nothing
-pub enum Command {
-    /// Run the proxy.
-    Run(ProxyConfig),
-    /// Print [`USAGE`].
-    Help,
+/// The command line: `netsim --listen ADDR --upstream ADDR [impairments] [options]`.
+///
+/// The impairment flags are `None` unless given: `--preset` applies first, wherever it
+/// stands, and the flags given override it (see [`Cli::into_config`]).
+#[derive(clap::Parser, Clone, Debug, PartialEq)]
+#[command(
+    name = "netsim",
+    about = "A UDP proxy on loopback that impairs traffic like tc netem",
+    long_about = None,
+    after_help = "Impairments apply to each direction of each client.\n\
+        Units: P is a percentage (5%, 0.1%; 0 alone is allowed); D takes ns, us, ms, s, m or h.\n\
+        Example: netsim --listen 127.0.0.1:4001 --upstream 127.0.0.1:4000 --loss 5% --delay 20ms --jitter 5ms"
+)]
+pub struct Cli {
+    /// Where clients send (loopback only), e.g. 127.0.0.1:4001.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub listen: SocketAddr,
+    /// The server to relay to (loopback only), e.g. 127.0.0.1:4000.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub upstream: SocketAddr,
+    /// Start from this link (the other impairment flags override it) [default: perfect].
+    #[arg(long, value_name = "NAME", value_parser = preset, help_heading = "Impairments")]
+    pub preset: Option<LinkConfig>,
+    /// Random loss, e.g. 5%.
+    #[arg(long, value_name = "P", value_parser = parse_percent, help_heading = "Impairments")]
+    pub loss: Option<f64>,
+    /// Gilbert-Elliott bursts (netem gemodel order): good->bad P, bad->good R, loss in bad B
+    /// (default 100%), in good G (default 0%).
+    #[arg(
+        long,
+        visible_alias = "loss-burst",
+        value_name = "P,R[,B[,G]]",
+        value_parser = parse_burst,
+        help_heading = "Impairments"
+    )]
+    pub burst: Option<GilbertElliott>,
+    /// One-way latency, e.g. 20ms.
+    #[arg(long, value_name = "D", value_parser = parse_duration, help_heading = "Impairments")]
+    pub delay: Option<Duration>,
+    /// Uniform +- jitter on the latency (never reorders), e.g. 5ms.
+    #[arg(long, value_name = "D", value_parser = parse_duration, help_heading = "Impairments")]
+    pub jitter: Option<Duration>,
+    /// Duplication, e.g. 1%.
+    #[arg(long, value_name = "P", value_parser = parse_percent, help_heading = "Impairments")]
+    pub duplicate: Option<f64>,
+    /// Datagrams that skip the latency and overtake the rest, e.g. 2%.
+    #[arg(long, value_name = "P", value_parser = parse_percent, help_heading = "Impairments")]
+    pub reorder: Option<f64>,
+    /// Rate limit, e.g. 1mbit (bit, kbit, mbit, gbit, kibit, mibit, gibit).
+    #[arg(long, value_name = "R", value_parser = parse_rate, help_heading = "Impairments")]
+    pub rate: Option<u64>,
+    /// Bytes that may wait for the rate limit, e.g. 64kb (b, kb, mb, kib, mib) [default: 64kib].
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Impairments")]
+    pub queue: Option<usize>,
+    /// One bit flipped, e.g. 0.1%.
+    #[arg(long, value_name = "P", value_parser = parse_percent, help_heading = "Impairments")]
+    pub corrupt: Option<f64>,
+    /// Drop payloads larger than N bytes.
+    #[arg(long, value_name = "N", value_parser = parse_integer::<usize>, help_heading = "Impairments")]
+    pub mtu: Option<usize>,
+    /// Seed of every random choice [default: random, printed].
+    #[arg(long, value_name = "N", value_parser = parse_integer::<u64>)]
+    pub seed: Option<u64>,
+    /// Stop after D, e.g. 60s or 5m, and print the summary.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Client addresses relayed at once.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = parse_integer::<usize>)]
+    pub max_clients: usize,
+    /// Forget a client silent for D.
+    #[arg(long, value_name = "D", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// No live counters.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Cli {
+    /// The proxy's configuration: the preset (or a perfect link), then every impairment flag
+    /// given over it.
+    pub fn into_config(self) -> ProxyConfig {
+        let mut link = self.preset.unwrap_or_else(LinkConfig::perfect);
+        if let Some(loss) = self.loss {
+            link.loss = loss;
+        }
+        if let Some(burst) = self.burst {
+            link.burst = Some(burst);
+        }
+        if let Some(delay) = self.delay {
+            link.delay = delay;
+        }
+        if let Some(jitter) = self.jitter {
+            link.jitter = jitter;
+        }
+        if let Some(duplicate) = self.duplicate {
+            link.duplicate = duplicate;
+        }
+        if let Some(reorder) = self.reorder {
+            link.reorder = reorder;
+        }
+        if let Some(rate) = self.rate {
+            link.rate = Some(rate);
+        }
+        if let Some(queue) = self.queue {
+            link.queue_bytes = queue;
+        }
+        if let Some(corrupt) = self.corrupt {
+            link.corrupt = corrupt;
+        }
+        if let Some(mtu) = self.mtu {
+            link.mtu = Some(mtu);
+        }
+        let mut config = ProxyConfig::new(self.listen, self.upstream);
+        config.link = link;
+        config.seed = self.seed;
+        config.duration = self.duration;
+        config.max_clients = self.max_clients;
+        config.idle_timeout = self.idle_timeout;
+        if self.quiet {
+            config.report_interval = None;
+        }
+        config
+    }
 }
 
 /// A command line that cannot be run, with the reason.
@@ -189,95 +268,37 @@ impl fmt::Display for ArgError {
 
 impl std::error::Error for ArgError {}
 
-/// Parses the command line (without the program name).
+/// Parses the command line (without the program name) and checks it.
 ///
 /// Flags take their value as the next argument or after `=`. `--preset` applies first,
 /// wherever it stands; the other impairment flags override it.
 ///
 /// # Errors
-/// An unknown flag, a missing or malformed value, a setting out of range, or an address that
-/// is not loopback.
-pub fn parse_args<I, S>(args: I) -> Result<Command, ArgError>
+/// clap's error: `--help` ([`clap::error::ErrorKind::DisplayHelp`]), an unknown flag, a
+/// missing or malformed value, or (as [`clap::error::ErrorKind::ValueValidation`]) a setting
+/// out of range or an address that is not loopback. [`clap::Error::exit`] prints it.
+pub fn parse_args<I, S>(args: I) -> Result<ProxyConfig, clap::Error>
 where
     I: IntoIterator<Item = S>,
-    S: AsRef<str>,
+    S: Into<std::ffi::OsString> + Clone,
 {
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let arg = arg.as_ref();
-        match arg {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--quiet" => {
-                pairs.push((arg.to_owned(), String::new()));
-                continue;
-            }
-            _ => {}
-        }
-        if !arg.starts_with("--") {
-            return Err(ArgError(format!("unexpected argument {arg:?}")));
-        }
-        let (flag, value) = match arg.split_once('=') {
-            Some((flag, value)) => (flag.to_owned(), value.to_owned()),
-            None => {
-                let value = args
-                    .next()
-                    .ok_or_else(|| ArgError(format!("{arg} needs a value")))?;
-                (arg.to_owned(), value.as_ref().to_owned())
-            }
-        };
-        pairs.push((flag, value));
-    }
-
-    let mut link = LinkConfig::perfect();
-    for (flag, value) in &pairs {
-        if flag == "--preset" {
-            link = preset(value)?;
-        }
-    }
-    let (mut listen, mut upstream) = (None, None);
-    let placeholder = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let mut config = ProxyConfig::new(placeholder, placeholder);
-    for (flag, value) in pairs {
-        let context = |e: String| ArgError(format!("{flag} {value}: {e}"));
-        match flag.as_str() {
-            "--listen" => listen = Some(parse_addr(&value).map_err(context)?),
-            "--upstream" => upstream = Some(parse_addr(&value).map_err(context)?),
-            "--preset" => {}
-            "--loss" => link.loss = parse_percent(&value).map_err(context)?,
-            "--burst" | "--loss-burst" => link.burst = Some(parse_burst(&value).map_err(context)?),
-            "--delay" => link.delay = parse_duration(&value).map_err(context)?,
-            "--jitter" => link.jitter = parse_duration(&value).map_err(context)?,
-            "--duplicate" => link.duplicate = parse_percent(&value).map_err(context)?,
-            "--reorder" => link.reorder = parse_percent(&value).map_err(context)?,
-            "--rate" => link.rate = Some(parse_rate(&value).map_err(context)?),
-            "--queue" => link.queue_bytes = parse_bytes(&value).map_err(context)?,
-            "--corrupt" => link.corrupt = parse_percent(&value).map_err(context)?,
-            "--mtu" => link.mtu = Some(parse_integer(&value).map_err(context)?),
-            "--seed" => config.seed = Some(parse_integer(&value).map_err(context)?),
-            "--duration" => config.duration = Some(parse_duration(&value).map_err(context)?),
-            "--max-clients" => config.max_clients = parse_integer(&value).map_err(context)?,
-            "--idle-timeout" => config.idle_timeout = parse_duration(&value).map_err(context)?,
-            "--quiet" => config.report_interval = None,
-            _ => return Err(ArgError(format!("unknown flag {flag} (see --help)"))),
-        }
-    }
-    config.listen = listen.ok_or_else(|| ArgError("--listen ADDR is required".into()))?;
-    config.upstream = upstream.ok_or_else(|| ArgError("--upstream ADDR is required".into()))?;
-    config.link = link;
-    config.validate()?;
-    Ok(Command::Run(config))
+    use clap::{CommandFactory, Parser};
+    let argv =
+        std::iter::once(std::ffi::OsString::from("netsim")).chain(args.into_iter().map(Into::into));
+    let config = Cli::try_parse_from(argv)?.into_config();
+    config
+        .validate()
+        .map_err(|e| Cli::command().error(clap::error::ErrorKind::ValueValidation, e.0))?;
+    Ok(config)
 }
 
-fn preset(name: &str) -> Result<LinkConfig, ArgError> {
+fn preset(name: &str) -> Result<LinkConfig, String> {
     match name {
         "perfect" => Ok(LinkConfig::perfect()),
         "good-wifi" | "good_wifi" => Ok(LinkConfig::good_wifi()),
         "congested-mobile" | "congested_mobile" => Ok(LinkConfig::congested_mobile()),
         "lossy" => Ok(LinkConfig::lossy()),
-        _ => Err(ArgError(format!(
-            "--preset {name}: not one of perfect, good-wifi, congested-mobile, lossy"
-        ))),
+        _ => Err("not one of perfect, good-wifi, congested-mobile, lossy".into()),
     }
 }
 
@@ -851,12 +872,15 @@ fn derive_seed(seed: u64, index: u64, direction: u64) -> u64 {
 mod tests {
     use super::*;
 
-    fn run(args: &[&str]) -> Result<ProxyConfig, ArgError> {
+    fn run(args: &[&str]) -> Result<ProxyConfig, clap::Error> {
         let base = ["--listen", "127.0.0.1:4001", "--upstream", "127.0.0.1:4000"];
-        match parse_args(base.iter().chain(args))? {
-            Command::Run(config) => Ok(config),
-            Command::Help => panic!("help"),
-        }
+        parse_args(base.iter().chain(args))
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 
     #[test]
@@ -997,8 +1021,15 @@ mod tests {
 
     #[test]
     fn help_and_mistakes() {
-        assert_eq!(parse_args(["--help"]), Ok(Command::Help));
-        assert_eq!(parse_args(["--loss", "5%", "-h"]), Ok(Command::Help));
+        use clap::error::ErrorKind;
+        assert_eq!(
+            parse_args(["--help"]).unwrap_err().kind(),
+            ErrorKind::DisplayHelp
+        );
+        assert_eq!(
+            parse_args(["--loss", "5%", "-h"]).unwrap_err().kind(),
+            ErrorKind::DisplayHelp
+        );
         assert!(parse_args(["--upstream", "127.0.0.1:4000"]).is_err());
         assert!(parse_args(["--listen", "127.0.0.1:4000"]).is_err());
         assert!(run(&["--loss"]).is_err(), "missing value");
@@ -1007,7 +1038,8 @@ mod tests {
         assert!(run(&["--max-clients", "0"]).is_err());
         assert!(run(&["--mtu", "-5"]).is_err());
         let err = run(&["--loss", "5"]).unwrap_err();
-        assert!(err.0.contains("--loss 5"), "{err}");
+        let err = err.to_string();
+        assert!(err.contains("--loss") && err.contains("'5'"), "{err}");
     }
 
     #[test]
@@ -1021,7 +1053,7 @@ mod tests {
             ("[::1]:4001", "[::ffff:127.0.0.1]:4000"),
         ] {
             let err = parse_args(["--listen", listen, "--upstream", upstream]).unwrap_err();
-            assert!(err.0.contains("not a loopback address"), "{err}");
+            assert!(err.to_string().contains("not a loopback address"), "{err}");
         }
         for (listen, upstream) in [
             ("127.0.0.1:4001", "127.0.0.1:4000"),
