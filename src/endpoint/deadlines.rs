@@ -4,22 +4,24 @@
 //! same with 10 or 10,000 connections.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::hash::Hash;
 use std::time::Instant;
+
+use super::idmap::IdMap;
 
 /// Deadlines keyed by `K`.
 #[derive(Debug)]
 pub(crate) struct Deadlines<K> {
     heap: BinaryHeap<Reverse<(Instant, K)>>,
-    current: HashMap<K, Instant>,
+    current: IdMap<K, Instant>,
 }
 
 impl<K: Copy + Eq + Hash + Ord> Deadlines<K> {
     pub(crate) fn new() -> Self {
         Self {
             heap: BinaryHeap::new(),
-            current: HashMap::new(),
+            current: IdMap::default(),
         }
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::admission::{ip_key, Ban, BanList, IpPrefix};
 use super::deadlines::Deadlines;
+use super::idmap::{IdMap, IdSet};
 use super::handshake::{self, MIN_CLIENT_AUTH, SERVER_FINISHED_DATA};
 use crate::config::{ConfigError, ConnectionConfig, RetryPolicy, ServerConfig};
 use crate::connection::{Connection, Role, Scratch};
@@ -168,7 +169,7 @@ pub struct ClientInfo {
 pub struct Server {
     config: ServerConfig,
     conn_config: Arc<ConnectionConfig>,
-    connections: HashMap<ClientId, Connection>,
+    connections: IdMap<ClientId, Connection>,
     by_addr: HashMap<SocketAddr, ClientId>,
     pending: HashMap<SocketAddr, Pending>,
     next_id: u64,
@@ -176,11 +177,14 @@ pub struct Server {
     /// Handshake datagrams to send, at most [`MAX_REPLY_QUEUE`] (written when polled, so an
     /// answer costs no allocation).
     handshake_out: VecDeque<(SocketAddr, Reply)>,
+    /// Connections waiting for `poll_transmit`, each once, in the order they were queued.
     dirty: VecDeque<ClientId>,
+    /// The ids in `dirty`.
+    queued: IdSet<ClientId>,
     scratch: Scratch,
     stats: ServerStats,
     bans: BanList,
-    resumable: HashMap<ClientId, Resumable>,
+    resumable: IdMap<ClientId, Resumable>,
     token_uses: HashMap<[u8; 32], (SocketAddr, u64)>,
     wall_clock: Option<(Instant, u64)>,
     last_now: Instant,
@@ -236,16 +240,17 @@ impl Server {
             scratch: Scratch::new(crate::connection::plaintext_limit(&config.connection)),
             conn_config,
             config,
-            connections: HashMap::new(),
+            connections: IdMap::default(),
             by_addr: HashMap::new(),
             pending: HashMap::new(),
             next_id: 1,
             events: VecDeque::new(),
             handshake_out: VecDeque::new(),
             dirty: VecDeque::new(),
+            queued: IdSet::default(),
             stats: ServerStats::default(),
             bans: BanList::default(),
-            resumable: HashMap::new(),
+            resumable: IdMap::default(),
             token_uses: HashMap::new(),
             wall_clock: None,
             last_now: Instant::now(),
@@ -413,7 +418,9 @@ impl Server {
     pub fn shutdown(&mut self, now: Instant, reason: &str) {
         for (id, conn) in &mut self.connections {
             conn.close(now, ErrorCode::ServerDisconnect, reason);
-            self.dirty.push_back(*id);
+            if self.queued.insert(*id) {
+                self.dirty.push_back(*id);
+            }
         }
         let ips: Vec<SocketAddr> = self.pending.keys().copied().collect();
         for a in ips {
@@ -637,15 +644,22 @@ impl Server {
         }
         while let Some(id) = self.dirty.pop_front() {
             let Some(conn) = self.connections.get_mut(&id) else {
+                self.queued.remove(&id);
                 continue;
             };
             if let Some((len, destination)) = conn.poll_transmit(now, &mut self.scratch, buf) {
-                // Round robin: it goes to the back, others get their turn first.
-                self.mark_dirty(id);
+                // Round robin: it goes to the back (still queued), others get their turn
+                // first.
+                self.dirty.push_back(id);
                 return Some(Transmit { destination, len });
             }
-            self.reap(id);
-            self.reschedule(id);
+            self.queued.remove(&id);
+            if conn.is_closed() {
+                self.reap(id);
+            } else {
+                let t = conn.poll_timeout();
+                self.timers.schedule(id, t);
+            }
         }
         None
     }

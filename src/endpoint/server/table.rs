@@ -160,20 +160,11 @@ impl Server {
         self.expire_resumable(id, self.last_now + self.config.resume_window);
     }
 
-    /// Keeps the dirty queue from growing with repeated ids.
-    /// Queues `id` for `poll_transmit` (once at the back; the queue never grows past about
-    /// two entries per connection).
+    /// Queues `id` for `poll_transmit` unless it waits there already (the queue holds each
+    /// connection at most once).
     pub(super) fn mark_dirty(&mut self, id: ClientId) {
-        if self.dirty.back() != Some(&id) {
+        if self.queued.insert(id) {
             self.dirty.push_back(id);
-            self.dedup_dirty();
-        }
-    }
-
-    fn dedup_dirty(&mut self) {
-        if self.dirty.len() > 2 * self.connections.len() + 8 {
-            let mut seen = std::collections::HashSet::new();
-            self.dirty.retain(|id| seen.insert(*id));
         }
     }
 }
