@@ -2,6 +2,8 @@
 
 mod accept;
 mod table;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -10,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use super::admission::{ip_key, Ban, BanList, IpPrefix};
 use super::deadlines::Deadlines;
-use super::idmap::{IdMap, IdSet};
 use super::handshake::{self, MIN_CLIENT_AUTH, SERVER_FINISHED_DATA};
+use super::idmap::{IdMap, IdSet};
 use crate::config::{ConfigError, ConnectionConfig, RetryPolicy, ServerConfig};
 use crate::connection::{Connection, Role, Scratch};
 use crate::crypto::{self, EphemeralKey, SessionKeys, FINISHED_LEN, PUBLIC_KEY_LEN};
@@ -87,6 +89,8 @@ const MAX_MIGRATION_TRIALS: usize = 16;
 /// Searches and trial decryptions for datagrams from unknown addresses, per second of the
 /// server's clock.
 const MAX_TRIALS_PER_SEC: u32 = 4096;
+/// Datagrams a connection sends in a row from `poll_transmit` before the next one's turn.
+const TRANSMIT_TURN: u32 = 2;
 /// Token uses remembered (to refuse a token from a second address) at most.
 const MAX_TOKEN_USES: usize = 1 << 16;
 
@@ -181,6 +185,8 @@ pub struct Server {
     dirty: VecDeque<ClientId>,
     /// The ids in `dirty`.
     queued: IdSet<ClientId>,
+    /// Datagrams the connection at the front of `dirty` sent in its current turn.
+    turn_sent: u32,
     scratch: Scratch,
     stats: ServerStats,
     bans: BanList,
@@ -248,6 +254,7 @@ impl Server {
             handshake_out: VecDeque::new(),
             dirty: VecDeque::new(),
             queued: IdSet::default(),
+            turn_sent: 0,
             stats: ServerStats::default(),
             bans: BanList::default(),
             resumable: IdMap::default(),
@@ -642,17 +649,27 @@ impl Server {
                 len,
             });
         }
-        while let Some(id) = self.dirty.pop_front() {
+        while let Some(&id) = self.dirty.front() {
             let Some(conn) = self.connections.get_mut(&id) else {
+                self.dirty.pop_front();
                 self.queued.remove(&id);
+                self.turn_sent = 0;
                 continue;
             };
             if let Some((len, destination)) = conn.poll_transmit(now, &mut self.scratch, buf) {
-                // Round robin: it goes to the back (still queued), others get their turn
-                // first.
-                self.dirty.push_back(id);
+                // Round robin: after [`TRANSMIT_TURN`] datagrams it goes to the back (still
+                // queued), others get their turn first. Within its turn the next call asks it
+                // again while its state is in cache (most turns end with the next call).
+                self.turn_sent += 1;
+                if self.turn_sent >= TRANSMIT_TURN {
+                    self.turn_sent = 0;
+                    self.dirty.pop_front();
+                    self.dirty.push_back(id);
+                }
                 return Some(Transmit { destination, len });
             }
+            self.dirty.pop_front();
+            self.turn_sent = 0;
             self.queued.remove(&id);
             if conn.is_closed() {
                 self.reap(id);
