@@ -187,6 +187,9 @@ pub struct Server {
     queued: IdSet<ClientId>,
     /// Datagrams the connection at the front of `dirty` sent in its current turn.
     turn_sent: u32,
+    /// The sum of the connections' `budget_used`, kept by [`charge`] around every call that
+    /// may change it (so an AUTH reads the memory charged without visiting every connection).
+    charged: usize,
     scratch: Scratch,
     stats: ServerStats,
     bans: BanList,
@@ -255,6 +258,7 @@ impl Server {
             dirty: VecDeque::new(),
             queued: IdSet::default(),
             turn_sent: 0,
+            charged: 0,
             stats: ServerStats::default(),
             bans: BanList::default(),
             resumable: IdMap::default(),
@@ -356,7 +360,7 @@ impl Server {
                 SendError::NotConnected
             });
         };
-        conn.send(now, channel, message)?;
+        charge(&mut self.charged, conn, |c| c.send(now, channel, message))?;
         self.mark_dirty(client);
         Ok(())
     }
@@ -416,7 +420,9 @@ impl Server {
     /// [`Event::Disconnected`] follows once the peer acknowledged it or the close timed out.
     pub fn disconnect(&mut self, now: Instant, client: ClientId, reason: &str) {
         if let Some(conn) = self.connections.get_mut(&client) {
-            conn.close(now, ErrorCode::Disconnect, reason);
+            charge(&mut self.charged, conn, |c| {
+                c.close(now, ErrorCode::Disconnect, reason)
+            });
             self.mark_dirty(client);
         }
     }
@@ -424,7 +430,9 @@ impl Server {
     /// Closes every connection with ERROR 2.1 (server disconnect).
     pub fn shutdown(&mut self, now: Instant, reason: &str) {
         for (id, conn) in &mut self.connections {
-            conn.close(now, ErrorCode::ServerDisconnect, reason);
+            charge(&mut self.charged, conn, |c| {
+                c.close(now, ErrorCode::ServerDisconnect, reason)
+            });
             if self.queued.insert(*id) {
                 self.dirty.push_back(*id);
             }
@@ -540,12 +548,17 @@ impl Server {
         if let Some(&id) = self.by_addr.get(&from).filter(|_| !handshake) {
             if let Some(conn) = self.connections.get_mut(&id) {
                 let before = conn.addr();
-                conn.handle_datagram(now, from, datagram, &mut self.scratch, &mut self.events);
-                if conn.addr() != before {
+                charge(&mut self.charged, conn, |c| {
+                    c.handle_datagram(now, from, datagram, &mut self.scratch, &mut self.events)
+                });
+                let (moved, closed) = (conn.addr() != before, conn.is_closed());
+                if moved {
                     self.on_migrated(id, before);
                 }
                 self.mark_dirty(id);
-                self.reap(id);
+                if closed {
+                    self.reap(id);
+                }
                 return;
             }
         }
@@ -614,7 +627,9 @@ impl Server {
         }
         for &id in &due {
             if let Some(conn) = self.connections.get_mut(&id) {
-                conn.handle_timeout(now, &mut self.events);
+                charge(&mut self.charged, conn, |c| {
+                    c.handle_timeout(now, &mut self.events)
+                });
                 self.mark_dirty(id);
                 self.stats.timers_run += 1;
             }
@@ -656,7 +671,10 @@ impl Server {
                 self.turn_sent = 0;
                 continue;
             };
-            if let Some((len, destination)) = conn.poll_transmit(now, &mut self.scratch, buf) {
+            let sent = charge(&mut self.charged, conn, |c| {
+                c.poll_transmit(now, &mut self.scratch, buf)
+            });
+            if let Some((len, destination)) = sent {
                 // Round robin: after [`TRANSMIT_TURN`] datagrams it goes to the back (still
                 // queued), others get their turn first. Within its turn the next call asks it
                 // again while its state is in cache (most turns end with the next call).
@@ -691,7 +709,7 @@ impl Server {
         let ev = self.events.pop_front()?;
         if let Event::Message { client, data, .. } = &ev {
             if let Some(conn) = self.connections.get_mut(client) {
-                conn.release_delivered(data.len());
+                charge(&mut self.charged, conn, |c| c.release_delivered(data.len()));
             }
         }
         Some(ev)
@@ -715,6 +733,18 @@ impl Server {
         .flatten()
         .min()
     }
+}
+
+/// Runs `f` on `conn`, keeping `charged` (the sum of the connections' `budget_used`) exact.
+fn charge<R>(
+    charged: &mut usize,
+    conn: &mut Connection,
+    f: impl FnOnce(&mut Connection) -> R,
+) -> R {
+    let before = conn.budget_used();
+    let r = f(conn);
+    *charged = *charged - before + conn.budget_used();
+    r
 }
 
 /// Takes the front of a deadline-ordered queue if its deadline is at or before `now`.

@@ -29,6 +29,7 @@ fn server_with(n: usize, t0: Instant) -> Server {
             Some(Duration::from_millis(20)),
         );
         server.timers.schedule(id, conn.poll_timeout());
+        server.charged += conn.budget_used();
         server.connections.insert(id, conn);
         server.by_addr.insert(addr, id);
     }
