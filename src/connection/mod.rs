@@ -23,6 +23,9 @@ pub mod rtt;
 mod sent;
 mod timers;
 
+#[cfg(test)]
+pub(crate) use timers::TIMER_VISITS;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,10 +3,25 @@
 
 use super::*;
 
+#[cfg(test)]
+thread_local! {
+    /// Calls of [`Connection::poll_timeout`] and [`Connection::handle_timeout`] on this thread
+    /// (for tests that the endpoint visits only the connections that are due).
+    pub(crate) static TIMER_VISITS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one visit of a connection's timers (tests only).
+#[inline]
+fn count_visit() {
+    #[cfg(test)]
+    TIMER_VISITS.with(|v| v.set(v.get() + 1));
+}
+
 impl Connection {
     /// Runs the timers due at `now`: the idle timeout, resends, expiry of unreliable messages
     /// and of incomplete packets, and the end of a close.
     pub fn handle_timeout(&mut self, now: Instant, events: &mut VecDeque<Event>) {
+        count_visit();
         match self.state {
             State::Closed => return,
             State::Closing { deadline } if now >= deadline => {
@@ -153,6 +168,7 @@ impl Connection {
 
     /// The earliest time [`Connection::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        count_visit();
         if self.state == State::Closed {
             return None;
         }

@@ -6,6 +6,7 @@ pub mod admission;
 mod client;
 mod deadlines;
 pub mod handshake;
+mod idmap;
 mod server;
 
 pub use admission::{Ban, BanList, IpPrefix, PrefixError};

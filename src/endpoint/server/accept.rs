@@ -220,12 +220,16 @@ impl Server {
     /// fixed state, and the half-open handshakes. (Counted when a handshake would begin, not
     /// per datagram.)
     pub fn memory_charged(&self) -> usize {
-        let conns: usize = self
-            .connections
-            .values()
-            .map(|c| c.budget_used() + std::mem::size_of::<Connection>())
-            .sum();
-        conns + self.pending.len() * PENDING_COST
+        debug_assert_eq!(
+            self.charged,
+            self.connections
+                .values()
+                .map(Connection::budget_used)
+                .sum::<usize>()
+        );
+        self.charged
+            + self.connections.len() * std::mem::size_of::<Connection>()
+            + self.pending.len() * PENDING_COST
     }
 
     pub(super) fn insert_pending(&mut self, from: SocketAddr, p: Pending) {
@@ -349,6 +353,7 @@ impl Server {
         // this one (poll_event finds connections by client id).
         conn.inherit_undelivered(inherited);
         self.timers.schedule(id, conn.poll_timeout());
+        self.charged += conn.budget_used();
         self.connections.insert(id, conn);
         self.by_addr.insert(from, id);
         self.by_ip.entry(ip_key(from.ip())).or_default().connections += 1;

@@ -2,6 +2,8 @@
 
 mod accept;
 mod table;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::admission::{ip_key, Ban, BanList, IpPrefix};
 use super::deadlines::Deadlines;
 use super::handshake::{self, MIN_CLIENT_AUTH, SERVER_FINISHED_DATA};
+use super::idmap::{IdMap, IdSet};
 use crate::config::{ConfigError, ConnectionConfig, RetryPolicy, ServerConfig};
 use crate::connection::{Connection, Role, Scratch};
 use crate::crypto::{self, EphemeralKey, SessionKeys, FINISHED_LEN, PUBLIC_KEY_LEN};
@@ -86,6 +89,8 @@ const MAX_MIGRATION_TRIALS: usize = 16;
 /// Searches and trial decryptions for datagrams from unknown addresses, per second of the
 /// server's clock.
 const MAX_TRIALS_PER_SEC: u32 = 4096;
+/// Datagrams a connection sends in a row from `poll_transmit` before the next one's turn.
+const TRANSMIT_TURN: u32 = 2;
 /// Token uses remembered (to refuse a token from a second address) at most.
 const MAX_TOKEN_USES: usize = 1 << 16;
 
@@ -171,7 +176,7 @@ pub struct ClientInfo {
 pub struct Server {
     config: ServerConfig,
     conn_config: Arc<ConnectionConfig>,
-    connections: HashMap<ClientId, Connection>,
+    connections: IdMap<ClientId, Connection>,
     by_addr: HashMap<SocketAddr, ClientId>,
     pending: HashMap<SocketAddr, Pending>,
     next_id: u64,
@@ -179,11 +184,19 @@ pub struct Server {
     /// Handshake datagrams to send, at most [`MAX_REPLY_QUEUE`] (written when polled, so an
     /// answer costs no allocation).
     handshake_out: VecDeque<(SocketAddr, Reply)>,
+    /// Connections waiting for `poll_transmit`, each once, in the order they were queued.
     dirty: VecDeque<ClientId>,
+    /// The ids in `dirty`.
+    queued: IdSet<ClientId>,
+    /// Datagrams the connection at the front of `dirty` sent in its current turn.
+    turn_sent: u32,
+    /// The sum of the connections' `budget_used`, kept by [`charge`] around every call that
+    /// may change it (so an AUTH reads the memory charged without visiting every connection).
+    charged: usize,
     scratch: Scratch,
     stats: ServerStats,
     bans: BanList,
-    resumable: HashMap<ClientId, Resumable>,
+    resumable: IdMap<ClientId, Resumable>,
     token_uses: HashMap<[u8; 32], (SocketAddr, u64)>,
     wall_clock: Option<(Instant, u64)>,
     last_now: Instant,
@@ -239,16 +252,19 @@ impl Server {
             scratch: Scratch::new(crate::connection::plaintext_limit(&config.connection)),
             conn_config,
             config,
-            connections: HashMap::new(),
+            connections: IdMap::default(),
             by_addr: HashMap::new(),
             pending: HashMap::new(),
             next_id: 1,
             events: VecDeque::new(),
             handshake_out: VecDeque::new(),
             dirty: VecDeque::new(),
+            queued: IdSet::default(),
+            turn_sent: 0,
+            charged: 0,
             stats: ServerStats::default(),
             bans: BanList::default(),
-            resumable: HashMap::new(),
+            resumable: IdMap::default(),
             token_uses: HashMap::new(),
             wall_clock: None,
             last_now: Instant::now(),
@@ -350,7 +366,7 @@ impl Server {
                 SendError::NotConnected
             });
         };
-        conn.send(now, channel, message)?;
+        charge(&mut self.charged, conn, |c| c.send(now, channel, message))?;
         self.mark_dirty(client);
         Ok(())
     }
@@ -410,7 +426,9 @@ impl Server {
     /// [`Event::Disconnected`] follows once the peer acknowledged it or the close timed out.
     pub fn disconnect(&mut self, now: Instant, client: ClientId, reason: &str) {
         if let Some(conn) = self.connections.get_mut(&client) {
-            conn.close(now, ErrorCode::Disconnect, reason);
+            charge(&mut self.charged, conn, |c| {
+                c.close(now, ErrorCode::Disconnect, reason)
+            });
             self.mark_dirty(client);
         }
     }
@@ -418,8 +436,12 @@ impl Server {
     /// Closes every connection with ERROR 2.1 (server disconnect).
     pub fn shutdown(&mut self, now: Instant, reason: &str) {
         for (id, conn) in &mut self.connections {
-            conn.close(now, ErrorCode::ServerDisconnect, reason);
-            self.dirty.push_back(*id);
+            charge(&mut self.charged, conn, |c| {
+                c.close(now, ErrorCode::ServerDisconnect, reason)
+            });
+            if self.queued.insert(*id) {
+                self.dirty.push_back(*id);
+            }
         }
         let ips: Vec<SocketAddr> = self.pending.keys().copied().collect();
         for a in ips {
@@ -532,12 +554,17 @@ impl Server {
         if let Some(&id) = self.by_addr.get(&from).filter(|_| !handshake) {
             if let Some(conn) = self.connections.get_mut(&id) {
                 let before = conn.addr();
-                conn.handle_datagram(now, from, datagram, &mut self.scratch, &mut self.events);
-                if conn.addr() != before {
+                charge(&mut self.charged, conn, |c| {
+                    c.handle_datagram(now, from, datagram, &mut self.scratch, &mut self.events)
+                });
+                let (moved, closed) = (conn.addr() != before, conn.is_closed());
+                if moved {
                     self.on_migrated(id, before);
                 }
                 self.mark_dirty(id);
-                self.reap(id);
+                if closed {
+                    self.reap(id);
+                }
                 return;
             }
         }
@@ -606,7 +633,9 @@ impl Server {
         }
         for &id in &due {
             if let Some(conn) = self.connections.get_mut(&id) {
-                conn.handle_timeout(now, &mut self.events);
+                charge(&mut self.charged, conn, |c| {
+                    c.handle_timeout(now, &mut self.events)
+                });
                 self.mark_dirty(id);
                 self.stats.timers_run += 1;
             }
@@ -641,17 +670,37 @@ impl Server {
                 len,
             });
         }
-        while let Some(id) = self.dirty.pop_front() {
+        while let Some(&id) = self.dirty.front() {
             let Some(conn) = self.connections.get_mut(&id) else {
+                self.dirty.pop_front();
+                self.queued.remove(&id);
+                self.turn_sent = 0;
                 continue;
             };
-            if let Some((len, destination)) = conn.poll_transmit(now, &mut self.scratch, buf) {
-                // Round robin: it goes to the back, others get their turn first.
-                self.mark_dirty(id);
+            let sent = charge(&mut self.charged, conn, |c| {
+                c.poll_transmit(now, &mut self.scratch, buf)
+            });
+            if let Some((len, destination)) = sent {
+                // Round robin: after [`TRANSMIT_TURN`] datagrams it goes to the back (still
+                // queued), others get their turn first. Within its turn the next call asks it
+                // again while its state is in cache (most turns end with the next call).
+                self.turn_sent += 1;
+                if self.turn_sent >= TRANSMIT_TURN {
+                    self.turn_sent = 0;
+                    self.dirty.pop_front();
+                    self.dirty.push_back(id);
+                }
                 return Some(Transmit { destination, len });
             }
-            self.reap(id);
-            self.reschedule(id);
+            self.dirty.pop_front();
+            self.turn_sent = 0;
+            self.queued.remove(&id);
+            if conn.is_closed() {
+                self.reap(id);
+            } else {
+                let t = conn.poll_timeout();
+                self.timers.schedule(id, t);
+            }
         }
         None
     }
@@ -666,7 +715,7 @@ impl Server {
         let ev = self.events.pop_front()?;
         if let Event::Message { client, data, .. } = &ev {
             if let Some(conn) = self.connections.get_mut(client) {
-                conn.release_delivered(data.len());
+                charge(&mut self.charged, conn, |c| c.release_delivered(data.len()));
             }
         }
         Some(ev)
@@ -690,6 +739,18 @@ impl Server {
         .flatten()
         .min()
     }
+}
+
+/// Runs `f` on `conn`, keeping `charged` (the sum of the connections' `budget_used`) exact.
+fn charge<R>(
+    charged: &mut usize,
+    conn: &mut Connection,
+    f: impl FnOnce(&mut Connection) -> R,
+) -> R {
+    let before = conn.budget_used();
+    let r = f(conn);
+    *charged = *charged - before + conn.budget_used();
+    r
 }
 
 /// Takes the front of a deadline-ordered queue if its deadline is at or before `now`.

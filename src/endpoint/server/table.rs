@@ -18,6 +18,7 @@ impl Server {
     /// Removes connection `id` from the table and the address maps; returns it.
     pub(super) fn remove_connection(&mut self, id: ClientId) -> Option<Connection> {
         let conn = self.connections.remove(&id)?;
+        self.charged -= conn.budget_used();
         if let Some(r) = self.resumable.get_mut(&id) {
             r.final_stats = Some(conn.stats());
         }
@@ -99,10 +100,12 @@ impl Server {
                     self.by_addr.remove(&old);
                 }
             }
-            conn.start_path_challenge(from);
-            self.by_addr.insert(from, id);
             let before = conn.addr();
-            conn.handle_datagram(now, from, datagram, &mut self.scratch, &mut self.events);
+            charge(&mut self.charged, conn, |c| {
+                c.start_path_challenge(from);
+                c.handle_datagram(now, from, datagram, &mut self.scratch, &mut self.events)
+            });
+            self.by_addr.insert(from, id);
             if conn.addr() != before {
                 self.on_migrated(id, before);
             }
@@ -160,20 +163,11 @@ impl Server {
         self.expire_resumable(id, self.last_now + self.config.resume_window);
     }
 
-    /// Keeps the dirty queue from growing with repeated ids.
-    /// Queues `id` for `poll_transmit` (once at the back; the queue never grows past about
-    /// two entries per connection).
+    /// Queues `id` for `poll_transmit` unless it waits there already (the queue holds each
+    /// connection at most once).
     pub(super) fn mark_dirty(&mut self, id: ClientId) {
-        if self.dirty.back() != Some(&id) {
+        if self.queued.insert(id) {
             self.dirty.push_back(id);
-            self.dedup_dirty();
-        }
-    }
-
-    fn dedup_dirty(&mut self) {
-        if self.dirty.len() > 2 * self.connections.len() + 8 {
-            let mut seen = std::collections::HashSet::new();
-            self.dirty.retain(|id| seen.insert(*id));
         }
     }
 }
