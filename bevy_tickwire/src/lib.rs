@@ -59,6 +59,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// The README's setup is compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 
