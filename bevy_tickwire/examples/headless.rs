@@ -78,7 +78,7 @@ fn play(mut client: ResMut<TickwireClient>, mut player: ResMut<Player>) {
     pos[4..].copy_from_slice(&(x * 2.0).to_le_bytes());
     // A full queue just means this position is skipped: the next one replaces it.
     let _ = client.send(POSITION, &pos);
-    if !player.quiet && player.frame % 50 == 0 {
+    if !player.quiet && player.frame.is_multiple_of(50) {
         let line = format!("{} says {}", player.name, player.chat_sent);
         match client.send(CHAT, line.as_bytes()) {
             Ok(()) => player.chat_sent += 1,
