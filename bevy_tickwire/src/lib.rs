@@ -11,8 +11,8 @@
 //! never blocks (`poll_once`: it reads every waiting datagram, runs the due timers and sends
 //! what is due) and its events become messages, readable in [`Update`](bevy_app::Update) with
 //! a [`MessageReader`](bevy_ecs::message::MessageReader). Any system queues messages through
-//! the resource ([`TickwireServer::send`], [`TickwireServer::broadcast`], ... through
-//! [`Deref`](std::ops::Deref) to the driver); they leave in [`PostUpdate`]
+//! the resource ([`ServerDriver::send`], [`ServerDriver::broadcast`], ... through [`Deref`] to
+//! the driver); they leave in [`PostUpdate`]
 //! ([`TickwireSystems::Send`]). The frame is never blocked.
 //!
 //! ```
