@@ -286,3 +286,54 @@ fn bind_failure_is_a_resource() {
     assert!(!app.world_mut().run_system_cached(server_running).unwrap());
     drop(first);
 }
+
+#[test]
+fn broadcast_and_send_to_many_from_a_system() {
+    let (mut server, addr, key) = server_app(TickwireServerPlugin::new(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerIdentity::generate(),
+    ));
+    let mut a = client_app(TickwireClientPlugin::new(addr, key));
+    let mut b = client_app(TickwireClientPlugin::new(addr, key));
+    run_until(&mut [&mut server, &mut a, &mut b], |apps| {
+        server_log_of(apps[0]).connected.len() == 2
+    });
+    let first = client_log_of(&a).connected.unwrap();
+    let second = client_log_of(&b).connected.unwrap();
+    // Sending from an ordinary system, once.
+    server.add_systems(
+        Update,
+        move |mut s: ResMut<TickwireServer>, mut done: Local<bool>| {
+            if !*done {
+                *done = true;
+                assert_eq!(s.broadcast(ChannelId::RELIABLE_ORDERED, b"all"), 2);
+                assert_eq!(
+                    s.broadcast_except(first, ChannelId::RELIABLE_ORDERED, b"not first"),
+                    1
+                );
+                assert_eq!(
+                    s.send_to_many(&[first, second], ChannelId::RELIABLE_UNORDERED, b"many"),
+                    2
+                );
+            }
+        },
+    );
+    let want = |log: &ClientLog, n: usize| log.received.len() >= n;
+    run_until(&mut [&mut server, &mut a, &mut b], |apps| {
+        want(client_log_of(apps[1]), 2) && want(client_log_of(apps[2]), 3)
+    });
+    let texts = |app: &App| -> Vec<Vec<u8>> {
+        let mut t: Vec<_> = client_log_of(app)
+            .received
+            .iter()
+            .map(|(_, d)| d.clone())
+            .collect();
+        t.sort();
+        t
+    };
+    assert_eq!(texts(&a), vec![b"all".to_vec(), b"many".to_vec()]);
+    assert_eq!(
+        texts(&b),
+        vec![b"all".to_vec(), b"many".to_vec(), b"not first".to_vec()]
+    );
+}
