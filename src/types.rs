@@ -225,12 +225,21 @@ pub struct ConnectionStats {
     pub jitter: Duration,
     /// The current resend timeout.
     pub rto: Duration,
-    /// Fraction of this side's packets that did not reach the peer, smoothed over about the
-    /// last 100 (0.0 to 1.0): reliable packets declared lost, and unreliable data packets the
-    /// peer's acknowledgements show missing.
+    /// Fraction of this side's datagrams that did not reach the peer, over about the last
+    /// 1,000 packets whose fate is known (0.0 to 1.0), from the peer's acknowledgements:
+    /// reliable and unreliable packets an ACK describes as missing once packets sent after
+    /// them arrived (never from a timer alone, so a lost acknowledgement does not read as a
+    /// lost packet). It counts transmissions, so it tells what the path loses, not what is
+    /// left after resends: a resend is a transmission of its own. Small reliable packets sent
+    /// twice while loss lasts are not counted (both copies must be lost for the packet to
+    /// be); when nothing else was counted for 32 of them, one goes once and is.
     pub loss: f64,
-    /// Fraction of the peer's packets that did not arrive here, smoothed over about the last
-    /// 100 (0.0 to 1.0; a packet that arrives late is taken back).
+    /// Fraction of the peer's datagrams that did not arrive here, over about the last 1,000
+    /// packet numbers (0.0 to 1.0), from gaps in the peer's packet numbers. A packet number
+    /// that arrives within a sixteenth of the RTT (250 µs to 10 ms) of the packet that showed it
+    /// missing was reordered and is not counted; one that arrives later is a resend or a
+    /// redundant copy and takes nothing back. A lost original whose copy arrives before any
+    /// later packet leaves no gap, so with redundant copies this reads somewhat low.
     pub incoming_loss: f64,
     /// Octets sent per second, over the last full second of sending.
     pub send_bytes_per_sec: u64,

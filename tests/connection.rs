@@ -727,6 +727,49 @@ fn a_close_while_large_messages_are_paced_does_not_livelock() {
     }
 }
 
+/// Traffic both ways through 10% loss each way and a 50 ms one-way delay, at a fast and at a
+/// game's packet rate: both sides read about 10%
+/// each way, although resends and the redundant copies of small reliable packets (sent while
+/// loss lasts) repair most of it.
+#[test]
+fn loss_estimates_tell_what_the_path_loses_not_what_resends_leave() {
+    // 100 and 30 packets per second each way.
+    for (seed, interval) in [(1u64, 10u64), (2, 10), (3, 33), (4, 33)] {
+        let mut sim = sim_with_client();
+        sim.delay = Duration::from_millis(50);
+        sim.connect_all();
+        let mut rng = Rng(seed);
+        sim.filter = Box::new(move |_, _, _| {
+            if rng.chance(0.10) {
+                Fate::Drop
+            } else {
+                Fate::Deliver
+            }
+        });
+        let id = sim.server.clients()[0].id;
+        for _ in 0..1000 {
+            let now = sim.now;
+            sim.clients[0].1.send(now, ChannelId(0), &[1; 100]).unwrap();
+            sim.clients[0].1.send(now, ChannelId(3), &[2; 100]).unwrap();
+            let _ = sim.server.send(now, id, ChannelId(0), &[3; 100]);
+            let _ = sim.server.send(now, id, ChannelId(3), &[4; 100]);
+            sim.run_for(Duration::from_millis(interval));
+            sim.server_messages();
+            sim.client_messages(0);
+        }
+        let server = sim.server.client_stats(id).unwrap();
+        let client = sim.clients[0].1.stats();
+        for (who, v) in [
+            ("server loss", server.loss),
+            ("server incoming loss", server.incoming_loss),
+            ("client loss", client.loss),
+            ("client incoming loss", client.incoming_loss),
+        ] {
+            assert!((0.06..0.14).contains(&v), "seed {seed}: {who} {v}");
+        }
+    }
+}
+
 #[test]
 fn stats_tell_the_loss_each_way_the_rates_and_survive_the_close() {
     let mut sim = sim_with_client();

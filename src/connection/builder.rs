@@ -529,22 +529,46 @@ impl Connection {
                 let index = (next..count).find(|&k| count == 1 || !p.held[k])?;
                 let n = fragment::write_datagram(&p.header, &p.fields, &p.payload, index, buf)
                     .expect("buffer holds a full datagram");
+                let resend = p.resends > 0 || p.declared_lost;
                 if next == 0 {
                     p.sent_before_pn = self.next_pn;
                     p.fresh_report = false;
+                    if !resend {
+                        p.judge_from_pn = self.next_pn;
+                    } else if p.judged {
+                        // The loss estimate judges this transmission now.
+                        p.judge_from_pn = self.next_pn;
+                        p.judge_until_pn = u32::MAX;
+                        p.copy_planned = false;
+                        p.judged = false;
+                    } else {
+                        // The previous transmission's fate is not known yet (a timer declared
+                        // it lost): ACKs naming packets sent before this one still tell it.
+                        p.judge_until_pn = p.judge_until_pn.min(self.next_pn);
+                    }
                 }
                 p.last_index = index;
                 p.last_sent = now;
-                let resend = p.resends > 0 || p.declared_lost;
                 let gap = (self.rtt.srtt() / 4).max(Duration::from_millis(2));
-                if !resend
+                let candidate = !resend
                     && count == 1
                     && p.payload.len() <= REDUNDANT_MAX
-                    && self.loss_ewma >= REDUNDANCY_LOSS
-                    && self.in_flight + p.size <= self.cc.window()
-                {
+                    && self.path_loss.fraction() >= REDUNDANCY_LOSS
+                    && self.in_flight + p.size <= self.cc.window();
+                let probe = candidate && {
+                    self.copy_turn += 1;
+                    self.copy_turn >= PROBE_EVERY
+                };
+                if probe {
+                    self.copy_turn = 0;
+                }
+                if candidate && !probe {
                     // While loss lasts, a small reliable packet goes out twice, a quarter RTT
-                    // apart: a game cannot wait a resend timeout for its inputs.
+                    // apart: a game cannot wait a resend timeout for its inputs. (When no
+                    // other packet's fate was learned for PROBE_EVERY of them, one goes once:
+                    // its fate keeps the loss estimate true, which a packet sent twice cannot
+                    // tell.)
+                    p.copy_planned = true;
                     self.copies.push_back((now + gap, pn, 0));
                 } else if count > 1 {
                     // The last fragment of a transmission goes twice (losing it costs a resend

@@ -17,6 +17,7 @@ pub mod budget;
 mod builder;
 mod channels;
 pub mod congestion;
+mod loss;
 mod path;
 pub mod recv;
 pub mod rtt;
@@ -84,9 +85,22 @@ const UNRELIABLE_ACK_EVERY: u32 = 8;
 /// Unreliable data packets remembered for congestion control at most.
 const UNRELIABLE_TRACKED: usize = 1024;
 
+/// How late a packet may arrive after the one that showed it missing and still count as
+/// reordered rather than lost (for the incoming loss estimate): a sixteenth of the RTT
+/// within these bounds (250 µs to 10 ms). A resend, or the redundant copy a quarter RTT after the original,
+/// arrives later and does not take the loss back.
+const REORDER_MIN: Duration = Duration::from_micros(250);
+const REORDER_MAX: Duration = Duration::from_millis(10);
+
+/// While small reliable packets are sent twice, one goes once when this many went twice
+/// since the loss estimate last learned a packet's fate: the fate of a packet sent twice does
+/// not tell the path's loss, that of one sent once does.
+const PROBE_EVERY: u32 = 32;
+
 /// Reliable packets up to this size are sent twice while loss lasts.
 const REDUNDANT_MAX: usize = 600;
-/// The smoothed loss estimate from which small reliable packets are sent twice.
+/// The loss estimate (of datagrams to the peer) from which small reliable packets are sent
+/// twice.
 const REDUNDANCY_LOSS: f64 = 0.02;
 
 /// Buffers kept for reuse per connection.
@@ -133,11 +147,6 @@ impl Rate {
         self.bytes += len as u64;
         self.packets += 1;
     }
-}
-
-/// Adds one packet's outcome to a loss fraction smoothed over about the last 100 packets.
-fn smooth_loss(loss: &mut f64, lost: bool) {
-    *loss = *loss * 0.99 + if lost { 0.01 } else { 0.0 };
 }
 
 /// Which side of the connection this is.
@@ -242,9 +251,11 @@ pub struct Connection {
     /// A new address being validated.
     challenge: Option<Challenge>,
     path_response: Option<([u8; 16], usize)>,
-    loss_ewma: f64,
-    /// Smoothed fraction of packets lost on the way to the peer, reliable and unreliable.
-    path_loss: f64,
+    /// Fraction of datagrams lost on the way to the peer, reliable and unreliable.
+    path_loss: loss::LossWindow,
+    /// Small reliable packets sent twice since the loss estimate last learned a packet's
+    /// fate (see `PROBE_EVERY`).
+    copy_turn: u32,
     sent_rate: Rate,
     received_rate: Rate,
     stats: ConnectionStats,
@@ -333,7 +344,7 @@ impl Connection {
             })
             .collect();
         let mut receiver = Receiver::new();
-        receiver.accept(0);
+        receiver.accept(now, 0, Duration::ZERO);
         let mut rtt = RttEstimator::new(
             config.initial_rtt,
             config.min_rto,
@@ -382,8 +393,8 @@ impl Connection {
             paced_until: None,
             challenge: None,
             path_response: None,
-            loss_ewma: 0.0,
-            path_loss: 0.0,
+            path_loss: loss::LossWindow::default(),
+            copy_turn: 0,
             sent_rate: Rate::new(now),
             received_rate: Rate::new(now),
             stats: ConnectionStats::default(),
@@ -441,7 +452,7 @@ impl Connection {
         s.rtt = self.rtt.srtt();
         s.jitter = self.rtt.rttvar();
         s.rto = self.rtt.rto();
-        s.loss = self.path_loss;
+        s.loss = self.path_loss.fraction();
         s.incoming_loss = self.receiver.loss();
         s.send_bytes_per_sec = self.sent_rate.per_sec;
         s.receive_bytes_per_sec = self.received_rate.per_sec;
@@ -700,7 +711,8 @@ impl Connection {
             self.drop_notable(now, "receive budget full: the application is not polling events, or the peer sends past an ordering gap");
             return;
         }
-        self.receiver.accept(pn);
+        let reorder = (self.rtt.srtt() / 16).clamp(REORDER_MIN, REORDER_MAX);
+        self.receiver.accept(now, pn, reorder);
         self.last_recv = now;
         if let Some(c) = self.challenge.as_mut().filter(|c| c.addr == from) {
             c.bytes_received += len as u64;

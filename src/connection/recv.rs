@@ -3,14 +3,14 @@
 
 use bitvec::prelude::*;
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use super::loss::ReceivedLoss;
 
 use crate::wire::AckFields;
 
 /// Packet numbers remembered below the largest accepted one.
 pub const WINDOW: u32 = 4096;
-/// Weight of one packet in the smoothed incoming loss (about the last 100 packets count).
-const LOSS_GAIN: f64 = 0.01;
 /// Reliable packet numbers that may wait for an acknowledgement at once.
 const MAX_PENDING_ACKS: usize = 1024;
 
@@ -32,9 +32,8 @@ pub struct Receiver {
     bits: BitArray<[u64; (WINDOW / 64) as usize], Lsb0>,
     pending: VecDeque<u32>,
     pending_since: Option<Instant>,
-    /// Smoothed fraction of the peer's packets that did not arrive (a packet number skipped
-    /// counts as lost until it arrives late).
-    loss: f64,
+    /// Fraction of the peer's packets that did not arrive (see [`ReceivedLoss`]).
+    loss: ReceivedLoss,
 }
 
 impl Default for Receiver {
@@ -51,13 +50,16 @@ impl Receiver {
             bits: BitArray::ZERO,
             pending: VecDeque::new(),
             pending_since: None,
-            loss: 0.0,
+            loss: ReceivedLoss::default(),
         }
     }
 
-    /// Smoothed fraction of the peer's packets that did not arrive (0.0 to 1.0).
+    /// Fraction of the peer's packets that did not arrive, over about the last 1,000 (0.0 to
+    /// 1.0): a packet number skipped counts as lost unless it arrives within the reordering
+    /// allowance given to [`Receiver::accept`]; a resend or a redundant copy that repairs it
+    /// later takes nothing back.
     pub fn loss(&self) -> f64 {
-        self.loss
+        self.loss.fraction()
     }
 
     /// The largest packet number accepted.
@@ -81,19 +83,19 @@ impl Receiver {
         }
     }
 
-    /// Marks `pn` accepted (after it opened).
-    pub fn accept(&mut self, pn: u32) {
+    /// Marks `pn` accepted (after it opened) at `now`. A packet number that arrives within
+    /// `reorder` of the packet that showed it missing counts as reordered, not lost.
+    pub fn accept(&mut self, now: Instant, pn: u32, reorder: Duration) {
+        let bits = &self.bits;
+        let largest = self.largest;
+        let held = |p: u32| match largest {
+            Some(l) if p <= l && l - p < WINDOW => bits[(p % WINDOW) as usize],
+            _ => false,
+        };
+        self.loss.on_arrival(now, pn, largest, reorder, held);
         match self.largest {
-            Some(l) if pn <= l => {
-                // It was counted missing when a later one arrived: take that back.
-                self.loss = (self.loss - LOSS_GAIN).max(0.0);
-            }
+            Some(l) if pn <= l => {}
             Some(l) => {
-                // Each packet number skipped counts as one loss (at most 64 per arrival).
-                for _ in 0..(pn - l - 1).min(64) {
-                    self.loss += LOSS_GAIN * (1.0 - self.loss);
-                }
-                self.loss *= 1.0 - LOSS_GAIN;
                 if pn - l >= WINDOW {
                     self.bits.fill(false);
                 } else {
@@ -198,18 +200,19 @@ mod tests {
 
     #[test]
     fn replay_window() {
+        let now = Instant::now();
         let mut r = Receiver::new();
         assert_eq!(r.check(5), Seen::New);
-        r.accept(5);
+        r.accept(now, 5, Duration::ZERO);
         assert_eq!(r.check(5), Seen::Duplicate);
         assert_eq!(r.check(4), Seen::New);
-        r.accept(5000);
+        r.accept(now, 5000, Duration::ZERO);
         assert_eq!(r.check(5), Seen::TooOld);
         assert_eq!(r.check(4999), Seen::New);
         assert_eq!(r.check(5000), Seen::Duplicate);
-        r.accept(4999);
+        r.accept(now, 4999, Duration::ZERO);
         assert_eq!(r.check(4999), Seen::Duplicate);
-        r.accept(5000 + WINDOW - 1);
+        r.accept(now, 5000 + WINDOW - 1, Duration::ZERO);
         assert_eq!(r.check(4999), Seen::TooOld);
         assert_eq!(r.check(5000), Seen::Duplicate);
     }
@@ -219,7 +222,7 @@ mod tests {
         let now = Instant::now();
         let mut r = Receiver::new();
         for pn in [1u32, 2, 3, 40, 41] {
-            r.accept(pn);
+            r.accept(now, pn, Duration::ZERO);
             r.ack_later(now, pn);
         }
         let a = r.take_ack().unwrap();

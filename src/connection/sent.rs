@@ -29,6 +29,16 @@ pub(super) struct SentPacket {
     pub(super) last_report: Option<Instant>,
     /// The highest lane priority (lowest number) among its messages.
     pub(super) priority: u8,
+    /// Whether its latest transmission is sent twice (a small reliable packet while loss
+    /// lasts): its fate then says little of the path's loss and is not counted.
+    pub(super) copy_planned: bool,
+    /// The transmission the loss estimate judges: its `sent_before_pn`, and the first packet
+    /// number sent after it was resent (`u32::MAX` until then). Only ACKs naming a packet
+    /// number below the latter describe it.
+    pub(super) judge_from_pn: u32,
+    pub(super) judge_until_pn: u32,
+    /// Whether the loss estimate has counted its latest transmission.
+    pub(super) judged: bool,
 }
 
 impl SentPacket {
@@ -68,6 +78,10 @@ impl SentPacket {
             last_index: 0,
             last_report: None,
             priority: 0,
+            copy_planned: false,
+            judge_from_pn: pn.saturating_add(1),
+            judge_until_pn: u32::MAX,
+            judged: false,
         }
     }
 }
@@ -90,9 +104,10 @@ impl Connection {
                 break;
             };
             if back > 0 && ack.ack_bits & (0x8000 >> (back - 1)) == 0 {
+                self.judge_missing(pn, ack_pn);
                 continue;
             }
-            if let Some(sent) = self.on_packet_acked(pn) {
+            if let Some(sent) = self.on_packet_acked(pn, ack_pn) {
                 newest_sent = newest_sent.max(Some(sent));
             }
         }
@@ -127,12 +142,12 @@ impl Connection {
             if acked {
                 newest = newest.max(Some(sent));
                 self.cc.on_ack(u64::from(size), sent);
-                smooth_loss(&mut self.path_loss, false);
+                self.record_loss(false);
                 self.forget_unreliable(i);
             } else if pn < ack_pn && (PACKET_THRESHOLD..=16).contains(&back) {
                 // Inside the window the ACK describes and not in it: lost.
                 self.cc.on_loss(now, sent);
-                smooth_loss(&mut self.path_loss, true);
+                self.record_loss(true);
                 self.forget_unreliable(i);
             } else if pn < ack_pn && back > 16 {
                 // Older than any ACK will describe again: forget it.
@@ -144,9 +159,43 @@ impl Connection {
         newest
     }
 
-    /// Takes packet `pn` off the record; returns when it was sent if it was sent once (an
+    /// For the loss estimate: the ACK naming `ack_pn` describes
+    /// reliable packet `pn` as missing. Its transmission counts as lost if a packet sent after
+    /// it arrived (without loss detection's allowance for reordering: that is rare, and an
+    /// estimate that waited for three later packets would, at a game's packet rate, see the
+    /// resend timer first), once per transmission. Losses are
+    /// counted only from what an ACK shows, never from a timer, so that a lost ACK does not
+    /// read as a lost packet.
+    fn judge_missing(&mut self, pn: u32, ack_pn: u32) {
+        let Ok(i) = self.sent.binary_search_by_key(&pn, |p| p.pn) else {
+            return;
+        };
+        let p = &self.sent[i];
+        let from = p.judge_from_pn;
+        if !p.judged && ack_pn < p.judge_until_pn && ack_pn >= from {
+            self.judge(i, true);
+        }
+    }
+
+    /// Counts the fate of `self.sent[i]`'s latest transmission (once), unless it was sent
+    /// twice.
+    fn judge(&mut self, i: usize, lost: bool) {
+        let p = &mut self.sent[i];
+        p.judged = true;
+        if !p.copy_planned {
+            self.record_loss(lost);
+        }
+    }
+
+    /// One transmission's fate for the loss estimate.
+    fn record_loss(&mut self, lost: bool) {
+        self.path_loss.record(lost);
+        self.copy_turn = 0;
+    }
+
+    /// Takes packet `pn`, acknowledged by the ACK naming `ack_pn`, off the record; returns when it was sent if it was sent once (an
     /// RTT sample).
-    pub(super) fn on_packet_acked(&mut self, pn: u32) -> Option<Instant> {
+    pub(super) fn on_packet_acked(&mut self, pn: u32, ack_pn: u32) -> Option<Instant> {
         if let Some(Closing {
             packet: Some(close),
             ..
@@ -160,13 +209,14 @@ impl Connection {
         let Ok(i) = self.sent.binary_search_by_key(&pn, |p| p.pn) else {
             return None;
         };
+        if !self.sent[i].judged && ack_pn < self.sent[i].judge_until_pn {
+            self.judge(i, false);
+        }
         let packet = self.sent.remove(i).expect("index from binary search");
         let sample = (packet.resends == 0).then_some(packet.first_sent);
         self.in_flight = self.in_flight.saturating_sub(packet.size);
         self.cc.on_ack(packet.size, packet.first_sent);
         self.budget.queued = self.budget.queued.saturating_sub(packet.message_bytes);
-        smooth_loss(&mut self.loss_ewma, false);
-        smooth_loss(&mut self.path_loss, false);
         for r in &packet.ordered {
             let ch = &mut self.send_channels[usize::from(r.channel)];
             for k in 0..r.count {
@@ -276,8 +326,6 @@ impl Connection {
         let sent_at = self.sent[i].last_sent;
         self.cc.on_loss(now, sent_at);
         self.stats.packets_lost += 1;
-        smooth_loss(&mut self.loss_ewma, true);
-        smooth_loss(&mut self.path_loss, true);
         if !self
             .jobs
             .iter()
