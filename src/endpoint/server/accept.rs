@@ -71,11 +71,11 @@ impl Server {
             }
         }
         let ip = ip_key(from.ip());
-        let use_ = self.by_ip.get(&ip).copied().unwrap_or_default();
+        let use_ = self.ip_use(ip);
         let has_pending = self.pending.contains_key(&from);
         if !has_pending && use_.pending as usize >= self.config.max_pending_per_ip {
             self.expire_pending(now);
-            let use_ = self.by_ip.get(&ip).copied().unwrap_or_default();
+            let use_ = self.ip_use(ip);
             if use_.pending as usize >= self.config.max_pending_per_ip {
                 self.stats.handshakes_dropped_ip += 1;
                 return;
@@ -177,10 +177,7 @@ impl Server {
     /// Refuses a new connection from `from` with ERROR 1.1, and counts it, if `max_clients`
     /// or its IP's `max_clients_per_ip` is reached; returns whether it did.
     fn refuse_past_connection_limits(&mut self, from: SocketAddr) -> bool {
-        let ip_conns = self
-            .by_ip
-            .get(&ip_key(from.ip()))
-            .map_or(0, |u| u.connections as usize);
+        let ip_conns = self.ip_use(ip_key(from.ip())).connections as usize;
         if self.connections.len() >= self.config.max_clients {
             self.stats.refused_full += 1;
             self.refuse(from, ErrorCode::NoSpace, "server full");
@@ -235,7 +232,11 @@ impl Server {
     pub(super) fn insert_pending(&mut self, from: SocketAddr, p: Pending) {
         self.pending_expiry.push_back((p.deadline, from));
         if self.pending.insert(from, p).is_none() {
-            self.by_ip.entry(ip_key(from.ip())).or_default().pending += 1;
+            self.shared
+                .by_ip()
+                .entry(ip_key(from.ip()))
+                .or_default()
+                .pending += 1;
         }
     }
 
@@ -313,16 +314,14 @@ impl Server {
                 } else {
                     0
                 };
-                while self
-                    .connections
-                    .contains_key(&ClientId(base | self.next_id))
-                    || self.resumable.contains_key(&ClientId(base | self.next_id))
-                {
-                    self.next_id += 1;
+                // One counter for every shard: ids are unique across them.
+                loop {
+                    let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+                    let id = ClientId(base | n);
+                    if !self.connections.contains_key(&id) && !self.resumable.contains_key(&id) {
+                        break id;
+                    }
                 }
-                let id = ClientId(base | self.next_id);
-                self.next_id += 1;
-                id
             }
         };
         self.resumable.insert(
@@ -356,7 +355,11 @@ impl Server {
         self.charged += conn.budget_used();
         self.connections.insert(id, conn);
         self.by_addr.insert(from, id);
-        self.by_ip.entry(ip_key(from.ip())).or_default().connections += 1;
+        self.shared
+            .by_ip()
+            .entry(ip_key(from.ip()))
+            .or_default()
+            .connections += 1;
         self.stats.connections_accepted += 1;
         self.events.push_back(Event::Connected { client: id });
     }
@@ -450,18 +453,19 @@ impl Server {
             use sha2::{Digest, Sha256};
             Sha256::digest(token).into()
         };
-        if let Some(&(first, _)) = self.token_uses.get(&digest) {
+        let mut uses = self.shared.token_uses();
+        if let Some(&(first, _)) = uses.get(&digest) {
             if first != from {
                 return Err("token already used from another address");
             }
         } else {
-            if self.token_uses.len() >= MAX_TOKEN_USES {
-                self.token_uses.retain(|_, (_, exp)| *exp > unix);
+            if uses.len() >= MAX_TOKEN_USES {
+                uses.retain(|_, (_, exp)| *exp > unix);
             }
-            if self.token_uses.len() >= MAX_TOKEN_USES {
+            if uses.len() >= MAX_TOKEN_USES {
                 return Err("too many tokens in use");
             }
-            self.token_uses.insert(digest, (from, t.expires));
+            uses.insert(digest, (from, t.expires));
         }
         Ok(Some(ClientId(t.client_id)))
     }
