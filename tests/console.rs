@@ -193,3 +193,23 @@ fn game_example_runs_clean() {
     );
     assert!(stdout.contains("OK: every client"), "{stdout}");
 }
+
+/// Scale out: the token example runs 2 servers and clients through one backend that signs a
+/// connect token for one server's address per client (and a token for one server is refused
+/// by the other).
+#[test]
+fn token_backend_example_runs_clean() {
+    let example = example_binary("token_backend");
+    let mut child = Guard(
+        Command::new(&example)
+            .args(["--servers", "2", "--clients", "6"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let out = lines_of(&mut child.0);
+    let ok = expect(&out, "OK: ");
+    assert!(ok.contains("6 clients") && ok.contains("2 servers"), "{ok}");
+    assert!(child.0.wait().unwrap().success());
+}
