@@ -253,7 +253,7 @@ fn server_config(args: &Args) -> ServerConfig {
 
 /// The echo server: one [`ServerDriver`] on the calling thread, or shards on their own.
 enum Serving {
-    One(ServerDriver),
+    One(Box<ServerDriver>),
     Sharded(ShardedServer, Vec<Shard>),
 }
 
@@ -264,7 +264,11 @@ impl Serving {
         shards: u16,
     ) -> Result<Self, Box<dyn std::error::Error>> {
         Ok(if shards == 1 {
-            Self::One(ServerDriver::bind(addr, config, SocketConfig::default())?)
+            Self::One(Box::new(ServerDriver::bind(
+                addr,
+                config,
+                SocketConfig::default(),
+            )?))
         } else {
             let (handle, shards) =
                 ShardedServer::bind(addr, config, SocketConfig::default(), usize::from(shards))?;
@@ -298,7 +302,7 @@ impl Serving {
         match self {
             Self::One(driver) => {
                 let backlogs = Mutex::new(Backlogs::new(backlog, &connection_config()));
-                serve(driver, stop, until, console.as_ref(), &backlogs, log)
+                serve(*driver, stop, until, console.as_ref(), &backlogs, log)
             }
             Self::Sharded(handle, shards) => {
                 let backlogs: Vec<Arc<Mutex<Backlogs>>> = shards

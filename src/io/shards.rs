@@ -1,100 +1,5 @@
 //! [`ShardedServer`]: one address served by N [`Shard`]s, each a [`Server`] on its own
 //! `SO_REUSEPORT` socket and its own thread.
-//!
-//! # How the work is spread
-//! Every shard's socket is bound to the same address with `SO_REUSEPORT`; Linux picks the
-//! socket of each incoming datagram by a hash of its 4-tuple, so every datagram of one client
-//! address reaches the same shard, whose [`Server`] owns that client's connection. A shard
-//! runs the same loop as a [`super::ServerDriver`] (the same methods, the same `Io`) and sends
-//! from its own socket, whose local address and port are everyone's: the client sees one
-//! server.
-//!
-//! # What the shards share
-//! - the identity, the connect-token policy and every other setting: each shard's server has
-//!   a copy of the one [`ServerConfig`];
-//! - client ids: one atomic counter, so ids are unique across the shards (and with connect
-//!   tokens the backend's ids are the backend's);
-//! - the per-IP admission counts (connections and half-open handshakes per IP, IPv6 per /64)
-//!   and the connect tokens used (a token is refused from a second address whichever shard
-//!   saw the first): one small mutex each, taken when an AUTH is answered, a handshake ends,
-//!   a connection ends or moves, never per datagram;
-//! - bans and the allow-list: each shard keeps its own list and [`ShardedServer::ban`],
-//!   [`ShardedServer::unban`] and [`ShardedServer::allow`] change every shard's (so a
-//!   datagram's check takes no lock).
-//!
-//! `max_clients`, `max_pending` and `memory_budget` are each shard's: N shards hold up to N
-//! times as many.
-//!
-//! # A client that moves to another shard
-//! A client behind a NAT that rebinds (a new source port) or that moves network arrives from
-//! a new address, whose hash may pick another shard. That shard (B) finds no connection for the
-//! address and no connection of its own that opens the packet; it then relays the datagram,
-//! through the shards' in-memory channels, to every other shard, and the one whose connection
-//! opens it (A) takes it as a migration: it challenges the new address from its own socket
-//! (same address and port, so the client sees the same server) and tells B that the address
-//! is its own. From then on B relays every datagram from that address to A at once (one
-//! lookup in a map B keeps, only while it has such addresses). The connection and its state
-//! stay where they were: nothing is exported, and no reliable message is lost or delivered
-//! twice (the test `tests/shards.rs` moves clients under load and checks exactly that). A
-//! relayed client costs one channel message and one wake-up of A per datagram it sends.
-//! Relays are bounded: at most 1,024 datagrams waiting per shard between two passes, and
-//! only those a shard searched its own connections for within its trial budget.
-//!
-//! # The operator's view
-//! [`ShardedServer`] is a cheap, cloneable handle: [`ShardedServer::clients`],
-//! [`ShardedServer::kick`], [`ShardedServer::ban`], [`ShardedServer::stats`],
-//! [`ShardedServer::shutdown`] and the rest run on every shard (a closure sent through the
-//! shard's channel with a [`mio::Waker`], run at the start of its next pass) and wait for the
-//! answers. The shards must be driven (each thread in its loop) for them to answer; a shard
-//! that does not answer within [`ShardedServer::ANSWER_TIMEOUT`] is left out.
-//!
-//! ```
-//! use std::time::Duration;
-//! use tickwire::io::{ClientDriver, ShardedServer, SocketConfig};
-//! use tickwire::{ChannelId, ClientConfig, Event, ServerConfig, ServerIdentity};
-//!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = ServerConfig::new(ServerIdentity::generate());
-//! let (server, shards) =
-//!     ShardedServer::bind("127.0.0.1:0".parse()?, config, SocketConfig::default(), 2)?;
-//! let threads: Vec<_> = shards
-//!     .into_iter()
-//!     .map(|mut shard| {
-//!         std::thread::spawn(move || -> std::io::Result<()> {
-//!             // Each shard echoes until its server is shut down and idle.
-//!             while !(shard.is_shut_down() && shard.server().is_idle()) {
-//!                 if let Some(Event::Message { client, channel, data }) =
-//!                     shard.run_until_event(Some(Duration::from_millis(50)))?
-//!                 {
-//!                     let _ = shard.send(client, channel, &data);
-//!                     shard.recycle(data);
-//!                 }
-//!             }
-//!             Ok(())
-//!         })
-//!     })
-//!     .collect();
-//!
-//! let config = ClientConfig::new(server.public_key());
-//! let mut client = ClientDriver::connect(config, server.local_addr(), SocketConfig::default())?;
-//! while let Some(event) = client.run_until_event(Some(Duration::from_secs(10)))? {
-//!     match event {
-//!         Event::Connected { .. } => client.send(ChannelId(3), b"hello")?,
-//!         Event::Message { data, .. } => {
-//!             assert_eq!(data, b"hello");
-//!             break;
-//!         }
-//!         other => panic!("{other:?}"),
-//!     }
-//! }
-//! assert_eq!(server.clients().len(), 1);
-//! server.shutdown("done");
-//! for t in threads {
-//!     t.join().expect("shard thread")?;
-//! }
-//! # Ok(())
-//! # }
-//! ```
 
 use std::collections::HashMap;
 use std::io;
@@ -131,8 +36,11 @@ enum Msg {
     /// The shard this was relayed to no longer owns `addr`.
     Unclaim { addr: SocketAddr },
     /// An operator's command.
-    Run(Box<dyn FnOnce(&mut Server, &ShardInfo) + Send>),
+    Run(Command),
 }
+
+/// An operator's command, run on a shard's server.
+type Command = Box<dyn FnOnce(&mut Server, &ShardInfo) + Send>;
 
 /// How to reach one shard.
 struct Peer {
@@ -157,7 +65,7 @@ struct Shared {
     peers: Vec<Peer>,
 }
 
-/// Counters of one shard's relaying (see the [module docs](self)).
+/// Counters of one shard's relaying (see [`ShardedServer`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayStats {
     /// Datagrams this shard could not place and offered to every other shard.
@@ -337,8 +245,103 @@ impl Endpoint for Core {
     }
 }
 
-/// The operator's handle on every shard of one address: cheap to clone, usable from any
-/// thread (see the [module docs](self)).
+/// The operator's handle on N [`Shard`]s serving one address: each a [`Server`] on its own
+/// `SO_REUSEPORT` socket and its own thread. Cheap to clone, usable from any thread.
+///
+/// # How the work is spread
+/// Every shard's socket is bound to the same address with `SO_REUSEPORT`; Linux picks the
+/// socket of each incoming datagram by a hash of its 4-tuple, so every datagram of one client
+/// address reaches the same shard, whose [`Server`] owns that client's connection. A shard
+/// runs the same loop as a [`super::ServerDriver`] (the same methods, the same `Io`) and sends
+/// from its own socket, whose local address and port are everyone's: the client sees one
+/// server.
+///
+/// # What the shards share
+/// - the identity, the connect-token policy and every other setting: each shard's server has
+///   a copy of the one [`ServerConfig`];
+/// - client ids: one atomic counter, so ids are unique across the shards (and with connect
+///   tokens the backend's ids are the backend's);
+/// - the per-IP admission counts (connections and half-open handshakes per IP, IPv6 per /64)
+///   and the connect tokens used (a token is refused from a second address whichever shard
+///   saw the first): one small mutex each, taken when an AUTH is answered, a handshake ends,
+///   a connection ends or moves, never per datagram;
+/// - bans and the allow-list: each shard keeps its own list and [`ShardedServer::ban`],
+///   [`ShardedServer::unban`] and [`ShardedServer::allow`] change every shard's (so a
+///   datagram's check takes no lock).
+///
+/// `max_clients`, `max_pending` and `memory_budget` are each shard's: N shards hold up to N
+/// times as many.
+///
+/// # A client that moves to another shard
+/// A client behind a NAT that rebinds (a new source port) or that moves network arrives from
+/// a new address, whose hash may pick another shard. That shard (B) finds no connection for the
+/// address and no connection of its own that opens the packet; it then relays the datagram,
+/// through the shards' in-memory channels, to every other shard, and the one whose connection
+/// opens it (A) takes it as a migration: it challenges the new address from its own socket
+/// (same address and port, so the client sees the same server) and tells B that the address
+/// is its own. From then on B relays every datagram from that address to A at once (one
+/// lookup in a map B keeps, only while it has such addresses). The connection and its state
+/// stay where they were: nothing is exported, and no reliable message is lost or delivered
+/// twice (the test `tests/shards.rs` moves clients under load and checks exactly that). A
+/// relayed client costs one channel message and one wake-up of A per datagram it sends.
+/// Relays are bounded: at most 1,024 datagrams waiting per shard between two passes, and
+/// only those a shard searched its own connections for within its trial budget.
+///
+/// # The operator's view
+/// [`ShardedServer`] is a cheap, cloneable handle: [`ShardedServer::clients`],
+/// [`ShardedServer::kick`], [`ShardedServer::ban`], [`ShardedServer::stats`],
+/// [`ShardedServer::shutdown`] and the rest run on every shard (a closure sent through the
+/// shard's channel with a [`mio::Waker`], run at the start of its next pass) and wait for the
+/// answers. The shards must be driven (each thread in its loop) for them to answer; a shard
+/// that does not answer within [`ShardedServer::ANSWER_TIMEOUT`] is left out.
+///
+/// ```
+/// use std::time::Duration;
+/// use tickwire::io::{ClientDriver, ShardedServer, SocketConfig};
+/// use tickwire::{ChannelId, ClientConfig, Event, ServerConfig, ServerIdentity};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = ServerConfig::new(ServerIdentity::generate());
+/// let (server, shards) =
+///     ShardedServer::bind("127.0.0.1:0".parse()?, config, SocketConfig::default(), 2)?;
+/// let threads: Vec<_> = shards
+///     .into_iter()
+///     .map(|mut shard| {
+///         std::thread::spawn(move || -> std::io::Result<()> {
+///             // Each shard echoes until its server is shut down and idle.
+///             while !(shard.is_shut_down() && shard.server().is_idle()) {
+///                 if let Some(Event::Message { client, channel, data }) =
+///                     shard.run_until_event(Some(Duration::from_millis(50)))?
+///                 {
+///                     let _ = shard.send(client, channel, &data);
+///                     shard.recycle(data);
+///                 }
+///             }
+///             Ok(())
+///         })
+///     })
+///     .collect();
+///
+/// let config = ClientConfig::new(server.public_key());
+/// let mut client = ClientDriver::connect(config, server.local_addr(), SocketConfig::default())?;
+/// while let Some(event) = client.run_until_event(Some(Duration::from_secs(10)))? {
+///     match event {
+///         Event::Connected { .. } => client.send(ChannelId(3), b"hello")?,
+///         Event::Message { data, .. } => {
+///             assert_eq!(data, b"hello");
+///             break;
+///         }
+///         other => panic!("{other:?}"),
+///     }
+/// }
+/// assert_eq!(server.clients().len(), 1);
+/// server.shutdown("done");
+/// for t in threads {
+///     t.join().expect("shard thread")?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct ShardedServer {
     shared: Arc<Shared>,
@@ -555,7 +558,7 @@ impl ShardedServer {
 /// One shard: a [`Server`] on its own `SO_REUSEPORT` socket, driven like a
 /// [`super::ServerDriver`] (the same methods) on its own thread. Its events are its own
 /// clients'; what it receives for clients of other shards it relays (see the
-/// [module docs](self)).
+/// [`ShardedServer`] docs).
 pub struct Shard {
     core: Core,
     io: Io,
