@@ -10,9 +10,11 @@
 //! ```
 //! The clients are sans-IO [`Client`]s, each on its own UDP socket, all driven by
 //! `--client-threads` threads (default 1) over one mio poll each: per pass a thread reads every
-//! socket that is readable, runs due timers, offers each connected client up to 8 new 64-octet
-//! messages (a client's send queue holds 64 KiB, so a full one refuses them) and sends what the
-//! clients have due. Each shard's thread runs [`Shard::run_until_event`] and counts the
+//! socket that is readable, runs the due timers (once a millisecond), and visits only the
+//! clients that received something, had a timer due or still have room to send: each is offered
+//! up to 8 new messages (its send queue holds 64 KiB; once full, it is offered nothing more until
+//! a datagram, an ack, arrives) and sends what it has due. So a thread that waits for the
+//! server costs little, and the clients' CPU per message stays about what sending costs. Each shard's thread runs [`Shard::run_until_event`] and counts the
 //! messages delivered, spinning `--work-us` per message if asked (the game logic a real server
 //! runs per message).
 //!
@@ -377,31 +379,56 @@ fn drive_clients(
     let message = vec![0x5a; size];
     let mut buf = vec![0u8; 1 << 16];
     let mut out = vec![0u8; 1500];
-    let mut readable = vec![true; n];
+    // Clients to visit this pass (each once): readable, a timer due, or with room to send.
+    let mut active: Vec<usize> = (0..n).collect();
+    let mut queued = vec![true; n];
+    // Clients whose send queue was full: offered nothing until a datagram (an ack) arrives.
+    let mut blocked = vec![false; n];
+    let mut next_scan = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        poll.poll(&mut events, Some(Duration::from_millis(1)))?;
-        for ev in &events {
-            readable[ev.token().0] = true;
-        }
+        let wait = if active.is_empty() {
+            Some(Duration::from_millis(1))
+        } else {
+            Some(Duration::ZERO)
+        };
+        poll.poll(&mut events, wait)?;
         let now = Instant::now();
-        for i in 0..n {
-            let client = &mut endpoints[i];
-            if readable[i] {
-                readable[i] = false;
-                loop {
-                    match sockets[i].recv_from(&mut buf) {
-                        Ok((len, from)) => client.handle_datagram(now, from, &mut buf[..len]),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(_) => break,
+        for ev in &events {
+            let i = ev.token().0;
+            loop {
+                match sockets[i].recv_from(&mut buf) {
+                    Ok((len, from)) => endpoints[i].handle_datagram(now, from, &mut buf[..len]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => break,
+                }
+            }
+            blocked[i] = false;
+            if !queued[i] {
+                queued[i] = true;
+                active.push(i);
+            }
+        }
+        if now >= next_scan {
+            // The timers (resends, acks owed, heartbeats), once a millisecond.
+            next_scan = now + Duration::from_millis(1);
+            for (i, client) in endpoints.iter_mut().enumerate() {
+                if client.poll_timeout().is_some_and(|t| t <= now) {
+                    client.handle_timeout(now);
+                    if !queued[i] {
+                        queued[i] = true;
+                        active.push(i);
                     }
                 }
             }
-            if client.poll_timeout().is_some_and(|t| t <= now) {
-                client.handle_timeout(now);
-            }
-            if up[i] {
+        }
+        let visiting = std::mem::take(&mut active);
+        for &i in &visiting {
+            queued[i] = false;
+            let client = &mut endpoints[i];
+            if up[i] && !blocked[i] {
                 for _ in 0..BURST {
                     if client.send(now, RELIABLE_ORDERED, &message).is_err() {
+                        blocked[i] = true;
                         break;
                     }
                 }
@@ -427,6 +454,11 @@ fn drive_clients(
                     Event::Message { data, .. } => client.recycle(data),
                     _ => {}
                 }
+            }
+            // Still room to send: visit it again next pass.
+            if up[i] && !blocked[i] && !queued[i] {
+                queued[i] = true;
+                active.push(i);
             }
         }
     }

@@ -282,3 +282,62 @@ fn clients_moved_between_shards_under_load_lose_and_repeat_nothing() {
         "no client landed on the other shard"
     );
 }
+
+/// A client that resumes its session from a new socket (a new port, so the kernel's hash may
+/// pick the other shard) gets its id back every time: a shard that did not issue the ticket
+/// relays the AUTH to the one that did.
+#[test]
+fn resumption_works_from_whichever_shard_the_new_port_hashes_to() {
+    use tickwire::Client;
+    let running = start(2, 8);
+    let (addr, key) = (running.handle.local_addr(), running.handle.public_key());
+    let socket = SocketConfig::default();
+    let until_event = |driver: &mut ClientDriver, what: &str| -> Event {
+        let give_up = Instant::now() + WALL;
+        loop {
+            assert!(Instant::now() < give_up, "no {what}");
+            if let Some(ev) = driver.run_until_event(Some(STEP)).unwrap() {
+                return ev;
+            }
+        }
+    };
+    let mut driver = ClientDriver::connect(ClientConfig::new(key), addr, socket.clone()).unwrap();
+    let Event::Connected { client: id } = until_event(&mut driver, "connection") else {
+        panic!("not connected");
+    };
+    for round in 0..20 {
+        let resumption = driver.client().resumption().expect("a resumption ticket");
+        assert_eq!(resumption.client, id);
+        // The old socket goes away without a close (a crash or a lost network); the new one
+        // resumes.
+        drop(driver);
+        let client = Client::resume(
+            ClientConfig::new(key),
+            addr,
+            Instant::now(),
+            &[],
+            &resumption,
+        )
+        .unwrap();
+        let udp = bind_socket("127.0.0.1:0".parse().unwrap(), &socket).unwrap();
+        driver = ClientDriver::with_socket(client, udp, &socket).unwrap();
+        match until_event(&mut driver, "resumed connection") {
+            Event::Connected { client } => assert_eq!(client, id, "round {round}"),
+            other => panic!("round {round}: {other:?}"),
+        }
+        driver.send(RELIABLE_ORDERED, &message(0)).unwrap();
+        match until_event(&mut driver, "echo") {
+            Event::Message { data, .. } => assert_eq!(data, message(0)),
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+    let stats = running.handle.stats();
+    let resumed: u64 = stats.iter().map(|s| s.server.resumed).sum();
+    let relayed: u64 = stats.iter().map(|s| s.info.relay.taken).sum();
+    assert_eq!(resumed, 20);
+    // 20 new ports, each on the other shard with probability 1/2: none is 2^-20.
+    assert!(relayed > 0, "no resumption landed on the other shard");
+    // Every resumed connection lives on the one shard that issued the id.
+    assert_eq!(stats.iter().filter(|s| s.clients > 0).count(), 1);
+    running.finish();
+}

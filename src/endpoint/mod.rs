@@ -11,5 +11,5 @@ mod server;
 
 pub use admission::{Ban, BanList, IpPrefix, PrefixError};
 pub use client::{Client, Resumption};
-pub(crate) use server::SharedAdmission;
 pub use server::{ClientInfo, Server, ServerStats};
+pub(crate) use server::{SharedAdmission, Unclaimed};

@@ -14,7 +14,7 @@ use super::socket::{bind_with, SocketConfig};
 use super::BindError;
 use crate::config::ServerConfig;
 use crate::crypto::ServerKey;
-use crate::endpoint::{Ban, ClientInfo, IpPrefix, Server, ServerStats, SharedAdmission};
+use crate::endpoint::{Ban, ClientInfo, IpPrefix, Server, ServerStats, SharedAdmission, Unclaimed};
 use crate::types::{ChannelId, ClientId, Event, SendError, Transmit};
 
 /// Addresses a shard relays to their owner at most (past it, a moved client's datagrams are
@@ -116,7 +116,7 @@ struct Core {
     shared: Arc<Shared>,
     /// Addresses another shard owns: their datagrams go there.
     forward: HashMap<SocketAddr, usize>,
-    unclaimed: Vec<(SocketAddr, Vec<u8>)>,
+    unclaimed: Vec<Unclaimed>,
     relay: RelayStats,
 }
 
@@ -127,8 +127,18 @@ impl Core {
             return;
         }
         let others = self.shared.peers.len() - 1;
-        for (addr, data) in self.unclaimed.drain(..) {
+        for (target, addr, data) in self.unclaimed.drain(..) {
             self.relay.offered += 1;
+            if let Some(shard) = target {
+                // A resumption for the shard that issued its ticket.
+                self.shared.peers[shard].send(Msg::Relay {
+                    origin: self.index,
+                    addr,
+                    data,
+                    direct: false,
+                });
+                continue;
+            }
             let mut data = Some(data);
             let mut left = others;
             for (i, peer) in self.shared.peers.iter().enumerate() {
@@ -265,6 +275,10 @@ impl Endpoint for Core {
 ///   and the connect tokens used (a token is refused from a second address whichever shard
 ///   saw the first): one small mutex each, taken when an AUTH is answered, a handshake ends,
 ///   a connection ends or moves, never per datagram;
+/// - resumption: the shard that issued an id keeps its ticket's secret; a map of id to shard
+///   (one mutex, taken at AUTHs that carry a ticket, finished handshakes and ticket expiry)
+///   lets a shard that receives an AUTH resuming another shard's id (the client's new socket
+///   hashed elsewhere) relay it there, as below;
 /// - bans and the allow-list: each shard keeps its own list and [`ShardedServer::ban`],
 ///   [`ShardedServer::unban`] and [`ShardedServer::allow`] change every shard's (so a
 ///   datagram's check takes no lock).
@@ -396,7 +410,8 @@ impl ShardedServer {
         let mut peers = Vec::with_capacity(n);
         let mut parts = Vec::with_capacity(n);
         for udp in sockets {
-            let mut server = Server::new_shard(config.clone(), Arc::clone(&admission))?;
+            let index = peers.len();
+            let mut server = Server::new_shard(config.clone(), Arc::clone(&admission), index)?;
             set_clock_and_addr(&mut server, tokens, local_addr);
             let io = Io::new(udp, &socket)?;
             let (tx, rx) = mpsc::channel();

@@ -31,6 +31,9 @@ impl Server {
                 return;
             }
         };
+        if self.redirect_resumption(from, hello.ticket, datagram) {
+            return;
+        }
         if self.bans.is_banned(now, from.ip()) {
             self.stats.refused_banned += 1;
             self.refuse(from, ErrorCode::CertificateInvalid, "banned");
@@ -165,6 +168,33 @@ impl Server {
                 created: now,
             },
         );
+    }
+
+    /// With shards: an AUTH resuming an id that another shard issued (the client's new
+    /// address hashed here) goes to that shard, which holds the ticket's secret and maybe the
+    /// old connection. Returns whether it was kept for it.
+    fn redirect_resumption(
+        &mut self,
+        from: SocketAddr,
+        ticket: Option<&[u8; handshake::TICKET_LEN]>,
+        datagram: &[u8],
+    ) -> bool {
+        let (Some(out), Some(ticket)) = (self.unclaimed.as_mut(), ticket) else {
+            return false;
+        };
+        let id = ClientId(u64::from_be_bytes(
+            ticket[..8].try_into().expect("8 octets"),
+        ));
+        if self.resumable.contains_key(&id) || out.len() >= MAX_UNCLAIMED {
+            return false;
+        }
+        match self.shared.tickets().get(&id) {
+            Some(&shard) if shard != self.shard => {
+                out.push((Some(shard), from, datagram.to_vec()));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether a client at `from` resuming `client_id` (if any) replaces a connection it has:
@@ -324,6 +354,9 @@ impl Server {
                 }
             }
         };
+        if self.unclaimed.is_some() {
+            self.shared.tickets().insert(id, self.shard);
+        }
         self.resumable.insert(
             id,
             Resumable {

@@ -95,6 +95,9 @@ const TRANSMIT_TURN: u32 = 2;
 /// Token uses remembered (to refuse a token from a second address) at most.
 const MAX_TOKEN_USES: usize = 1 << 16;
 
+/// A datagram for another shard: `(shard, from, datagram)`, `None` for every other shard.
+pub(crate) type Unclaimed = (Option<usize>, SocketAddr, Vec<u8>);
+
 /// Sealed datagrams from unknown addresses kept for the other shards between two drains
 /// (see [`Server::take_unclaimed`]) at most.
 const MAX_UNCLAIMED: usize = 1024;
@@ -109,6 +112,8 @@ pub(crate) struct SharedAdmission {
     next_id: AtomicU64,
     by_ip: Mutex<HashMap<u128, IpUse>>,
     token_uses: Mutex<HashMap<[u8; 32], (SocketAddr, u64)>>,
+    /// Which shard can resume each id (the one that issued its ticket).
+    tickets: Mutex<HashMap<ClientId, usize>>,
 }
 
 impl Default for SharedAdmission {
@@ -117,6 +122,7 @@ impl Default for SharedAdmission {
             next_id: AtomicU64::new(1),
             by_ip: Mutex::new(HashMap::new()),
             token_uses: Mutex::new(HashMap::new()),
+            tickets: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -130,6 +136,10 @@ impl SharedAdmission {
         self.token_uses
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn tickets(&self) -> MutexGuard<'_, HashMap<ClientId, usize>> {
+        self.tickets.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -222,9 +232,12 @@ pub struct Server {
     shut_down: bool,
     /// The id counter and per-IP and token-use tables (shared between shards).
     shared: Arc<SharedAdmission>,
-    /// With shards: sealed datagrams from unknown addresses that no connection here opened,
-    /// for the other shards to try (a client whose new address hashed to this shard).
-    unclaimed: Option<Vec<(SocketAddr, Vec<u8>)>>,
+    /// With shards: this shard's index, and the datagrams for other shards: sealed ones from
+    /// unknown addresses that no connection here opened, for every other shard to try (a
+    /// client whose new address hashed to this shard), and AUTHs resuming an id another
+    /// shard issued, for that shard (`Some(index)`).
+    shard: usize,
+    unclaimed: Option<Vec<Unclaimed>>,
     events: VecDeque<Event>,
     /// Handshake datagrams to send, at most [`MAX_REPLY_QUEUE`] (written when polled, so an
     /// answer costs no allocation).
@@ -287,7 +300,7 @@ impl Server {
     /// # Errors
     /// [`ConfigError`] if the configuration is invalid.
     pub fn new(config: ServerConfig) -> Result<Self, ConfigError> {
-        Self::with_shared(config, Arc::default(), false)
+        Self::with_shared(config, Arc::default(), None)
     }
 
     /// A server that shares `shared` with the other shards of a
@@ -295,14 +308,15 @@ impl Server {
     pub(crate) fn new_shard(
         config: ServerConfig,
         shared: Arc<SharedAdmission>,
+        index: usize,
     ) -> Result<Self, ConfigError> {
-        Self::with_shared(config, shared, true)
+        Self::with_shared(config, shared, Some(index))
     }
 
     fn with_shared(
         config: ServerConfig,
         shared: Arc<SharedAdmission>,
-        shard: bool,
+        shard: Option<usize>,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         let conn_config = Arc::new(config.connection.clone());
@@ -316,7 +330,8 @@ impl Server {
             pending: HashMap::new(),
             shut_down: false,
             shared,
-            unclaimed: shard.then(Vec::new),
+            shard: shard.unwrap_or(0),
+            unclaimed: shard.map(|_| Vec::new()),
             events: VecDeque::new(),
             handshake_out: VecDeque::new(),
             dirty: VecDeque::new(),
@@ -651,7 +666,7 @@ impl Server {
                 // Searched here in vain (not cut off by the trial budget): another shard may
                 // own it.
                 if limited == self.stats.migration_trials_limited && out.len() < MAX_UNCLAIMED {
-                    out.push((from, datagram.to_vec()));
+                    out.push((None, from, datagram.to_vec()));
                     return;
                 }
             }
@@ -685,16 +700,17 @@ impl Server {
     /// Takes the sealed datagrams from unknown addresses that no connection of this shard
     /// opened, for the other shards to try with [`Server::handle_relayed`] (always empty for a
     /// server that is not a shard).
-    pub(crate) fn take_unclaimed(&mut self, into: &mut Vec<(SocketAddr, Vec<u8>)>) {
+    pub(crate) fn take_unclaimed(&mut self, into: &mut Vec<Unclaimed>) {
         if let Some(out) = self.unclaimed.as_mut() {
             into.append(out);
         }
     }
 
     /// A datagram another shard received from `from` and could not place: handled as if it
-    /// had arrived here if `from` is a known address, else tried as a migration of one of this
-    /// shard's connections. Returns whether this shard owns `from` now (its datagrams should
-    /// come here); nothing is kept for the other shards.
+    /// had arrived here if `from` is a known address or it is an AUTH (one resuming an id this
+    /// shard issued), else tried as a migration of one of this shard's connections. Returns
+    /// whether this shard owns `from` now (its datagrams should come here); nothing is kept
+    /// for the other shards.
     pub(crate) fn handle_relayed(
         &mut self,
         now: Instant,
@@ -703,9 +719,12 @@ impl Server {
     ) -> bool {
         self.last_now = now;
         let unclaimed = self.unclaimed.take();
-        let owned = if self.by_addr.contains_key(&from) || self.pending.contains_key(&from) {
+        let auth = datagram
+            .first()
+            .is_some_and(|b| b & 0x0F == PacketType::Auth.to_bits());
+        let owned = if self.knows_addr(&from) || auth {
             self.handle_datagram(now, from, datagram);
-            true
+            self.knows_addr(&from)
         } else {
             Packet::parse(datagram).is_ok_and(|p| {
                 p.header.flags.contains(Flags::ENCRYPTED) && seal::packet_number(&p.header) != 0
@@ -733,6 +752,12 @@ impl Server {
                 .is_some_and(|r| r.until == Some(until))
             {
                 self.resumable.remove(&id);
+                if self.unclaimed.is_some() {
+                    let mut tickets = self.shared.tickets();
+                    if tickets.get(&id) == Some(&self.shard) {
+                        tickets.remove(&id);
+                    }
+                }
             }
         }
         // Only the connections whose deadline has come. They are taken first and run after:
