@@ -7,6 +7,7 @@
 //! cargo run --release --example echo -- --server 127.0.0.1:7777       # only a server
 //! cargo run --release --example echo -- --connect 127.0.0.1:7777 --server-key HEX
 //! cargo run --release --example echo -- --connect 127.0.0.1:7777 --server-key HEX --clients 4
+//! cargo run --release --example echo -- --server 127.0.0.1:7777 --shards 2   # 2 threads
 //! ```
 //! Each client sends, every millisecond, one reliable-ordered message (channel 3) and one
 //! unreliable message (channel 0) of `--size` octets for `--secs` seconds; the server echoes
@@ -27,7 +28,10 @@
 //! usage (`--help` lists the options and their defaults).
 //!
 //! `--server ADDR` serves (echoing) until interrupted, or for `--secs` if given, and prints
-//! `server key: HEX` for clients to pin. `--connect ADDR --server-key HEX` runs one client
+//! `server key: HEX` for clients to pin. `--shards N` (default 1: one server on the calling
+//! thread, as without it) serves with a [`ShardedServer`] of N shards, each on its own thread,
+//! all bound to the one address with `SO_REUSEPORT`; `--shards 0` takes one per core. The
+//! console below works the same over all of them. `--connect ADDR --server-key HEX` runs one client
 //! (`--clients N`: N, each in its own thread) against such a server.
 //!
 //! # Backpressure
@@ -51,20 +55,22 @@
 //! ban IP_OR_PREFIX DURATION  e.g. `ban 192.0.2.0/24 10m` (s, m, h, d; `forever`): kicks and refuses
 //! unban IP_OR_PREFIX         lift that ban
 //! bans                       the bans in force
+//! stats                      one line per shard: clients, half-open handshakes, accepted,
+//!                            migrations, datagrams in and out, relayed between shards
 //! shutdown                   ERROR 2.1 to every client, wait for the acks (bounded), exit
 //! ```
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use tickwire::io::{ClientDriver, IoStats, ServerDriver, SocketConfig};
+use tickwire::io::{ClientDriver, IoStats, ServerDriver, Shard, ShardedServer, SocketConfig};
 use tickwire::{
-    ChannelId, ClientConfig, ClientId, ConnectionConfig, ConnectionStats, Event, IpPrefix,
-    SendError, Server, ServerConfig, ServerIdentity, ServerKey, MAX_MESSAGE_SIZE,
+    Ban, ChannelId, ClientConfig, ClientId, ClientInfo, ConnectionConfig, ConnectionStats, Event,
+    IpPrefix, SendError, Server, ServerConfig, ServerIdentity, ServerKey, MAX_MESSAGE_SIZE,
 };
 
 #[path = "common/backlog.rs"]
@@ -138,6 +144,10 @@ struct Args {
     /// allows all --clients.
     #[arg(long, value_name = "N")]
     max_per_ip: Option<usize>,
+    /// Server: shards, each a server on its own thread and SO_REUSEPORT socket (0: one per
+    /// core); 1 serves on one thread without SO_REUSEPORT.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=256))]
+    shards: u16,
 }
 
 impl Args {
@@ -231,15 +241,136 @@ fn connection_config() -> ConnectionConfig {
     }
 }
 
-fn run_local(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
+fn server_config(args: &Args) -> ServerConfig {
     let mut config = ServerConfig::new(ServerIdentity::generate());
     config.connection = connection_config();
+    if let Some(n) = args.max_per_ip {
+        config.max_clients_per_ip = n.max(1);
+        config.max_clients = config.max_clients.max(n);
+    }
+    config
+}
+
+/// The echo server: one [`ServerDriver`] on the calling thread, or shards on their own.
+enum Serving {
+    One(Box<ServerDriver>),
+    Sharded(ShardedServer, Vec<Shard>),
+}
+
+impl Serving {
+    fn bind(
+        addr: SocketAddr,
+        config: ServerConfig,
+        shards: u16,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        Ok(if shards == 1 {
+            Self::One(Box::new(ServerDriver::bind(
+                addr,
+                config,
+                SocketConfig::default(),
+            )?))
+        } else {
+            let (handle, shards) =
+                ShardedServer::bind(addr, config, SocketConfig::default(), usize::from(shards))?;
+            Self::Sharded(handle, shards)
+        })
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Self::One(d) => d.local_addr(),
+            Self::Sharded(h, _) => Ok(h.local_addr()),
+        }
+    }
+
+    fn public_key(&self) -> ServerKey {
+        match self {
+            Self::One(d) => d.server().public_key(),
+            Self::Sharded(h, _) => h.public_key(),
+        }
+    }
+
+    /// Serves until `stop`, `until` or the console's `shutdown`.
+    fn serve(
+        self,
+        stop: &Arc<AtomicBool>,
+        until: Option<Instant>,
+        console: Option<std::sync::mpsc::Receiver<String>>,
+        backlog: usize,
+    ) -> std::io::Result<ServerSummary> {
+        let log = console.is_some();
+        match self {
+            Self::One(driver) => {
+                let backlogs = Mutex::new(Backlogs::new(backlog, &connection_config()));
+                serve(*driver, stop, until, console.as_ref(), &backlogs, log)
+            }
+            Self::Sharded(handle, shards) => {
+                let backlogs: Vec<Arc<Mutex<Backlogs>>> = shards
+                    .iter()
+                    .map(|_| Arc::new(Mutex::new(Backlogs::new(backlog, &connection_config()))))
+                    .collect();
+                let threads: Vec<_> = shards
+                    .into_iter()
+                    .zip(&backlogs)
+                    .map(|(shard, backlogs)| {
+                        let (stop, backlogs) = (Arc::clone(stop), Arc::clone(backlogs));
+                        std::thread::spawn(move || serve(shard, &stop, until, None, &backlogs, log))
+                    })
+                    .collect();
+                // The console on this thread, over every shard.
+                let mut op = ShardsOperator {
+                    handle: handle.clone(),
+                    backlogs,
+                };
+                while !stop.load(Ordering::Relaxed)
+                    && until.is_none_or(|u| Instant::now() < u)
+                    && !threads.iter().all(|t| t.is_finished())
+                {
+                    let Some(lines) = &console else {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    };
+                    match lines.recv_timeout(Duration::from_millis(50)) {
+                        Ok(line) => {
+                            let (answer, shutdown) = console_command(&line, &mut op);
+                            if !answer.is_empty() {
+                                println!("{answer}");
+                            }
+                            if shutdown {
+                                handle.shutdown("server stopping");
+                                break;
+                            }
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    }
+                }
+                stop.store(true, Ordering::Relaxed);
+                let mut total: Option<ServerSummary> = None;
+                for t in threads {
+                    let s = t.join().expect("shard thread panicked")?;
+                    match &mut total {
+                        None => total = Some(s),
+                        Some(t) => t.add(&s),
+                    }
+                }
+                Ok(total.expect("at least one shard"))
+            }
+        }
+    }
+}
+
+fn run_local(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
+    let mut config = server_config(args);
     config.max_clients = args.clients().max(64);
     // Every client of the local run comes from 127.0.0.1.
     config.max_clients_per_ip = config.max_clients;
-    let driver = ServerDriver::bind("127.0.0.1:0".parse()?, config, SocketConfig::default())?;
-    let addr = driver.local_addr()?;
-    let key = driver.server().public_key();
+    config.max_pending_per_ip = config.max_pending;
+    let serving = Serving::bind("127.0.0.1:0".parse()?, config, args.shards)?;
+    let addr = serving.local_addr()?;
+    let key = serving.public_key();
     println!(
         "server on {addr}, {} clients, {:.1} s of sending, {} octet messages every {:?} \
          on channels 3 (reliable-ordered) and 0 (unreliable)",
@@ -254,7 +385,7 @@ fn run_local(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let server = {
         let stop = Arc::clone(&stop);
         let backlog = args.backlog;
-        std::thread::spawn(move || serve(driver, &stop, Some(hard_stop), None, backlog))
+        std::thread::spawn(move || serving.serve(&stop, Some(hard_stop), None, backlog))
     };
     let clients: Vec<_> = (0..args.clients())
         .map(|_| {
@@ -282,26 +413,18 @@ fn run_local(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
 }
 
 fn run_server_only(addr: SocketAddr, args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
-    let mut config = ServerConfig::new(ServerIdentity::generate());
-    config.connection = connection_config();
-    if let Some(n) = args.max_per_ip {
-        config.max_clients_per_ip = n.max(1);
-        config.max_clients = config.max_clients.max(n);
+    let serving = Serving::bind(addr, server_config(args), args.shards)?;
+    println!("server key: {}", serving.public_key());
+    println!("listening on {}", serving.local_addr()?);
+    if let Serving::Sharded(handle, _) = &serving {
+        println!("shards: {}", handle.shard_count());
     }
-    let driver = ServerDriver::bind(addr, config, SocketConfig::default())?;
-    println!("server key: {}", driver.server().public_key());
-    println!("listening on {}", driver.local_addr()?);
     let until = args
         .secs
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
     let console = spawn_console();
-    let summary = serve(
-        driver,
-        &AtomicBool::new(false),
-        until,
-        Some(&console),
-        args.backlog,
-    )?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let summary = serving.serve(&stop, until, Some(console), args.backlog)?;
     println!(
         "served {} connections, {} messages echoed, {}, io {}",
         summary.connections,
@@ -332,19 +455,87 @@ impl ServerSummary {
             self.backlog_dropped, self.backlog_disconnected
         )
     }
+
+    /// Adds another shard's figures.
+    fn add(&mut self, o: &ServerSummary) {
+        self.connections += o.connections;
+        self.echoed += o.echoed;
+        self.refused += o.refused;
+        self.backlog_dropped += o.backlog_dropped;
+        self.backlog_disconnected += o.backlog_disconnected;
+        self.io.datagrams_received += o.io.datagrams_received;
+        self.io.datagrams_sent += o.io.datagrams_sent;
+        self.io.send_would_block += o.io.send_would_block;
+        self.io.send_errors += o.io.send_errors;
+        self.io.wakeups += o.io.wakeups;
+    }
 }
 
-/// Echoes every message back on its channel until `stop` or `until`, then shuts down.
-/// Echoes the send queue has no room for wait in a backlog of at most `backlog_limit` octets
-/// per client (see the module's documentation).
-fn serve(
-    mut driver: ServerDriver,
+/// What `serve` needs of a [`ServerDriver`] or a [`Shard`] (they have the same methods).
+trait Driver {
+    fn server(&self) -> &Server;
+    fn server_mut(&mut self) -> &mut Server;
+    fn run_until_event(&mut self, max_wait: Option<Duration>) -> std::io::Result<Option<Event>>;
+    fn send(&mut self, client: ClientId, channel: ChannelId, data: &[u8]) -> Result<(), SendError>;
+    fn disconnect(&mut self, client: ClientId, reason: &str);
+    fn shutdown(&mut self, reason: &str);
+    fn recycle(&mut self, buf: Vec<u8>);
+    fn flush(&mut self) -> std::io::Result<()>;
+    fn io_stats(&self) -> IoStats;
+}
+
+macro_rules! impl_driver {
+    ($t:ty) => {
+        impl Driver for $t {
+            fn server(&self) -> &Server {
+                <$t>::server(self)
+            }
+            fn server_mut(&mut self) -> &mut Server {
+                <$t>::server_mut(self)
+            }
+            fn run_until_event(&mut self, w: Option<Duration>) -> std::io::Result<Option<Event>> {
+                <$t>::run_until_event(self, w)
+            }
+            fn send(&mut self, c: ClientId, ch: ChannelId, d: &[u8]) -> Result<(), SendError> {
+                <$t>::send(self, c, ch, d)
+            }
+            fn disconnect(&mut self, c: ClientId, reason: &str) {
+                <$t>::disconnect(self, c, reason)
+            }
+            fn shutdown(&mut self, reason: &str) {
+                <$t>::shutdown(self, reason)
+            }
+            fn recycle(&mut self, buf: Vec<u8>) {
+                <$t>::recycle(self, buf)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                <$t>::flush(self)
+            }
+            fn io_stats(&self) -> IoStats {
+                <$t>::io_stats(self)
+            }
+        }
+    };
+}
+impl_driver!(ServerDriver);
+impl_driver!(Shard);
+
+fn lock(b: &Mutex<Backlogs>) -> MutexGuard<'_, Backlogs> {
+    b.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Echoes every message back on its channel until `stop`, `until`, the console's `shutdown`
+/// or a shutdown from the shards' handle, then shuts down. Echoes the send queue has no room
+/// for wait in a backlog of at most its limit per client (see the module's documentation);
+/// the backlogs are behind a mutex only this thread and the console take.
+fn serve<D: Driver>(
+    mut driver: D,
     stop: &AtomicBool,
     until: Option<Instant>,
     console: Option<&std::sync::mpsc::Receiver<String>>,
-    backlog_limit: usize,
+    backlogs: &Mutex<Backlogs>,
+    log: bool,
 ) -> std::io::Result<ServerSummary> {
-    let log = console.is_some();
     let mut summary = ServerSummary {
         connections: 0,
         echoed: 0,
@@ -353,13 +544,20 @@ fn serve(
         backlog_disconnected: 0,
         io: IoStats::default(),
     };
-    // Echoes the send queue had no room for yet, and those behind them, per client, in order.
-    let mut backlogs = Backlogs::new(backlog_limit, &connection_config());
-    while !stop.load(Ordering::Relaxed) && until.is_none_or(|u| Instant::now() < u) {
+    while !stop.load(Ordering::Relaxed)
+        && until.is_none_or(|u| Instant::now() < u)
+        && !driver.server().is_shut_down()
+    {
         if let Some(lines) = console {
             let mut quit = false;
             while let Ok(line) = lines.try_recv() {
-                let (answer, shutdown) = console_command(&line, driver.server_mut(), &backlogs);
+                let io = driver.io_stats();
+                let mut op = OneOperator {
+                    server: driver.server_mut(),
+                    backlogs: &lock(backlogs),
+                    io,
+                };
+                let (answer, shutdown) = console_command(&line, &mut op);
                 if !answer.is_empty() {
                     println!("{answer}");
                 }
@@ -370,7 +568,9 @@ fn serve(
                 break;
             }
         }
-        match driver.run_until_event(Some(Duration::from_millis(50)))? {
+        let event = driver.run_until_event(Some(Duration::from_millis(50)))?;
+        let mut backlogs = lock(backlogs);
+        match event {
             Some(Event::Connected { client }) => {
                 summary.connections += 1;
                 if log {
@@ -423,7 +623,9 @@ fn serve(
         summary.backlog_dropped = backlogs.dropped;
         summary.backlog_disconnected = backlogs.disconnected;
     }
-    driver.shutdown("server stopping");
+    if !driver.server().is_shut_down() {
+        driver.shutdown("server stopping");
+    }
     let give_up = Instant::now() + CLOSE_TIMEOUT;
     while !driver.server().is_idle() && Instant::now() < give_up {
         driver.run_until_event(Some(Duration::from_millis(50)))?;
@@ -447,8 +649,105 @@ fn spawn_console() -> std::sync::mpsc::Receiver<String> {
     rx
 }
 
+/// What the console works on: one server, or every shard through their handle.
+trait Operator {
+    fn clients(&self) -> Vec<ClientInfo>;
+    fn backlog(&self, client: ClientId) -> usize;
+    fn kick(&mut self, client: ClientId, reason: &str) -> bool;
+    fn ban(&mut self, prefix: IpPrefix, duration: Option<Duration>) -> Vec<ClientId>;
+    fn unban(&mut self, prefix: IpPrefix) -> bool;
+    fn bans(&self) -> Vec<Ban>;
+    /// One line per shard.
+    fn stats(&self) -> Vec<String>;
+}
+
+struct OneOperator<'a> {
+    server: &'a mut Server,
+    backlogs: &'a Backlogs,
+    io: IoStats,
+}
+
+impl Operator for OneOperator<'_> {
+    fn clients(&self) -> Vec<ClientInfo> {
+        self.server.clients()
+    }
+    fn backlog(&self, client: ClientId) -> usize {
+        self.backlogs.bytes(client)
+    }
+    fn kick(&mut self, client: ClientId, reason: &str) -> bool {
+        self.server.kick(Instant::now(), client, reason)
+    }
+    fn ban(&mut self, prefix: IpPrefix, duration: Option<Duration>) -> Vec<ClientId> {
+        self.server.ban(Instant::now(), prefix, duration)
+    }
+    fn unban(&mut self, prefix: IpPrefix) -> bool {
+        self.server.unban(prefix)
+    }
+    fn bans(&self) -> Vec<Ban> {
+        self.server.bans(Instant::now())
+    }
+    fn stats(&self) -> Vec<String> {
+        let s = self.server.stats();
+        vec![format!(
+            "shard 0: clients={} pending={} accepted={} migrations={} datagrams_in={} datagrams_out={} relayed_in=0 relayed_out=0",
+            self.server.client_count(),
+            self.server.pending_count(),
+            s.connections_accepted,
+            s.migrations,
+            self.io.datagrams_received,
+            self.io.datagrams_sent
+        )]
+    }
+}
+
+struct ShardsOperator {
+    handle: ShardedServer,
+    backlogs: Vec<Arc<Mutex<Backlogs>>>,
+}
+
+impl Operator for ShardsOperator {
+    fn clients(&self) -> Vec<ClientInfo> {
+        self.handle.clients()
+    }
+    fn backlog(&self, client: ClientId) -> usize {
+        self.backlogs.iter().map(|b| lock(b).bytes(client)).sum()
+    }
+    fn kick(&mut self, client: ClientId, reason: &str) -> bool {
+        self.handle.kick(client, reason)
+    }
+    fn ban(&mut self, prefix: IpPrefix, duration: Option<Duration>) -> Vec<ClientId> {
+        self.handle.ban(prefix, duration)
+    }
+    fn unban(&mut self, prefix: IpPrefix) -> bool {
+        self.handle.unban(prefix)
+    }
+    fn bans(&self) -> Vec<Ban> {
+        self.handle.bans()
+    }
+    fn stats(&self) -> Vec<String> {
+        self.handle
+            .stats()
+            .iter()
+            .map(|r| {
+                format!(
+                    "shard {}: clients={} pending={} accepted={} migrations={} datagrams_in={} datagrams_out={} relayed_in={} relayed_out={}",
+                    r.info.index,
+                    r.clients,
+                    r.pending,
+                    r.server.connections_accepted,
+                    r.server.migrations,
+                    r.info.io.datagrams_received,
+                    r.info.io.datagrams_sent,
+                    r.info.relay.taken,
+                    r.info.relay.offered + r.info.relay.forwarded
+                )
+            })
+            .collect()
+    }
+}
+
 /// Runs one console command; returns the answer and whether to shut down.
-fn console_command(line: &str, server: &mut Server, backlogs: &Backlogs) -> (String, bool) {
+fn console_command(line: &str, op: &mut dyn Operator) -> (String, bool) {
     let now = Instant::now();
     let mut words = line.split_whitespace();
     let Some(cmd) = words.next() else {
@@ -456,7 +755,7 @@ fn console_command(line: &str, server: &mut Server, backlogs: &Backlogs) -> (Str
     };
     let answer = match cmd {
         "list" => {
-            let clients = server.clients();
+            let clients = op.clients();
             if clients.is_empty() {
                 "no clients".to_string()
             } else {
@@ -474,7 +773,7 @@ fn console_command(line: &str, server: &mut Server, backlogs: &Backlogs) -> (Str
                             c.stats.messages_received,
                             c.stats.bytes_sent,
                             c.stats.bytes_received,
-                            backlogs.bytes(c.id)
+                            op.backlog(c.id)
                         )
                     })
                     .collect::<Vec<_>>()
@@ -485,7 +784,7 @@ fn console_command(line: &str, server: &mut Server, backlogs: &Backlogs) -> (Str
             Some(Ok(id)) => {
                 let reason = words.collect::<Vec<_>>().join(" ");
                 let reason = if reason.is_empty() { "kicked" } else { &reason };
-                if server.kick(now, ClientId(id), reason) {
+                if op.kick(ClientId(id), reason) {
                     format!("kicked {id}: {reason}")
                 } else {
                     format!("error: no client {id}")
@@ -496,7 +795,7 @@ fn console_command(line: &str, server: &mut Server, backlogs: &Backlogs) -> (Str
         "ban" => match (words.next().map(str::parse::<IpPrefix>), words.next()) {
             (Some(Ok(prefix)), Some(d)) => match parse_duration(d) {
                 Ok(duration) => {
-                    let kicked = server.ban(now, prefix, duration);
+                    let kicked = op.ban(prefix, duration);
                     let how_long = duration.map_or("ever".to_string(), |d| format!(" {}s", d.as_secs()));
                     let kicked: Vec<String> = kicked.iter().map(|c| c.to_string()).collect();
                     format!("banned {prefix} for{how_long}; kicked [{}]", kicked.join(","))
@@ -508,7 +807,7 @@ fn console_command(line: &str, server: &mut Server, backlogs: &Backlogs) -> (Str
         },
         "unban" => match words.next().map(str::parse::<IpPrefix>) {
             Some(Ok(prefix)) => {
-                if server.unban(prefix) {
+                if op.unban(prefix) {
                     format!("unbanned {prefix}")
                 } else {
                     format!("error: no ban on {prefix}")
@@ -518,7 +817,7 @@ fn console_command(line: &str, server: &mut Server, backlogs: &Backlogs) -> (Str
             None => "error: usage: unban IP_OR_PREFIX".to_string(),
         },
         "bans" => {
-            let bans = server.bans(now);
+            let bans = op.bans();
             if bans.is_empty() {
                 "no bans".to_string()
             } else {
@@ -531,8 +830,9 @@ fn console_command(line: &str, server: &mut Server, backlogs: &Backlogs) -> (Str
                     .join("\n")
             }
         }
+        "stats" => op.stats().join("\n"),
         "shutdown" => return ("shutting down".to_string(), true),
-        "help" => "commands: list | kick ID [REASON] | ban IP_OR_PREFIX DURATION | unban IP_OR_PREFIX | bans | shutdown".to_string(),
+        "help" => "commands: list | kick ID [REASON] | ban IP_OR_PREFIX DURATION | unban IP_OR_PREFIX | bans | stats | shutdown".to_string(),
         other => format!("error: unknown command {other:?} (try help)"),
     };
     (answer, false)

@@ -68,10 +68,26 @@ fn say(stdin: &mut ChildStdin, line: &str) {
 
 #[test]
 fn operator_console_lists_kicks_bans_and_shuts_down() {
+    console_script(&[]);
+}
+
+/// The same console, unchanged, over two shards (`--shards 2`): every command answers for
+/// all of them.
+#[test]
+#[cfg(target_os = "linux")]
+fn operator_console_works_over_shards() {
+    let stats = console_script(&["--shards", "2"]);
+    assert!(stats.contains("shard 1: "), "{stats}");
+}
+
+/// Runs the console script against `echo --server` with `extra` arguments; returns the
+/// answer to `stats`.
+fn console_script(extra: &[&str]) -> String {
     let echo = echo_binary();
     let mut server = Guard(
         Command::new(&echo)
             .args(["--server", "127.0.0.1:0", "--secs", "60"])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -108,11 +124,19 @@ fn operator_console_lists_kicks_bans_and_shuts_down() {
     expect(&out, "unbanned 127.0.0.0/8");
     say(&mut stdin, "frobnicate");
     expect(&out, "error: unknown command");
+    say(&mut stdin, "stats");
+    let mut stats = expect(&out, "shard 0: clients=");
+    if extra.contains(&"--shards") {
+        stats.push('\n');
+        stats.push_str(&expect(&out, "shard 1: clients="));
+    }
+    assert!(stats.contains("accepted=1"), "{stats}");
     say(&mut stdin, "shutdown");
     expect(&out, "shutting down");
     expect(&out, "served ");
     let status = server.0.wait().unwrap();
     assert!(status.success());
+    stats
 }
 
 #[test]
@@ -168,4 +192,24 @@ fn game_example_runs_clean() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(stdout.contains("OK: every client"), "{stdout}");
+}
+
+/// Scale out: the token example runs 2 servers and clients through one backend that signs a
+/// connect token for one server's address per client (and a token for one server is refused
+/// by the other).
+#[test]
+fn token_backend_example_runs_clean() {
+    let example = example_binary("token_backend");
+    let mut child = Guard(
+        Command::new(&example)
+            .args(["--servers", "2", "--clients", "6"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let out = lines_of(&mut child.0);
+    let ok = expect(&out, "OK: ");
+    assert!(ok.contains("6 clients") && ok.contains("2 servers"), "{ok}");
+    assert!(child.0.wait().unwrap().success());
 }

@@ -504,3 +504,65 @@ fn wait_for_event_leaves_the_events_to_poll_event() {
     }
     assert_eq!(got.as_deref(), Some(&b"waited"[..]));
 }
+
+/// A server requiring connect tokens, set up by `ServerDriver::bind` alone (which gives it the
+/// wall clock and its bound address), admits a client through `ClientDriver::connect_with_token`
+/// with the id the token names, and refuses one without a token.
+#[test]
+fn connect_tokens_through_the_drivers() {
+    use tickwire::token::TokenSigner;
+    use tickwire::TokenPolicy;
+    let backend = TokenSigner::generate();
+    let mut config = ServerConfig::new(ServerIdentity::generate());
+    config.tokens = Some(TokenPolicy {
+        authority: backend.public_key(),
+        required: true,
+    });
+    let mut server = ServerDriver::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        config,
+        SocketConfig::default(),
+    )
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let key = server.server().public_key();
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 60;
+    let token = backend.issue(42, expires, &[addr]);
+    let mut with = ClientDriver::connect_with_token(
+        ClientConfig::new(key),
+        addr,
+        &token,
+        SocketConfig::default(),
+    )
+    .unwrap();
+    let mut without =
+        ClientDriver::connect(ClientConfig::new(key), addr, SocketConfig::default()).unwrap();
+    let (mut admitted, mut refused) = (None, None);
+    let give_up = deadline();
+    while (admitted.is_none() || refused.is_none()) && Instant::now() < give_up {
+        server.poll_once().unwrap();
+        while server.poll_event().is_some() {}
+        with.poll_once().unwrap();
+        while let Some(ev) = with.poll_event() {
+            match ev {
+                Event::Connected { client } => admitted = Some(client),
+                Event::Disconnected { reason, .. } => panic!("token refused: {reason}"),
+                _ => {}
+            }
+        }
+        without.poll_once().unwrap();
+        while let Some(ev) = without.poll_event() {
+            if let Event::Disconnected { reason, .. } = ev {
+                refused = Some(reason.to_string());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(admitted, Some(ClientId(42)));
+    assert!(refused.is_some(), "the client without a token is refused");
+    assert_eq!(server.server().stats().refused_token, 1);
+}

@@ -12,3 +12,4 @@ mod server;
 pub use admission::{Ban, BanList, IpPrefix, PrefixError};
 pub use client::{Client, Resumption};
 pub use server::{ClientInfo, Server, ServerStats};
+pub(crate) use server::{SharedAdmission, Unclaimed};

@@ -11,6 +11,18 @@ use crate::config::ClientConfig;
 use crate::endpoint::Client;
 use crate::types::{ChannelId, Event, SendError};
 
+/// The address a client socket for `server` is bound to: an ephemeral port on loopback for a
+/// loopback server (never exposed on other interfaces), else on the unspecified address of
+/// the server's family.
+fn local_for(server: SocketAddr) -> SocketAddr {
+    match server {
+        SocketAddr::V4(a) if a.ip().is_loopback() => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        SocketAddr::V6(a) if a.ip().is_loopback() => SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+    }
+}
+
 /// A [`Client`] driving a non-blocking UDP socket registered with its own mio
 /// [`Poll`](mio::Poll).
 ///
@@ -36,14 +48,25 @@ impl ClientDriver {
         server: SocketAddr,
         socket: SocketConfig,
     ) -> Result<Self, BindError> {
-        // A loopback server is reached from loopback (never exposed on other interfaces).
-        let local = match server {
-            SocketAddr::V4(a) if a.ip().is_loopback() => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            SocketAddr::V6(a) if a.ip().is_loopback() => SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
-            SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
-        };
-        Self::connect_from(local, config, server, socket)
+        Self::connect_from(local_for(server), config, server, socket)
+    }
+
+    /// Like [`ClientDriver::connect`], presenting `token` (a connect token from the game's
+    /// backend, see [`crate::token::TokenSigner::issue`]) in the client hello, as
+    /// [`Client::connect_with_token`] does.
+    ///
+    /// # Errors
+    /// As [`ClientDriver::connect`]; [`BindError::Config`] also for a token over 1024 octets.
+    pub fn connect_with_token(
+        config: ClientConfig,
+        server: SocketAddr,
+        token: &[u8],
+        socket: SocketConfig,
+    ) -> Result<Self, BindError> {
+        socket.validate()?;
+        let client = Client::connect_with_token(config, server, Instant::now(), token)?;
+        let udp = bind_socket(local_for(server), &socket)?;
+        Ok(Self::with_socket(client, udp, &socket)?)
     }
 
     /// Like [`ClientDriver::connect`], from a socket bound to `local`.

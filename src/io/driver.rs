@@ -18,6 +18,8 @@ use crate::types::Transmit;
 const SOCKET: Token = Token(0);
 /// The precise timer's token.
 const TIMER: Token = Token(1);
+/// The token of a [`mio::Waker`] (a shard's inbox).
+const WAKE: Token = Token(2);
 /// A receive buffer: any UDP datagram fits, and so does any GRO batch (the kernel coalesces
 /// at most 64 KiB), so none is truncated.
 const RECV_BUF: usize = 1 << 16;
@@ -98,6 +100,9 @@ pub(crate) trait Endpoint {
     fn has_event(&self) -> bool {
         false
     }
+    /// Called at the start of every pass (before the socket is read), with the socket
+    /// counters so far: a shard takes its inbox here.
+    fn service(&mut self, _io: &IoStats) {}
 }
 
 impl Endpoint for Server {
@@ -262,8 +267,15 @@ impl Io {
         self.pass(endpoint, true)
     }
 
+    /// A waker that ends this driver's wait in [`Poll::poll`] from another thread (the pass
+    /// that follows calls [`Endpoint::service`]).
+    pub(crate) fn waker(&self) -> io::Result<mio::Waker> {
+        mio::Waker::new(self.poll.registry(), WAKE)
+    }
+
     /// [`Io::pump`], reading the socket only if `read`.
     fn pass<E: Endpoint>(&mut self, endpoint: &mut E, read: bool) -> io::Result<()> {
+        endpoint.service(&self.stats);
         self.flush(endpoint)?;
         if read {
             self.read(endpoint)?;

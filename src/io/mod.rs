@@ -117,6 +117,7 @@
 mod client;
 mod driver;
 mod server;
+mod shards;
 mod socket;
 mod timer;
 
@@ -125,6 +126,7 @@ use std::fmt;
 pub use client::ClientDriver;
 pub use driver::IoStats;
 pub use server::ServerDriver;
+pub use shards::{RelayStats, Shard, ShardInfo, ShardReport, ShardedServer};
 pub use socket::{bind_socket, buffer_sizes, SocketConfig};
 
 use crate::config::ConfigError;

@@ -11,6 +11,22 @@ use crate::config::ServerConfig;
 use crate::endpoint::Server;
 use crate::types::{ChannelId, ClientId, Event, SendError};
 
+/// Gives `server` the wall clock and, with `tokens` and a specified `local` address, that
+/// address as one connect tokens may name.
+pub(crate) fn set_clock_and_addr(server: &mut Server, tokens: bool, local: SocketAddr) {
+    server.set_wall_clock(Instant::now(), unix_now());
+    if tokens && !local.ip().is_unspecified() {
+        server.add_public_addr(local);
+    }
+}
+
+/// Seconds since the Unix epoch by the system clock (0 if it is set before 1970).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A [`Server`] driving a non-blocking UDP socket registered with its own mio
 /// [`Poll`](mio::Poll).
 ///
@@ -34,6 +50,10 @@ impl ServerDriver {
     /// A server with `config` on a new socket bound to `addr` (port 0 picks a free one; see
     /// [`ServerDriver::local_addr`]).
     ///
+    /// The server is given the wall clock ([`Server::set_wall_clock`], for connect-token
+    /// expiry) and, with connect tokens ([`ServerConfig::tokens`]) on an address that is not
+    /// unspecified, the bound address as one tokens may name ([`Server::add_public_addr`]).
+    ///
     /// # Errors
     /// [`BindError::Config`] if `config` or `socket` is invalid, [`BindError::Io`] if the
     /// socket could not be set up or bound.
@@ -43,8 +63,10 @@ impl ServerDriver {
         socket: SocketConfig,
     ) -> Result<Self, BindError> {
         socket.validate()?;
-        let server = Server::new(config)?;
+        let tokens = config.tokens.is_some();
+        let mut server = Server::new(config)?;
         let udp = bind_socket(addr, &socket)?;
+        set_clock_and_addr(&mut server, tokens, udp.local_addr()?);
         Ok(Self::with_socket(server, udp, &socket)?)
     }
 

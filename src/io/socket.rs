@@ -92,6 +92,17 @@ impl SocketConfig {
 /// # Errors
 /// Any error of `socket`, `setsockopt` or `bind`.
 pub fn bind_socket(addr: SocketAddr, config: &SocketConfig) -> io::Result<mio::net::UdpSocket> {
+    bind_with(addr, config, false)
+}
+
+/// [`bind_socket`], with `SO_REUSEPORT` set before binding if `reuse_port` (so that several
+/// sockets of this process share `addr`; Linux spreads the datagrams of different peers
+/// over them by a hash of the peer's address and port).
+pub(crate) fn bind_with(
+    addr: SocketAddr,
+    config: &SocketConfig,
+    reuse_port: bool,
+) -> io::Result<mio::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(!config.dual_stack)?;
@@ -102,9 +113,31 @@ pub fn bind_socket(addr: SocketAddr, config: &SocketConfig) -> io::Result<mio::n
     if let Some(n) = config.send_buffer_bytes {
         socket.set_send_buffer_size(n)?;
     }
+    if reuse_port {
+        set_reuse_port(&socket)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(mio::net::UdpSocket::from_std(socket.into()))
+}
+
+#[cfg(all(
+    unix,
+    not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+))]
+fn set_reuse_port(socket: &Socket) -> io::Result<()> {
+    socket.set_reuse_port(true)
+}
+
+#[cfg(not(all(
+    unix,
+    not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))
+)))]
+fn set_reuse_port(_: &Socket) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "SO_REUSEPORT is not available on this system",
+    ))
 }
 
 /// The socket buffer sizes the system granted: `(receive, send)` in octets, as

@@ -31,6 +31,9 @@ impl Server {
                 return;
             }
         };
+        if self.redirect_resumption(from, hello.ticket, datagram) {
+            return;
+        }
         if self.bans.is_banned(now, from.ip()) {
             self.stats.refused_banned += 1;
             self.refuse(from, ErrorCode::CertificateInvalid, "banned");
@@ -71,11 +74,11 @@ impl Server {
             }
         }
         let ip = ip_key(from.ip());
-        let use_ = self.by_ip.get(&ip).copied().unwrap_or_default();
+        let use_ = self.ip_use(ip);
         let has_pending = self.pending.contains_key(&from);
         if !has_pending && use_.pending as usize >= self.config.max_pending_per_ip {
             self.expire_pending(now);
-            let use_ = self.by_ip.get(&ip).copied().unwrap_or_default();
+            let use_ = self.ip_use(ip);
             if use_.pending as usize >= self.config.max_pending_per_ip {
                 self.stats.handshakes_dropped_ip += 1;
                 return;
@@ -167,6 +170,33 @@ impl Server {
         );
     }
 
+    /// With shards: an AUTH resuming an id that another shard issued (the client's new
+    /// address hashed here) goes to that shard, which holds the ticket's secret and maybe the
+    /// old connection. Returns whether it was kept for it.
+    fn redirect_resumption(
+        &mut self,
+        from: SocketAddr,
+        ticket: Option<&[u8; handshake::TICKET_LEN]>,
+        datagram: &[u8],
+    ) -> bool {
+        let (Some(out), Some(ticket)) = (self.unclaimed.as_mut(), ticket) else {
+            return false;
+        };
+        let id = ClientId(u64::from_be_bytes(
+            ticket[..8].try_into().expect("8 octets"),
+        ));
+        if self.resumable.contains_key(&id) || out.len() >= MAX_UNCLAIMED {
+            return false;
+        }
+        match self.shared.tickets().get(&id) {
+            Some(&shard) if shard != self.shard => {
+                out.push((Some(shard), from, datagram.to_vec()));
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether a client at `from` resuming `client_id` (if any) replaces a connection it has:
     /// the connection of that id, or the one on its address (a restart).
     fn replaces(&self, client_id: Option<ClientId>, from: SocketAddr) -> bool {
@@ -177,10 +207,7 @@ impl Server {
     /// Refuses a new connection from `from` with ERROR 1.1, and counts it, if `max_clients`
     /// or its IP's `max_clients_per_ip` is reached; returns whether it did.
     fn refuse_past_connection_limits(&mut self, from: SocketAddr) -> bool {
-        let ip_conns = self
-            .by_ip
-            .get(&ip_key(from.ip()))
-            .map_or(0, |u| u.connections as usize);
+        let ip_conns = self.ip_use(ip_key(from.ip())).connections as usize;
         if self.connections.len() >= self.config.max_clients {
             self.stats.refused_full += 1;
             self.refuse(from, ErrorCode::NoSpace, "server full");
@@ -235,7 +262,11 @@ impl Server {
     pub(super) fn insert_pending(&mut self, from: SocketAddr, p: Pending) {
         self.pending_expiry.push_back((p.deadline, from));
         if self.pending.insert(from, p).is_none() {
-            self.by_ip.entry(ip_key(from.ip())).or_default().pending += 1;
+            self.shared
+                .by_ip()
+                .entry(ip_key(from.ip()))
+                .or_default()
+                .pending += 1;
         }
     }
 
@@ -313,18 +344,19 @@ impl Server {
                 } else {
                     0
                 };
-                while self
-                    .connections
-                    .contains_key(&ClientId(base | self.next_id))
-                    || self.resumable.contains_key(&ClientId(base | self.next_id))
-                {
-                    self.next_id += 1;
+                // One counter for every shard: ids are unique across them.
+                loop {
+                    let n = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+                    let id = ClientId(base | n);
+                    if !self.connections.contains_key(&id) && !self.resumable.contains_key(&id) {
+                        break id;
+                    }
                 }
-                let id = ClientId(base | self.next_id);
-                self.next_id += 1;
-                id
             }
         };
+        if self.unclaimed.is_some() {
+            self.shared.tickets().insert(id, self.shard);
+        }
         self.resumable.insert(
             id,
             Resumable {
@@ -356,7 +388,11 @@ impl Server {
         self.charged += conn.budget_used();
         self.connections.insert(id, conn);
         self.by_addr.insert(from, id);
-        self.by_ip.entry(ip_key(from.ip())).or_default().connections += 1;
+        self.shared
+            .by_ip()
+            .entry(ip_key(from.ip()))
+            .or_default()
+            .connections += 1;
         self.stats.connections_accepted += 1;
         self.events.push_back(Event::Connected { client: id });
     }
@@ -450,18 +486,19 @@ impl Server {
             use sha2::{Digest, Sha256};
             Sha256::digest(token).into()
         };
-        if let Some(&(first, _)) = self.token_uses.get(&digest) {
+        let mut uses = self.shared.token_uses();
+        if let Some(&(first, _)) = uses.get(&digest) {
             if first != from {
                 return Err("token already used from another address");
             }
         } else {
-            if self.token_uses.len() >= MAX_TOKEN_USES {
-                self.token_uses.retain(|_, (_, exp)| *exp > unix);
+            if uses.len() >= MAX_TOKEN_USES {
+                uses.retain(|_, (_, exp)| *exp > unix);
             }
-            if self.token_uses.len() >= MAX_TOKEN_USES {
+            if uses.len() >= MAX_TOKEN_USES {
                 return Err("too many tokens in use");
             }
-            self.token_uses.insert(digest, (from, t.expires));
+            uses.insert(digest, (from, t.expires));
         }
         Ok(Some(ClientId(t.client_id)))
     }

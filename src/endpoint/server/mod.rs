@@ -7,7 +7,8 @@ mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::admission::{ip_key, Ban, BanList, IpPrefix};
@@ -52,7 +53,7 @@ enum Reply {
 
 /// What one IP address (an IPv6 /64) holds: connections and half-open handshakes.
 #[derive(Debug, Clone, Copy, Default)]
-struct IpUse {
+pub(crate) struct IpUse {
     connections: u32,
     pending: u32,
 }
@@ -93,6 +94,54 @@ const MAX_TRIALS_PER_SEC: u32 = 4096;
 const TRANSMIT_TURN: u32 = 2;
 /// Token uses remembered (to refuse a token from a second address) at most.
 const MAX_TOKEN_USES: usize = 1 << 16;
+
+/// A datagram for another shard: `(shard, from, datagram)`, `None` for every other shard.
+pub(crate) type Unclaimed = (Option<usize>, SocketAddr, Vec<u8>);
+
+/// Sealed datagrams from unknown addresses kept for the other shards between two drains
+/// (see [`Server::take_unclaimed`]) at most.
+const MAX_UNCLAIMED: usize = 1024;
+
+/// What the servers of one [`crate::io::ShardedServer`] share: the client id counter, the
+/// connections and half-open handshakes per IP, and the connect-token uses. Each map is
+/// behind one small lock taken only when a handshake is answered or finishes, a connection
+/// ends or moves: never per datagram. A lone [`Server`] has one of its own (uncontended).
+#[derive(Debug)]
+pub(crate) struct SharedAdmission {
+    /// The next id a server picks (ids are unique across the shards).
+    next_id: AtomicU64,
+    by_ip: Mutex<HashMap<u128, IpUse>>,
+    token_uses: Mutex<HashMap<[u8; 32], (SocketAddr, u64)>>,
+    /// Which shard can resume each id (the one that issued its ticket).
+    tickets: Mutex<HashMap<ClientId, usize>>,
+}
+
+impl Default for SharedAdmission {
+    fn default() -> Self {
+        Self {
+            next_id: AtomicU64::new(1),
+            by_ip: Mutex::new(HashMap::new()),
+            token_uses: Mutex::new(HashMap::new()),
+            tickets: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl SharedAdmission {
+    pub(crate) fn by_ip(&self) -> MutexGuard<'_, HashMap<u128, IpUse>> {
+        self.by_ip.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn token_uses(&self) -> MutexGuard<'_, HashMap<[u8; 32], (SocketAddr, u64)>> {
+        self.token_uses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn tickets(&self) -> MutexGuard<'_, HashMap<ClientId, usize>> {
+        self.tickets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 /// Counters of the server as a whole (per-connection ones are in [`ConnectionStats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -179,7 +228,16 @@ pub struct Server {
     connections: IdMap<ClientId, Connection>,
     by_addr: HashMap<SocketAddr, ClientId>,
     pending: HashMap<SocketAddr, Pending>,
-    next_id: u64,
+    /// Whether [`Server::shutdown`] was called.
+    shut_down: bool,
+    /// The id counter and per-IP and token-use tables (shared between shards).
+    shared: Arc<SharedAdmission>,
+    /// With shards: this shard's index, and the datagrams for other shards: sealed ones from
+    /// unknown addresses that no connection here opened, for every other shard to try (a
+    /// client whose new address hashed to this shard), and AUTHs resuming an id another
+    /// shard issued, for that shard (`Some(index)`).
+    shard: usize,
+    unclaimed: Option<Vec<Unclaimed>>,
     events: VecDeque<Event>,
     /// Handshake datagrams to send, at most [`MAX_REPLY_QUEUE`] (written when polled, so an
     /// answer costs no allocation).
@@ -197,7 +255,6 @@ pub struct Server {
     stats: ServerStats,
     bans: BanList,
     resumable: IdMap<ClientId, Resumable>,
-    token_uses: HashMap<[u8; 32], (SocketAddr, u64)>,
     wall_clock: Option<(Instant, u64)>,
     last_now: Instant,
     /// One info line per interval for refused handshakes.
@@ -219,8 +276,6 @@ pub struct Server {
     trials: (u64, u32),
     /// Reused list of connections a datagram from an unknown address is tried against.
     candidates: Vec<(bool, ClientId)>,
-    /// Connections and half-open handshakes per IP (IPv6 per /64).
-    by_ip: HashMap<u128, IpUse>,
     /// The secret retry cookies are MACed under (random per server).
     retry_secret: [u8; 32],
     /// The server's clock for cookies: set by the first datagram.
@@ -245,6 +300,24 @@ impl Server {
     /// # Errors
     /// [`ConfigError`] if the configuration is invalid.
     pub fn new(config: ServerConfig) -> Result<Self, ConfigError> {
+        Self::with_shared(config, Arc::default(), None)
+    }
+
+    /// A server that shares `shared` with the other shards of a
+    /// [`crate::io::ShardedServer`], keeping sealed datagrams it cannot place for them.
+    pub(crate) fn new_shard(
+        config: ServerConfig,
+        shared: Arc<SharedAdmission>,
+        index: usize,
+    ) -> Result<Self, ConfigError> {
+        Self::with_shared(config, shared, Some(index))
+    }
+
+    fn with_shared(
+        config: ServerConfig,
+        shared: Arc<SharedAdmission>,
+        shard: Option<usize>,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let conn_config = Arc::new(config.connection.clone());
         let channels_digest = handshake::channels_digest(&conn_config.channels);
@@ -255,7 +328,10 @@ impl Server {
             connections: IdMap::default(),
             by_addr: HashMap::new(),
             pending: HashMap::new(),
-            next_id: 1,
+            shut_down: false,
+            shared,
+            shard: shard.unwrap_or(0),
+            unclaimed: shard.map(|_| Vec::new()),
             events: VecDeque::new(),
             handshake_out: VecDeque::new(),
             dirty: VecDeque::new(),
@@ -265,7 +341,6 @@ impl Server {
             stats: ServerStats::default(),
             bans: BanList::default(),
             resumable: IdMap::default(),
-            token_uses: HashMap::new(),
             wall_clock: None,
             last_now: Instant::now(),
             refusal_log: crate::log::LogLimit::default(),
@@ -275,7 +350,6 @@ impl Server {
             channels_digest,
             pending_expiry: VecDeque::new(),
             resumable_expiry: VecDeque::new(),
-            by_ip: HashMap::new(),
             trials: (0, 0),
             candidates: Vec::new(),
             retry_secret: {
@@ -435,6 +509,7 @@ impl Server {
 
     /// Closes every connection with ERROR 2.1 (server disconnect).
     pub fn shutdown(&mut self, now: Instant, reason: &str) {
+        self.shut_down = true;
         for (id, conn) in &mut self.connections {
             charge(&mut self.charged, conn, |c| {
                 c.close(now, ErrorCode::ServerDisconnect, reason)
@@ -447,6 +522,12 @@ impl Server {
         for a in ips {
             self.remove_pending(&a);
         }
+    }
+
+    /// Whether [`Server::shutdown`] was called (new handshakes still proceed: refuse them
+    /// with an empty allow-list if the server is to take no more).
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down
     }
 
     /// Whether no connection is left (after [`Server::shutdown`], the server may stop).
@@ -576,11 +657,19 @@ impl Server {
                 return;
             }
         };
-        if header.flags.contains(Flags::ENCRYPTED)
-            && seal::packet_number(&header) != 0
-            && self.try_migration(now, from, datagram)
-        {
-            return;
+        if header.flags.contains(Flags::ENCRYPTED) && seal::packet_number(&header) != 0 {
+            let limited = self.stats.migration_trials_limited;
+            if self.try_migration(now, from, datagram) {
+                return;
+            }
+            if let Some(out) = self.unclaimed.as_mut() {
+                // Searched here in vain (not cut off by the trial budget): another shard may
+                // own it.
+                if limited == self.stats.migration_trials_limited && out.len() < MAX_UNCLAIMED {
+                    out.push((None, from, datagram.to_vec()));
+                    return;
+                }
+            }
         }
         let packet = Packet::parse(datagram).expect("parsed above");
         match packet.body {
@@ -608,6 +697,48 @@ impl Server {
         }
     }
 
+    /// Takes the sealed datagrams from unknown addresses that no connection of this shard
+    /// opened, for the other shards to try with [`Server::handle_relayed`] (always empty for a
+    /// server that is not a shard).
+    pub(crate) fn take_unclaimed(&mut self, into: &mut Vec<Unclaimed>) {
+        if let Some(out) = self.unclaimed.as_mut() {
+            into.append(out);
+        }
+    }
+
+    /// A datagram another shard received from `from` and could not place: handled as if it
+    /// had arrived here if `from` is a known address or it is an AUTH (one resuming an id this
+    /// shard issued), else tried as a migration of one of this shard's connections. Returns
+    /// whether this shard owns `from` now (its datagrams should come here); nothing is kept
+    /// for the other shards.
+    pub(crate) fn handle_relayed(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &mut [u8],
+    ) -> bool {
+        self.last_now = now;
+        let unclaimed = self.unclaimed.take();
+        let auth = datagram
+            .first()
+            .is_some_and(|b| b & 0x0F == PacketType::Auth.to_bits());
+        let owned = if self.knows_addr(&from) || auth {
+            self.handle_datagram(now, from, datagram);
+            self.knows_addr(&from)
+        } else {
+            Packet::parse(datagram).is_ok_and(|p| {
+                p.header.flags.contains(Flags::ENCRYPTED) && seal::packet_number(&p.header) != 0
+            }) && self.try_migration(now, from, datagram)
+        };
+        self.unclaimed = unclaimed;
+        owned
+    }
+
+    /// Whether `addr` is a connection's or a half-open handshake's address here.
+    pub(crate) fn knows_addr(&self, addr: &SocketAddr) -> bool {
+        self.by_addr.contains_key(addr) || self.pending.contains_key(addr)
+    }
+
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
@@ -621,6 +752,12 @@ impl Server {
                 .is_some_and(|r| r.until == Some(until))
             {
                 self.resumable.remove(&id);
+                if self.unclaimed.is_some() {
+                    let mut tickets = self.shared.tickets();
+                    if tickets.get(&id) == Some(&self.shard) {
+                        tickets.remove(&id);
+                    }
+                }
             }
         }
         // Only the connections whose deadline has come. They are taken first and run after:

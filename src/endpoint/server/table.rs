@@ -7,12 +7,18 @@ impl Server {
     /// Updates the use of `ip` and forgets it when nothing is left.
     pub(super) fn release_ip(&mut self, ip: std::net::IpAddr, f: impl FnOnce(&mut IpUse)) {
         let key = ip_key(ip);
-        if let Some(u) = self.by_ip.get_mut(&key) {
+        let mut by_ip = self.shared.by_ip();
+        if let Some(u) = by_ip.get_mut(&key) {
             f(u);
             if u.connections == 0 && u.pending == 0 {
-                self.by_ip.remove(&key);
+                by_ip.remove(&key);
             }
         }
+    }
+
+    /// What `key` (see [`ip_key`]) holds, across every shard.
+    pub(super) fn ip_use(&self, key: u128) -> IpUse {
+        self.shared.by_ip().get(&key).copied().unwrap_or_default()
     }
 
     /// Removes connection `id` from the table and the address maps; returns it.
@@ -125,7 +131,11 @@ impl Server {
             self.release_ip(old.ip(), |u| {
                 u.connections = u.connections.saturating_sub(1)
             });
-            self.by_ip.entry(ip_key(new.ip())).or_default().connections += 1;
+            self.shared
+                .by_ip()
+                .entry(ip_key(new.ip()))
+                .or_default()
+                .connections += 1;
         }
         self.stats.migrations += 1;
     }
