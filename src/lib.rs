@@ -125,7 +125,7 @@ pub use endpoint::{
 };
 pub use pipeline::ReassemblyConfig;
 pub use types::{
-    ChannelId, ChannelStats, ClientId, ConnectionStats, DisconnectReason, Event, SendError,
-    Transmit,
+    ChannelId, ChannelStats, ClientId, ConnectionStats, DisconnectReason, Event, SendBudget,
+    SendError, Transmit,
 };
 pub use wire::ErrorCode;

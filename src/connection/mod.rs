@@ -37,7 +37,8 @@ use crate::pipeline::{
     SendOptions,
 };
 use crate::types::{
-    ChannelId, ChannelStats, ClientId, ConnectionStats, DisconnectReason, Event, SendError,
+    ChannelId, ChannelStats, ClientId, ConnectionStats, DisconnectReason, Event, SendBudget,
+    SendError,
 };
 use crate::wire::frame::{self, Frame, Frames};
 use crate::wire::{
@@ -459,6 +460,31 @@ impl Connection {
         s.receive_buffered_bytes = self.budget.received(self.reassembler.reserved_bytes()) as u64;
         s.send_queued_bytes = self.budget.queued as u64;
         s
+    }
+
+    /// What can be sent now without queueing (see [`SendBudget`]).
+    pub fn send_budget(&self, now: Instant) -> SendBudget {
+        let window = self.cc.window();
+        let in_flight = self.in_flight + self.unreliable_in_flight;
+        let srtt = self.rtt.srtt();
+        let tokens = self.cc.tokens_at(now, srtt).max(0.0) as u64;
+        let channel_queued_bytes: Vec<u64> =
+            self.send_channels.iter().map(|c| c.queued as u64).collect();
+        let queued_bytes: u64 = channel_queued_bytes.iter().sum();
+        let room = window.saturating_sub(in_flight).min(tokens);
+        let per_rtt = (window as f64 / srtt.as_secs_f64().max(0.001)) as u64;
+        SendBudget {
+            bytes_now: if self.state == State::Connected {
+                room.saturating_sub(queued_bytes)
+            } else {
+                0
+            },
+            bytes_per_second: per_rtt.min(self.cc.pacing_rate(srtt)),
+            window,
+            in_flight,
+            queued_bytes,
+            channel_queued_bytes,
+        }
     }
 
     /// Starts a graceful close with `code` (2.x) and a message for the peer's logs.
