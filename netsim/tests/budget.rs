@@ -94,3 +94,43 @@ fn budget_rate_follows_the_link() {
         );
     }
 }
+
+/// An unreliable message still queued past `unreliable_deadline` is dropped and counted, never
+/// sent late, even when the application asks for datagrams before the timer that drops it ran.
+#[test]
+fn unreliable_past_its_deadline_is_dropped_never_sent_late() {
+    let link = LinkConfig::perfect().with_delay(Duration::from_millis(5));
+    let mut sim = Simulation::new(ServerConfig::new(ServerIdentity::generate()), 1, link, 9);
+    sim.run_until_connected(Duration::from_secs(10)).unwrap();
+    sim.run_for(Duration::from_millis(50)).unwrap();
+    sim.take_server_messages();
+    let now = sim.now();
+    for i in 0..10u8 {
+        sim.client_mut(0)
+            .send(now, ChannelId::UNRELIABLE, &[i; 100])
+            .unwrap();
+    }
+    // The deadline (200 ms by default) passes with no call to `handle_timeout`.
+    let late = now + Duration::from_millis(250);
+    let from = sim.clients()[0].addr;
+    let mut buf = vec![0u8; 2048];
+    let mut datagrams = Vec::new();
+    for _ in 0..100 {
+        let Some(t) = sim.client_mut(0).poll_transmit(late, &mut buf) else {
+            break;
+        };
+        datagrams.push(buf[..t.len].to_vec());
+    }
+    for mut d in datagrams {
+        sim.server_mut().handle_datagram(late, from, &mut d);
+    }
+    let mut messages = 0;
+    while let Some(e) = sim.server_mut().poll_event() {
+        messages += usize::from(matches!(e, tickwire::Event::Message { .. }));
+    }
+    assert_eq!(messages, 0, "a message went out past its deadline");
+    let stats = sim.client(0).stats();
+    assert_eq!(stats.unreliable_dropped, 10);
+    assert_eq!(stats.channels[0].dropped_unsent, 10);
+    assert_eq!(stats.channels[0].queued_messages, 0);
+}

@@ -347,6 +347,19 @@ impl Connection {
                 .queue
                 .front()
                 .expect("next_lane picks a channel with messages");
+            if !reliable
+                && now.saturating_duration_since(q.enqueued) >= self.config.unreliable_deadline
+            {
+                // Past its deadline (the timer that drops it has not run yet): never sent late.
+                let q = ch.queue.pop_front().expect("front checked");
+                ch.queued -= message_cost(q.data.len(), q.data.capacity());
+                self.stats.unreliable_dropped += 1;
+                self.channel_stats[ci].dropped_unsent += 1;
+                if self.pool.len() < POOL_LIMIT {
+                    self.pool.push(q.data);
+                }
+                continue;
+            }
             let seq = ch.mode.is_sequenced().then_some(ch.next_seq);
             let frame_len = frame::message_frame_len(q.data.len(), seq.is_some());
             let alone = plain.is_empty() && frame_len > PACKET_PLAINTEXT;
