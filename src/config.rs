@@ -97,7 +97,9 @@ impl ChannelConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionConfig {
     /// The channels, indexed by [`crate::ChannelId`]; at most 256, the same on both sides.
-    /// Default: 0 unreliable, 1 unreliable-sequenced, 2 reliable-unordered, 3 reliable-ordered.
+    /// Default: 0 unreliable, 1 unreliable-sequenced, 2 reliable-unordered, 3 reliable-ordered
+    /// (all priority 0), 4 the bulk lane ([`crate::ChannelId::BULK`]: reliable-ordered at
+    /// priority 255, the lowest).
     pub channels: Vec<ChannelConfig>,
     /// The largest message `send` accepts and a peer may send (at most [`MAX_MESSAGE_SIZE`],
     /// 251,916). Default 65,536 (64 KiB).
@@ -146,7 +148,8 @@ pub struct ConnectionConfig {
 
 impl Default for ConnectionConfig {
     /// One channel of each mode (0 unreliable, 1 sequenced, 2 reliable-unordered, 3
-    /// reliable-ordered), 64 KiB messages, PING after 250 ms idle, 10 s timeout.
+    /// reliable-ordered) and the bulk lane (4, reliable-ordered at the lowest priority), 64 KiB
+    /// messages, PING after 250 ms idle, 10 s timeout.
     fn default() -> Self {
         Self {
             channels: vec![
@@ -154,6 +157,7 @@ impl Default for ConnectionConfig {
                 ChannelConfig::new(DeliveryMode::UnreliableSequenced),
                 ChannelConfig::new(DeliveryMode::ReliableUnordered),
                 ChannelConfig::new(DeliveryMode::ReliableOrdered),
+                ChannelConfig::new(DeliveryMode::ReliableOrdered).with_priority(u8::MAX),
             ],
             max_message_size: 64 * 1024,
             heartbeat_interval: Duration::from_millis(250),

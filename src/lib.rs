@@ -7,6 +7,13 @@
 //! reassembled, resending only missing fragments), heartbeats, timeouts, graceful closes and
 //! per-connection statistics.
 //!
+//! The default channels ([`ConnectionConfig::channels`]) are one of each mode, 0 to 3
+//! ([`ChannelId::UNRELIABLE`], [`ChannelId::SEQUENCED`], [`ChannelId::RELIABLE_UNORDERED`],
+//! [`ChannelId::RELIABLE_ORDERED`]), and the bulk lane, 4 ([`ChannelId::BULK`]):
+//! reliable-ordered at the lowest lane priority, for downloads that must not delay game
+//! traffic. Each tick a game can read what the path takes now ([`Server::send_budget`],
+//! [`Client::send_budget`], a [`SendBudget`]) and size what it sends by it.
+//!
 //! # Architecture
 //! The public API is the crate root, [`io`] (the drivers), [`token`] (connect tokens) and
 //! [`wire`]; the rest is internal (a newcomer reads it in this order):

@@ -34,6 +34,11 @@ impl ChannelId {
     /// Channel 3 of the default configuration: reliable and in order. For chat, commands,
     /// anything that must arrive in sequence.
     pub const RELIABLE_ORDERED: ChannelId = ChannelId(3);
+    /// Channel 4 of the default configuration: the bulk lane, reliable and in order at the
+    /// lowest lane priority (255). For downloads (maps, replays, assets): its octets go out
+    /// only when no other channel has messages queued, and a large bulk message already on
+    /// its way yields to game messages between its datagrams.
+    pub const BULK: ChannelId = ChannelId(4);
 }
 
 /// Something that happened on an endpoint, taken with `poll_event`.

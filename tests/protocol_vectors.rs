@@ -112,6 +112,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("resume_ephemeral_public", "0257e977f6db7e33c3fe7acf2842ed987009caf56d458682fca447b7d3d762ab34"),
     ("resume_ticket", "0000000000000001ed9acd68706bcc69262f105eb33504581c233c72ed34838febe53dc605c5bd58"),
     ("channels_digest", "18925dac"),
+    ("channels_digest_default", "0b85f1a8"),
     ("client_auth_with_channels", "020000000021020217e617f0b6443928278f96999e69a23a4f2c152bdf6d6cdf66e5b80282d4ed007700137469636b77697265207465737420746f6b656e00000418925dac00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"),
     ("retry_cookie", "000000074bedc987f5ea5188e21e2879b770b39a"),
     ("retry", "0200000000000014000000074bedc987f5ea5188e21e2879b770b39a"),
@@ -516,8 +517,10 @@ fn compute() -> BTreeMap<&'static str, Vec<u8>> {
     let hello = handshake::parse_hello(&auth[41..]).unwrap();
     assert_eq!(hello.token, TOKEN);
     assert_eq!(hello.cookie, Some(&cookie));
-    // The channel digest of the default configuration, and the client AUTH carrying it.
-    let digest = handshake::channels_digest(&ConnectionConfig::default().channels);
+    // The channel digest of the four channels 0 unreliable, 1 sequenced, 2 reliable-unordered,
+    // 3 reliable-ordered (the default before the bulk lane), and the client AUTH carrying it.
+    let four: Vec<_> = ConnectionConfig::default().channels[..4].to_vec();
+    let digest = handshake::channels_digest(&four);
     let mut input = b"tickwire v0 channels".to_vec();
     input.extend_from_slice(&[0, 4, 0, 1, 2, 3]);
     let want: [u8; 32] = Sha256::digest(&input).into();
@@ -531,6 +534,14 @@ fn compute() -> BTreeMap<&'static str, Vec<u8>> {
         Some(&digest)
     );
     v.insert("channels_digest", digest.to_vec());
+    // The default configuration's: those four and the bulk lane (reliable-ordered; lane
+    // priorities are not part of the digest).
+    let default_digest = handshake::channels_digest(&ConnectionConfig::default().channels);
+    let mut input = b"tickwire v0 channels".to_vec();
+    input.extend_from_slice(&[0, 5, 0, 1, 2, 3, 3]);
+    let want: [u8; 32] = Sha256::digest(&input).into();
+    assert_eq!(default_digest, want[..4]);
+    v.insert("channels_digest_default", default_digest.to_vec());
     v.insert("client_auth_with_channels", channels_auth);
     v.insert("retry_cookie", cookie.to_vec());
     v.insert("retry", retry);
