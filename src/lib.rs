@@ -3,9 +3,10 @@
 //! A game links tickwire into its server and its clients. It gives them authenticated,
 //! encrypted connections (P-256 key exchange, a pinned server key, AES-128-GCM on every packet),
 //! channels with the delivery guarantees games need ([`DeliveryMode`]: unreliable, sequenced,
-//! reliable-unordered, reliable-ordered), messages of 64 KiB by default and up to about 246 KiB (fragmented and
-//! reassembled, resending only missing fragments), heartbeats, timeouts, graceful closes and
-//! per-connection statistics.
+//! reliable-unordered, reliable-ordered), messages of 64 KiB by default and up to 16 MiB
+//! (fragmented and reassembled, resending only missing fragments; above about 246 KiB, on
+//! reliable-ordered channels, in parts of one packet each), heartbeats, timeouts, graceful
+//! closes and per-connection statistics.
 //!
 //! The default channels ([`ConnectionConfig::channels`]) are one of each mode, 0 to 3
 //! ([`ChannelId::UNRELIABLE`], [`ChannelId::SEQUENCED`], [`ChannelId::RELIABLE_UNORDERED`],
@@ -124,7 +125,7 @@ mod pipeline;
 
 pub use config::{
     ChannelConfig, ClientConfig, ConfigError, ConnectionConfig, DeliveryMode, RetryPolicy,
-    ServerConfig, ServerKeyPolicy, TokenPolicy, MAX_MESSAGE_SIZE,
+    ServerConfig, ServerKeyPolicy, TokenPolicy, MAX_LARGE_MESSAGE_SIZE, MAX_MESSAGE_SIZE,
 };
 pub use crypto::{KeyError, ServerIdentity, ServerKey};
 pub use endpoint::{

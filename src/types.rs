@@ -311,9 +311,16 @@ pub struct ConnectionStats {
     /// reassembly buffers and reusable buffers.
     pub memory_bytes: u64,
     /// Octets charged to the receive budget now (`ConnectionConfig::receive_buffer_bytes`):
-    /// messages not yet taken by `poll_event`, messages held for ordering, and packets in
-    /// reassembly.
+    /// messages not yet taken by `poll_event`, messages held for ordering, packets in
+    /// reassembly, and `assembling_bytes`.
     pub receive_buffered_bytes: u64,
+    /// Octets reserved now for messages too large for one packet whose parts are arriving
+    /// (each its whole length + `MESSAGE_OVERHEAD`, from its first part until it is whole; at
+    /// most one per reliable-ordered channel). Included in `receive_buffered_bytes`, on top of
+    /// the receive limit.
+    pub assembling_bytes: u64,
+    /// Messages too large for one packet received whole (assembled from their parts).
+    pub large_messages_received: u64,
     /// Octets charged to the send budget now (`ConnectionConfig::send_queue_bytes`): queued
     /// reliable messages and unacknowledged ones, each counted as its length plus
     /// `MESSAGE_OVERHEAD`.

@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{ConnectionConfig, DeliveryMode};
+use crate::config::{ConnectionConfig, DeliveryMode, MAX_MESSAGE_SIZE};
 use crate::pipeline::{
     encode_into, fragment, seal, Decoder, FragmentBitmap, PacketKey, Reassembler, Reassembly, Seal,
     SendOptions,
@@ -47,7 +47,7 @@ use crate::wire::{
 };
 use budget::{message_cost, Admit, Budget, Incoming};
 use builder::Job;
-use channels::{Queued, RecvChannel, SendChannel, SeqRange};
+use channels::{Part, Queued, RecvChannel, SendChannel, SeqRange};
 use congestion::Congestion;
 use path::{Challenge, PATH_CHALLENGE};
 use recv::{Receiver, Seen};
@@ -331,6 +331,7 @@ impl Connection {
                 mode: c.mode,
                 seq: None,
                 held: VecDeque::new(),
+                assembly: None,
             })
             .collect();
         let mut receiver = Receiver::new();
@@ -457,7 +458,9 @@ impl Connection {
         s.congestion_window = self.cc.window();
         s.send_rate = self.cc.pacing_rate(self.rtt.srtt());
         s.memory_bytes = self.memory_bytes() as u64;
-        s.receive_buffered_bytes = self.budget.received(self.reassembler.reserved_bytes()) as u64;
+        s.receive_buffered_bytes = (self.budget.received(self.reassembler.reserved_bytes())
+            + self.budget.assembling) as u64;
+        s.assembling_bytes = self.budget.assembling as u64;
         s.send_queued_bytes = self.budget.queued as u64;
         s
     }
@@ -795,7 +798,23 @@ impl Connection {
                 }
                 Ok(Frame::Message { channel, seq, data }) => {
                     carried_message = true;
-                    if let Err(code) = self.deliver(channel, seq, data, messages, events) {
+                    if let Err(code) = self.deliver(channel, seq, None, data, messages, events) {
+                        violation = Some(code);
+                        break;
+                    }
+                }
+                Ok(Frame::MessagePart {
+                    channel,
+                    seq,
+                    total,
+                    offset,
+                    data,
+                }) => {
+                    carried_message = true;
+                    let part = Some(Part { total, offset });
+                    if let Err(code) =
+                        self.deliver(channel, Some(seq), part, data, messages, events)
+                    {
                         violation = Some(code);
                         break;
                     }
