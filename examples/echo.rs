@@ -69,6 +69,8 @@ use tickwire::{
 
 #[path = "common/backlog.rs"]
 mod backlog;
+#[path = "common/bulk.rs"]
+mod bulk;
 
 use backlog::{Backlog, Backlogs, Sent, DEFAULT_BACKLOG_BYTES};
 
@@ -138,6 +140,11 @@ struct Args {
     /// allows all --clients.
     #[arg(long, value_name = "N")]
     max_per_ip: Option<usize>,
+    /// Server: send each client, once connected, one message of SIZE octets (e.g. 4MiB, at
+    /// most 16MiB) on the bulk lane (channel 4), a pattern derived from SIZE: the download
+    /// `soak --bulk` checks. Clients must allow messages that large.
+    #[arg(long, value_name = "SIZE", value_parser = bulk::size, requires = "server")]
+    bulk: Option<usize>,
 }
 
 impl Args {
@@ -254,7 +261,7 @@ fn run_local(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let server = {
         let stop = Arc::clone(&stop);
         let backlog = args.backlog;
-        std::thread::spawn(move || serve(driver, &stop, Some(hard_stop), None, backlog))
+        std::thread::spawn(move || serve(driver, &stop, Some(hard_stop), None, backlog, None))
     };
     let clients: Vec<_> = (0..args.clients())
         .map(|_| {
@@ -283,7 +290,7 @@ fn run_local(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
 
 fn run_server_only(addr: SocketAddr, args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let mut config = ServerConfig::new(ServerIdentity::generate());
-    config.connection = connection_config();
+    config.connection = bulk::with_bulk(connection_config(), args.bulk);
     if let Some(n) = args.max_per_ip {
         config.max_clients_per_ip = n.max(1);
         config.max_clients = config.max_clients.max(n);
@@ -301,6 +308,7 @@ fn run_server_only(addr: SocketAddr, args: &Args) -> Result<bool, Box<dyn std::e
         until,
         Some(&console),
         args.backlog,
+        args.bulk,
     )?;
     println!(
         "served {} connections, {} messages echoed, {}, io {}",
@@ -336,14 +344,19 @@ impl ServerSummary {
 
 /// Echoes every message back on its channel until `stop` or `until`, then shuts down.
 /// Echoes the send queue has no room for wait in a backlog of at most `backlog_limit` octets
-/// per client (see the module's documentation).
+/// per client (see the module's documentation). With `bulk`, each client gets one download
+/// of that many octets on the bulk lane once connected.
 fn serve(
     mut driver: ServerDriver,
     stop: &AtomicBool,
     until: Option<Instant>,
     console: Option<&std::sync::mpsc::Receiver<String>>,
     backlog_limit: usize,
+    bulk: Option<usize>,
 ) -> std::io::Result<ServerSummary> {
+    let download = bulk.map(bulk::pattern);
+    // Clients whose download `send` refused for a full queue so far.
+    let mut pending_bulk: Vec<ClientId> = Vec::new();
     let log = console.is_some();
     let mut summary = ServerSummary {
         connections: 0,
@@ -373,6 +386,9 @@ fn serve(
         match driver.run_until_event(Some(Duration::from_millis(50)))? {
             Some(Event::Connected { client }) => {
                 summary.connections += 1;
+                if download.is_some() {
+                    pending_bulk.push(client);
+                }
                 if log {
                     let addr = driver
                         .server()
@@ -385,6 +401,7 @@ fn serve(
             }
             Some(Event::Disconnected { client, reason, .. }) => {
                 backlogs.remove(client);
+                pending_bulk.retain(|&c| c != client);
                 if log {
                     println!("client {client} disconnected: {reason}");
                 }
@@ -416,6 +433,14 @@ fn serve(
                 }
             }
             Some(_) | None => {}
+        }
+        if let Some(d) = &download {
+            pending_bulk.retain(|&client| {
+                matches!(
+                    driver.send(client, ChannelId::BULK, d),
+                    Err(SendError::QueueFull)
+                )
+            });
         }
         let flushed = backlogs.flush(|client, channel, data| driver.send(client, channel, data));
         summary.echoed += flushed.sent;
