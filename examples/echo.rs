@@ -75,6 +75,8 @@ use tickwire::{
 
 #[path = "common/backlog.rs"]
 mod backlog;
+#[path = "common/bulk.rs"]
+mod bulk;
 
 use backlog::{Backlog, Backlogs, Sent, DEFAULT_BACKLOG_BYTES};
 
@@ -148,6 +150,11 @@ struct Args {
     /// core); 1 serves on one thread without SO_REUSEPORT.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=256))]
     shards: u16,
+    /// Server: send each client, once connected, one message of SIZE octets (e.g. 4MiB, at
+    /// most 16MiB) on the bulk lane (channel 4), a pattern derived from SIZE: the download
+    /// `soak --bulk` checks. Clients must allow messages that large.
+    #[arg(long, value_name = "SIZE", value_parser = bulk::size, requires = "server")]
+    bulk: Option<usize>,
 }
 
 impl Args {
@@ -243,7 +250,7 @@ fn connection_config() -> ConnectionConfig {
 
 fn server_config(args: &Args) -> ServerConfig {
     let mut config = ServerConfig::new(ServerIdentity::generate());
-    config.connection = connection_config();
+    config.connection = bulk::with_bulk(connection_config(), args.bulk);
     if let Some(n) = args.max_per_ip {
         config.max_clients_per_ip = n.max(1);
         config.max_clients = config.max_clients.max(n);
@@ -297,12 +304,13 @@ impl Serving {
         until: Option<Instant>,
         console: Option<std::sync::mpsc::Receiver<String>>,
         backlog: usize,
+        bulk: Option<usize>,
     ) -> std::io::Result<ServerSummary> {
         let log = console.is_some();
         match self {
             Self::One(driver) => {
                 let backlogs = Mutex::new(Backlogs::new(backlog, &connection_config()));
-                serve(*driver, stop, until, console.as_ref(), &backlogs, log)
+                serve(*driver, stop, until, console.as_ref(), &backlogs, log, bulk)
             }
             Self::Sharded(handle, shards) => {
                 let backlogs: Vec<Arc<Mutex<Backlogs>>> = shards
@@ -314,7 +322,9 @@ impl Serving {
                     .zip(&backlogs)
                     .map(|(shard, backlogs)| {
                         let (stop, backlogs) = (Arc::clone(stop), Arc::clone(backlogs));
-                        std::thread::spawn(move || serve(shard, &stop, until, None, &backlogs, log))
+                        std::thread::spawn(move || {
+                            serve(shard, &stop, until, None, &backlogs, log, bulk)
+                        })
                     })
                     .collect();
                 // The console on this thread, over every shard.
@@ -385,7 +395,7 @@ fn run_local(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let server = {
         let stop = Arc::clone(&stop);
         let backlog = args.backlog;
-        std::thread::spawn(move || serving.serve(&stop, Some(hard_stop), None, backlog))
+        std::thread::spawn(move || serving.serve(&stop, Some(hard_stop), None, backlog, None))
     };
     let clients: Vec<_> = (0..args.clients())
         .map(|_| {
@@ -424,7 +434,7 @@ fn run_server_only(addr: SocketAddr, args: &Args) -> Result<bool, Box<dyn std::e
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
     let console = spawn_console();
     let stop = Arc::new(AtomicBool::new(false));
-    let summary = serving.serve(&stop, until, Some(console), args.backlog)?;
+    let summary = serving.serve(&stop, until, Some(console), args.backlog, args.bulk)?;
     println!(
         "served {} connections, {} messages echoed, {}, io {}",
         summary.connections,
@@ -527,7 +537,8 @@ fn lock(b: &Mutex<Backlogs>) -> MutexGuard<'_, Backlogs> {
 /// Echoes every message back on its channel until `stop`, `until`, the console's `shutdown`
 /// or a shutdown from the shards' handle, then shuts down. Echoes the send queue has no room
 /// for wait in a backlog of at most its limit per client (see the module's documentation);
-/// the backlogs are behind a mutex only this thread and the console take.
+/// the backlogs are behind a mutex only this thread and the console take. With `bulk`, each
+/// client gets one download of that many octets on the bulk lane once connected.
 fn serve<D: Driver>(
     mut driver: D,
     stop: &AtomicBool,
@@ -535,7 +546,11 @@ fn serve<D: Driver>(
     console: Option<&std::sync::mpsc::Receiver<String>>,
     backlogs: &Mutex<Backlogs>,
     log: bool,
+    bulk: Option<usize>,
 ) -> std::io::Result<ServerSummary> {
+    let download = bulk.map(bulk::pattern);
+    // Clients whose download `send` refused for a full queue so far.
+    let mut pending_bulk: Vec<ClientId> = Vec::new();
     let mut summary = ServerSummary {
         connections: 0,
         echoed: 0,
@@ -573,6 +588,9 @@ fn serve<D: Driver>(
         match event {
             Some(Event::Connected { client }) => {
                 summary.connections += 1;
+                if download.is_some() {
+                    pending_bulk.push(client);
+                }
                 if log {
                     let addr = driver
                         .server()
@@ -585,6 +603,7 @@ fn serve<D: Driver>(
             }
             Some(Event::Disconnected { client, reason, .. }) => {
                 backlogs.remove(client);
+                pending_bulk.retain(|&c| c != client);
                 if log {
                     println!("client {client} disconnected: {reason}");
                 }
@@ -616,6 +635,14 @@ fn serve<D: Driver>(
                 }
             }
             Some(_) | None => {}
+        }
+        if let Some(d) = &download {
+            pending_bulk.retain(|&client| {
+                matches!(
+                    driver.send(client, ChannelId::BULK, d),
+                    Err(SendError::QueueFull)
+                )
+            });
         }
         let flushed = backlogs.flush(|client, channel, data| driver.send(client, channel, data));
         summary.echoed += flushed.sent;

@@ -20,6 +20,14 @@
 //!    once; sequenced never older than one delivered) and measures its round trip from the send
 //!    time carried in the message.
 //!
+//! With `--bulk SIZE` (e.g. `4MiB`, at most `16MiB`), the server also sends each client, once
+//! connected, one message of SIZE octets on the bulk lane (`ChannelId::BULK`, reliable-ordered
+//! at the lowest priority) while the game channels keep running; the client checks it octet for
+//! octet against a pattern derived from SIZE, and the report gets one line: `bulk: N of M
+//! transfers of S octets complete and intact; time p50 X s, max Y s` (the time from the
+//! client's connection to the download's arrival). A download missing after the drain fails
+//! the run.
+//!
 //! While it runs, a progress line each second goes to standard error. At the end, the report
 //! goes to standard output (per mode: sent, echoed, round-trip p50/p90/p99/max; resends; loss
 //! seen by netsim, by the application and by tickwire; invariant violations) and the chart to
@@ -31,6 +39,8 @@
 //! Exit status: 0 if every client connected, every check passed and every reliable message came
 //! back within the drain period; 1 if not; 2 for a command line or setup error.
 
+#[path = "common/bulk.rs"]
+mod bulk;
 #[path = "soak/chart.rs"]
 mod chart;
 #[path = "soak/histogram.rs"]
@@ -87,6 +97,7 @@ struct Args {
     out: PathBuf,
     build: bool,
     netsim: Vec<String>,
+    bulk: Option<usize>,
 }
 
 /// Runs the echo server, the netsim proxy and N client processes on loopback, shows progress,
@@ -119,6 +130,11 @@ struct Cli {
     /// Do not run cargo build; the echo example and netsim must exist.
     #[arg(long)]
     no_build: bool,
+    /// Each client, once connected, also downloads one message of SIZE octets (e.g. 4MiB, at
+    /// most 16MiB) from the server on the bulk lane while the game channels keep running;
+    /// its content is checked.
+    #[arg(long, value_name = "SIZE", value_parser = bulk::size)]
+    bulk: Option<usize>,
     #[command(flatten)]
     impairments: Impairments,
 }
@@ -209,6 +225,7 @@ impl From<Cli> for Args {
             out: cli.out,
             build: !cli.no_build,
             netsim: cli.impairments.flags(),
+            bulk: cli.bulk,
         }
     }
 }
@@ -520,6 +537,8 @@ struct WorkerState {
     violations: Vec<String>,
     eof: bool,
     status: Option<ExitStatus>,
+    /// With --bulk: whether the download arrived intact, and after how many µs.
+    bulk: Option<(bool, u64)>,
 }
 
 /// The samples and counters of one second (workers' seconds since they started sending).
@@ -648,6 +667,13 @@ impl Soak {
                 let w = &mut self.workers[i];
                 if w.fails.len() < 20 {
                     w.fails.push(line["fail".len()..].trim().to_string());
+                }
+            }
+            "bulk" => {
+                let p = pairs(line);
+                let w = &mut self.workers[i];
+                if w.bulk.is_none_or(|(ok, _)| !ok) {
+                    w.bulk = Some((num(&p, "ok") == 1, num(&p, "us")));
                 }
             }
             "done" => {
@@ -806,6 +832,11 @@ fn run(args: &Args) -> Result<bool, String> {
                 "--max-per-ip",
                 &args.clients.to_string(),
             ])
+            .args(
+                args.bulk
+                    .iter()
+                    .flat_map(|n| ["--bulk".to_string(), n.to_string()]),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit()),
@@ -876,6 +907,11 @@ fn run(args: &Args) -> Result<bool, String> {
                 ])
                 .args(["--size", &args.size.to_string(), "--id", &i.to_string()])
                 .args(["--drain", &args.drain.to_string()])
+                .args(
+                    args.bulk
+                        .iter()
+                        .flat_map(|n| ["--bulk".to_string(), n.to_string()]),
+                )
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit()),
@@ -1216,6 +1252,9 @@ fn report(
         r,
         "reliable messages missing after the drain: {reliable_missing}"
     );
+    if let Some(size) = args.bulk {
+        let _ = writeln!(r, "{}", bulk_line(soak, size));
+    }
     let mut pass = !timed_out && violations == 0 && reliable_missing == 0;
     if timed_out {
         let _ = writeln!(
@@ -1257,6 +1296,25 @@ fn report(
         );
     }
     (r, pass)
+}
+
+/// The report's one line on the downloads of `--bulk`.
+fn bulk_line(soak: &Soak, size: usize) -> String {
+    let mut times: Vec<u64> = soak
+        .workers
+        .iter()
+        .filter_map(|w| w.bulk.filter(|(ok, _)| *ok).map(|(_, us)| us))
+        .collect();
+    times.sort_unstable();
+    let secs =
+        |us: Option<&u64>| us.map_or("-".to_string(), |&us| format!("{:.2}", us as f64 / 1e6));
+    format!(
+        "bulk: {} of {} transfers of {size} octets complete and intact; time p50 {} s, max {} s",
+        times.len(),
+        soak.workers.len(),
+        secs(times.get(times.len().saturating_sub(1) / 2)),
+        secs(times.last())
+    )
 }
 
 /// The three panels over time.

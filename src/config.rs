@@ -9,9 +9,15 @@ use crate::pipeline::ReassemblyConfig;
 use crate::wire::MAX_PAYLOAD;
 use std::net::SocketAddr;
 
-/// The largest message a channel can carry: one packet of 255 fragments, less the tag and the
-/// message's framing.
+/// The largest message one packet carries: 255 fragments, less the tag and the message's
+/// framing. A larger message (up to [`MAX_LARGE_MESSAGE_SIZE`], on a reliable-ordered channel)
+/// is carried in several packets, its parts.
 pub const MAX_MESSAGE_SIZE: usize = MAX_PAYLOAD - 16 - 8;
+
+/// The most `ConnectionConfig::max_message_size` may be: 16 MiB. A message above
+/// [`MAX_MESSAGE_SIZE`] is cut into parts of up to 251,908 octets, one packet each, and is
+/// only accepted on reliable-ordered channels.
+pub const MAX_LARGE_MESSAGE_SIZE: usize = 16 << 20;
 
 /// How a channel delivers its messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,10 +103,18 @@ impl ChannelConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionConfig {
     /// The channels, indexed by [`crate::ChannelId`]; at most 256, the same on both sides.
-    /// Default: 0 unreliable, 1 unreliable-sequenced, 2 reliable-unordered, 3 reliable-ordered.
+    /// Default: 0 unreliable, 1 unreliable-sequenced, 2 reliable-unordered, 3 reliable-ordered
+    /// (all priority 0), 4 the bulk lane ([`crate::ChannelId::BULK`]: reliable-ordered at
+    /// priority 255, the lowest).
     pub channels: Vec<ChannelConfig>,
-    /// The largest message `send` accepts and a peer may send (at most [`MAX_MESSAGE_SIZE`],
-    /// 251,916). Default 65,536 (64 KiB).
+    /// The largest message `send` accepts and a peer may send: at most
+    /// [`MAX_LARGE_MESSAGE_SIZE`] (16 MiB). Default 65,536 (64 KiB). A message up to
+    /// [`MAX_MESSAGE_SIZE`] (251,916) goes in one packet on any channel; a larger one only on a
+    /// reliable-ordered channel (such as [`crate::ChannelId::BULK`]), in parts of one packet
+    /// each, and `send_queue_bytes` must hold it. The receiver assembles it in a buffer of its
+    /// length reserved at its first part (charged to the receive budget, on top of
+    /// `receive_buffer_bytes`: at most one such message per reliable-ordered channel at once),
+    /// while its parts pass through the receive budget like other messages.
     pub max_message_size: usize,
     /// A PING goes out when nothing was sent for this long (and at least every four
     /// intervals, to keep measuring the RTT). Default 250 ms.
@@ -146,7 +160,8 @@ pub struct ConnectionConfig {
 
 impl Default for ConnectionConfig {
     /// One channel of each mode (0 unreliable, 1 sequenced, 2 reliable-unordered, 3
-    /// reliable-ordered), 64 KiB messages, PING after 250 ms idle, 10 s timeout.
+    /// reliable-ordered) and the bulk lane (4, reliable-ordered at the lowest priority), 64 KiB
+    /// messages, PING after 250 ms idle, 10 s timeout.
     fn default() -> Self {
         Self {
             channels: vec![
@@ -154,6 +169,7 @@ impl Default for ConnectionConfig {
                 ChannelConfig::new(DeliveryMode::UnreliableSequenced),
                 ChannelConfig::new(DeliveryMode::ReliableUnordered),
                 ChannelConfig::new(DeliveryMode::ReliableOrdered),
+                ChannelConfig::new(DeliveryMode::ReliableOrdered).with_priority(u8::MAX),
             ],
             max_message_size: 64 * 1024,
             heartbeat_interval: Duration::from_millis(250),
@@ -183,8 +199,10 @@ impl ConnectionConfig {
         if self.channels.iter().any(|c| c.weight == 0) {
             return Err(ConfigError("a channel's weight must be at least 1"));
         }
-        if self.max_message_size == 0 || self.max_message_size > MAX_MESSAGE_SIZE {
-            return Err(ConfigError("max_message_size must be 1..=MAX_MESSAGE_SIZE"));
+        if self.max_message_size == 0 || self.max_message_size > MAX_LARGE_MESSAGE_SIZE {
+            return Err(ConfigError(
+                "max_message_size must be 1..=MAX_LARGE_MESSAGE_SIZE",
+            ));
         }
         if self.timeout <= self.heartbeat_interval {
             return Err(ConfigError("timeout must exceed heartbeat_interval"));
@@ -200,9 +218,9 @@ impl ConnectionConfig {
                 "send_queue_bytes must hold one largest message",
             ));
         }
-        if self.receive_buffer_bytes < self.max_message_size {
+        if self.receive_buffer_bytes < self.max_message_size.min(MAX_MESSAGE_SIZE) {
             return Err(ConfigError(
-                "receive_buffer_bytes must hold one largest message",
+                "receive_buffer_bytes must hold one largest message of one packet",
             ));
         }
         if self.reassembly.max_packets == 0 || self.reassembly.max_bytes < MAX_PAYLOAD {

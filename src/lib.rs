@@ -3,9 +3,17 @@
 //! A game links tickwire into its server and its clients. It gives them authenticated,
 //! encrypted connections (P-256 key exchange, a pinned server key, AES-128-GCM on every packet),
 //! channels with the delivery guarantees games need ([`DeliveryMode`]: unreliable, sequenced,
-//! reliable-unordered, reliable-ordered), messages of 64 KiB by default and up to about 246 KiB (fragmented and
-//! reassembled, resending only missing fragments), heartbeats, timeouts, graceful closes and
-//! per-connection statistics.
+//! reliable-unordered, reliable-ordered), messages of 64 KiB by default and up to 16 MiB
+//! (fragmented and reassembled, resending only missing fragments; above about 246 KiB, on
+//! reliable-ordered channels, in parts of one packet each), heartbeats, timeouts, graceful
+//! closes and per-connection statistics.
+//!
+//! The default channels ([`ConnectionConfig::channels`]) are one of each mode, 0 to 3
+//! ([`ChannelId::UNRELIABLE`], [`ChannelId::SEQUENCED`], [`ChannelId::RELIABLE_UNORDERED`],
+//! [`ChannelId::RELIABLE_ORDERED`]), and the bulk lane, 4 ([`ChannelId::BULK`]):
+//! reliable-ordered at the lowest lane priority, for downloads that must not delay game
+//! traffic. Each tick a game can read what the path takes now ([`Server::send_budget`],
+//! [`Client::send_budget`], a [`SendBudget`]) and size what it sends by it.
 //!
 //! # Architecture
 //! The public API is the crate root, [`io`] (the drivers), [`token`] (connect tokens) and
@@ -117,7 +125,7 @@ mod pipeline;
 
 pub use config::{
     ChannelConfig, ClientConfig, ConfigError, ConnectionConfig, DeliveryMode, RetryPolicy,
-    ServerConfig, ServerKeyPolicy, TokenPolicy, MAX_MESSAGE_SIZE,
+    ServerConfig, ServerKeyPolicy, TokenPolicy, MAX_LARGE_MESSAGE_SIZE, MAX_MESSAGE_SIZE,
 };
 pub use crypto::{KeyError, ServerIdentity, ServerKey};
 pub use endpoint::{
@@ -125,7 +133,7 @@ pub use endpoint::{
 };
 pub use pipeline::ReassemblyConfig;
 pub use types::{
-    ChannelId, ChannelStats, ClientId, ConnectionStats, DisconnectReason, Event, SendError,
-    Transmit,
+    ChannelId, ChannelStats, ClientId, ConnectionStats, DisconnectReason, Event, SendBudget,
+    SendError, Transmit,
 };
 pub use wire::ErrorCode;

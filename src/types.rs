@@ -34,6 +34,11 @@ impl ChannelId {
     /// Channel 3 of the default configuration: reliable and in order. For chat, commands,
     /// anything that must arrive in sequence.
     pub const RELIABLE_ORDERED: ChannelId = ChannelId(3);
+    /// Channel 4 of the default configuration: the bulk lane, reliable and in order at the
+    /// lowest lane priority (255). For downloads (maps, replays, assets): its octets go out
+    /// only when no other channel has messages queued, and a large bulk message already on
+    /// its way yields to game messages between its datagrams.
+    pub const BULK: ChannelId = ChannelId(4);
 }
 
 /// Something that happened on an endpoint, taken with `poll_event`.
@@ -212,6 +217,36 @@ pub struct Transmit {
     pub len: usize,
 }
 
+/// What a connection can send now without queueing, read once per game tick (from
+/// `Server::send_budget` or `Client::send_budget`) to size what the tick sends: snapshot
+/// detail, how much of a download to queue.
+///
+/// The figures are octets on the wire (datagram headers and the 16-octet tag included): a
+/// message costs its length plus about 2 to 5 octets of framing, and each datagram of about
+/// 1,000 octets adds 30 more (docs/PROTOCOL.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SendBudget {
+    /// Octets that can go out now without waiting: the room left in the congestion window
+    /// (window less the octets in flight), at most the pacer's tokens, less what is already
+    /// queued in tickwire (which goes first). Zero when the path is full: what is sent then
+    /// waits in the send queue.
+    pub bytes_now: u64,
+    /// The path's rate as the congestion controller sees it, in octets per second: the window
+    /// per smoothed round trip (at most the pacing rate). A game that keeps what it sends
+    /// within this neither builds a queue in tickwire nor at the bottleneck; a game that sends
+    /// less sees it grow as the window does.
+    pub bytes_per_second: u64,
+    /// The congestion window, in octets.
+    pub window: u64,
+    /// Octets in flight: sent and not yet acknowledged (reliable and recent unreliable data).
+    pub in_flight: u64,
+    /// Octets of messages queued in tickwire and not yet put in a packet, all channels.
+    pub queued_bytes: u64,
+    /// The same per channel, index `ChannelId.0` (each message its length plus
+    /// `MESSAGE_OVERHEAD`, as in `ChannelStats::queued_bytes`).
+    pub channel_queued_bytes: Vec<u64>,
+}
+
 /// Counters and estimates of one connection.
 ///
 /// Read them with `Server::client_stats` or `Client::stats` while the connection lives and
@@ -285,9 +320,16 @@ pub struct ConnectionStats {
     /// reassembly buffers and reusable buffers.
     pub memory_bytes: u64,
     /// Octets charged to the receive budget now (`ConnectionConfig::receive_buffer_bytes`):
-    /// messages not yet taken by `poll_event`, messages held for ordering, and packets in
-    /// reassembly.
+    /// messages not yet taken by `poll_event`, messages held for ordering, packets in
+    /// reassembly, and `assembling_bytes`.
     pub receive_buffered_bytes: u64,
+    /// Octets reserved now for messages too large for one packet whose parts are arriving
+    /// (each its whole length + `MESSAGE_OVERHEAD`, from its first part until it is whole; at
+    /// most one per reliable-ordered channel). Included in `receive_buffered_bytes`, on top of
+    /// the receive limit.
+    pub assembling_bytes: u64,
+    /// Messages too large for one packet received whole (assembled from their parts).
+    pub large_messages_received: u64,
     /// Octets charged to the send budget now (`ConnectionConfig::send_queue_bytes`): queued
     /// reliable messages and unacknowledged ones, each counted as its length plus
     /// `MESSAGE_OVERHEAD`.

@@ -916,7 +916,7 @@ fn disconnected_carries_the_final_stats_and_send_says_closed() {
     assert_eq!(client_final.messages_sent, 20);
     assert!(client_final.rtt > Duration::ZERO);
     // Per channel: all 20 messages of 10 octets on channel 3, nothing on the others.
-    assert_eq!(client_final.channels.len(), 4);
+    assert_eq!(client_final.channels.len(), 5); // the four modes and the bulk lane
     let sent = client_final.channels[3];
     assert_eq!((sent.messages_sent, sent.bytes_sent), (20, 200));
     assert_eq!(sent.queued_messages, 0);

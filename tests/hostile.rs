@@ -1115,3 +1115,144 @@ fn forged_retries_do_not_lock_a_client_out() {
         "the client never connected after 4 forged 28-octet retries"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Message parts (messages too large for one packet) from a cheater.
+
+fn part(channel: u8, seq: u16, total: u32, offset: u32, data: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::new();
+    frame::put_part(&mut plain, channel, seq, total, offset, data);
+    plain
+}
+
+fn large_config() -> ConnectionConfig {
+    ConnectionConfig {
+        max_message_size: tickwire::MAX_LARGE_MESSAGE_SIZE,
+        send_queue_bytes: tickwire::MAX_LARGE_MESSAGE_SIZE,
+        ..ConnectionConfig::default()
+    }
+}
+
+fn violated(raw: &Raw) -> bool {
+    raw.events.iter().any(|e| {
+        matches!(
+            e,
+            Event::Disconnected {
+                reason: DisconnectReason::ProtocolViolation(ErrorCode::Packet),
+                ..
+            }
+        )
+    })
+}
+
+#[test]
+fn forged_message_parts_are_protocol_violations() {
+    let big = 1u32 << 20;
+    let cases: Vec<(&str, ConnectionConfig, Vec<Vec<u8>>)> = vec![
+        (
+            "a part on a reliable-unordered channel",
+            large_config(),
+            vec![part(2, 0, big, 0, &[1; 100])],
+        ),
+        (
+            "a part of a message that fits one packet",
+            large_config(),
+            vec![part(4, 0, tickwire::MAX_MESSAGE_SIZE as u32, 0, &[1; 100])],
+        ),
+        (
+            "a part of a message over max_message_size",
+            ConnectionConfig::default(),
+            vec![part(4, 0, big, 0, &[1; 100])],
+        ),
+        (
+            "a part past its message's end",
+            large_config(),
+            vec![part(4, 0, big, big - 50, &[1; 100])],
+        ),
+        (
+            "an empty part",
+            large_config(),
+            vec![part(4, 0, big, 0, &[])],
+        ),
+        (
+            "a first part that does not start at 0",
+            large_config(),
+            vec![part(4, 0, big, 100, &[1; 100])],
+        ),
+        (
+            "a part that skips octets",
+            large_config(),
+            vec![
+                part(4, 0, big, 0, &[1; 100]),
+                part(4, 1, big, 200, &[1; 100]),
+            ],
+        ),
+        (
+            "a part whose total changed",
+            large_config(),
+            vec![
+                part(4, 0, big, 0, &[1; 100]),
+                part(4, 1, big + 1, 100, &[1; 100]),
+            ],
+        ),
+        (
+            "a whole message between two parts",
+            large_config(),
+            vec![part(4, 0, big, 0, &[1; 100]), message(4, Some(1), b"x")],
+        ),
+        (
+            "a new message while one is assembled",
+            large_config(),
+            vec![part(4, 0, big, 0, &[1; 100]), part(4, 1, big, 0, &[1; 100])],
+        ),
+    ];
+    for (what, config, plains) in cases {
+        let mut raw = Raw::new(config);
+        for plain in plains {
+            let d = raw.seal(TypeFields::Default, &plain, reliable());
+            raw.deliver(d);
+        }
+        assert!(violated(&raw), "{what}: no protocol violation");
+        assert!(
+            !raw.events
+                .iter()
+                .any(|e| matches!(e, Event::Message { .. })),
+            "{what}: delivered"
+        );
+    }
+}
+
+#[test]
+fn a_first_part_reserves_its_message_once_within_max_message_size() {
+    let mut raw = Raw::new(large_config());
+    let total = tickwire::MAX_LARGE_MESSAGE_SIZE as u32;
+    let d = raw.seal(
+        TypeFields::Default,
+        &part(4, 0, total, 0, &[1; 100]),
+        reliable(),
+    );
+    raw.deliver(d);
+    // The same part again (a replay of the sequence number) reserves nothing more, and a part
+    // held behind a gap is charged as a held message.
+    let d = raw.seal(
+        TypeFields::Default,
+        &part(4, 0, total, 0, &[1; 100]),
+        reliable(),
+    );
+    raw.deliver(d);
+    let d = raw.seal(
+        TypeFields::Default,
+        &part(4, 5, total, 100, &[1; 100]),
+        reliable(),
+    );
+    raw.deliver(d);
+    assert!(!violated(&raw));
+    let s = raw.conn.stats();
+    assert_eq!(s.assembling_bytes, u64::from(total) + 64);
+    assert!(s.receive_buffered_bytes <= u64::from(total) + 64 + 100 + 64);
+    assert!(
+        s.memory_bytes < u64::from(total) + (64 << 10),
+        "{}",
+        s.memory_bytes
+    );
+}

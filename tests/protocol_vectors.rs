@@ -67,6 +67,8 @@ const DATA_ACK_BITS: u16 = 0xA000;
 const DATA_MESSAGE: &[u8] = b"hello, tickwire";
 /// The message of the packet a real `Connection` writes (MESSAGE_SEQ on channel 3).
 const CONN_MESSAGE: &[u8] = b"hello";
+/// The last 9 octets of the large message of the MESSAGE_PART vector.
+const PART_TAIL: &[u8] = b"tickwire!";
 
 /// The message of the fragmented vector: 980 octets, octet i = i mod 256.
 fn frag_message() -> Vec<u8> {
@@ -112,6 +114,8 @@ const EXPECTED: &[(&str, &str)] = &[
     ("resume_ephemeral_public", "0257e977f6db7e33c3fe7acf2842ed987009caf56d458682fca447b7d3d762ab34"),
     ("resume_ticket", "0000000000000001ed9acd68706bcc69262f105eb33504581c233c72ed34838febe53dc605c5bd58"),
     ("channels_digest", "18925dac"),
+    ("channels_digest_default", "0b85f1a8"),
+    ("message_part_frame", "040400010003d80d0003d804097469636b7769726521"),
     ("client_auth_with_channels", "020000000021020217e617f0b6443928278f96999e69a23a4f2c152bdf6d6cdf66e5b80282d4ed007700137469636b77697265207465737420746f6b656e00000418925dac00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"),
     ("retry_cookie", "000000074bedc987f5ea5188e21e2879b770b39a"),
     ("retry", "0200000000000014000000074bedc987f5ea5188e21e2879b770b39a"),
@@ -516,8 +520,10 @@ fn compute() -> BTreeMap<&'static str, Vec<u8>> {
     let hello = handshake::parse_hello(&auth[41..]).unwrap();
     assert_eq!(hello.token, TOKEN);
     assert_eq!(hello.cookie, Some(&cookie));
-    // The channel digest of the default configuration, and the client AUTH carrying it.
-    let digest = handshake::channels_digest(&ConnectionConfig::default().channels);
+    // The channel digest of the four channels 0 unreliable, 1 sequenced, 2 reliable-unordered,
+    // 3 reliable-ordered (the default before the bulk lane), and the client AUTH carrying it.
+    let four: Vec<_> = ConnectionConfig::default().channels[..4].to_vec();
+    let digest = handshake::channels_digest(&four);
     let mut input = b"tickwire v0 channels".to_vec();
     input.extend_from_slice(&[0, 4, 0, 1, 2, 3]);
     let want: [u8; 32] = Sha256::digest(&input).into();
@@ -531,6 +537,25 @@ fn compute() -> BTreeMap<&'static str, Vec<u8>> {
         Some(&digest)
     );
     v.insert("channels_digest", digest.to_vec());
+    // The default configuration's: those four and the bulk lane (reliable-ordered; lane
+    // priorities are not part of the digest).
+    let default_digest = handshake::channels_digest(&ConnectionConfig::default().channels);
+    let mut input = b"tickwire v0 channels".to_vec();
+    input.extend_from_slice(&[0, 5, 0, 1, 2, 3, 3]);
+    let want: [u8; 32] = Sha256::digest(&input).into();
+    assert_eq!(default_digest, want[..4]);
+    v.insert("channels_digest_default", default_digest.to_vec());
+    // The last part of a message of MAX_MESSAGE_SIZE + 1 octets on channel 4 (the bulk lane),
+    // seq 1 (the first part took seq 0): total 251,917, offset 251,908, 9 octets.
+    let mut part = Vec::new();
+    tickwire::wire::frame::put_part(&mut part, 4, 1, 251_917, 251_908, PART_TAIL);
+    let mut want = vec![0x04, 0x04, 0x00, 0x01];
+    want.extend_from_slice(&251_917u32.to_be_bytes());
+    want.extend_from_slice(&251_908u32.to_be_bytes());
+    want.push(PART_TAIL.len() as u8);
+    want.extend_from_slice(PART_TAIL);
+    assert_eq!(part, want);
+    v.insert("message_part_frame", part);
     v.insert("client_auth_with_channels", channels_auth);
     v.insert("retry_cookie", cookie.to_vec());
     v.insert("retry", retry);
@@ -890,4 +915,62 @@ fn real_client_follows_the_document() {
         })
     );
     assert_eq!(client.id(), Some(ClientId(7)));
+}
+
+#[test]
+fn message_parts_follow_the_document_in_a_real_connection() {
+    let h = handshake_of_fixed_inputs();
+    let mut now = Instant::now();
+    let computed = compute();
+    let mut scratch = Scratch::new(tickwire::wire::MAX_PAYLOAD);
+    let config = ConnectionConfig {
+        max_message_size: tickwire::MAX_LARGE_MESSAGE_SIZE,
+        send_queue_bytes: 2 * tickwire::MAX_LARGE_MESSAGE_SIZE,
+        ..ConnectionConfig::default()
+    };
+    let mut client = client_connection(&h, now, config.clone());
+    let mut server = server_connection(&h, now, config);
+    let mut message = vec![0xAB; tickwire::wire::frame::MAX_PART];
+    message.extend_from_slice(PART_TAIL);
+    assert_eq!(message.len(), tickwire::MAX_MESSAGE_SIZE + 1);
+    client.send(now, ChannelId(4), &message).unwrap();
+    let mut buf = [0u8; 1500];
+    let mut tail = None;
+    let mut events = VecDeque::new();
+    for _ in 0..1000 {
+        while let Some((n, _)) = client.poll_transmit(now, &mut scratch, &mut buf) {
+            let packet = Packet::parse(&buf[..n]).unwrap();
+            if packet.header.fragment.is_none() && packet.header.sequence == 2 {
+                // The second part, pn 2: one datagram whose plaintext is the vector.
+                let Body::Data { data, .. } = packet.body else {
+                    panic!("data packet")
+                };
+                let at = n - data.len();
+                let mut plain = buf[at..n].to_vec();
+                let len = h
+                    .keys
+                    .client_to_server
+                    .open(2, &buf[..at], &mut plain)
+                    .unwrap();
+                tail = Some(plain[..len].to_vec());
+            }
+            server.handle_datagram(now, addr(5000), &mut buf[..n], &mut scratch, &mut events);
+        }
+        while let Some((n, _)) = server.poll_transmit(now, &mut scratch, &mut buf) {
+            client.handle_datagram(now, addr(4000), &mut buf[..n], &mut scratch, &mut events);
+        }
+        if events.iter().any(|e| matches!(e, Event::Message { .. })) {
+            break;
+        }
+        now += std::time::Duration::from_millis(1);
+        let mut ignored = VecDeque::new();
+        client.handle_timeout(now, &mut ignored);
+        server.handle_timeout(now, &mut ignored);
+    }
+    assert_eq!(tail.as_deref(), Some(&computed["message_part_frame"][..]));
+    let got = events.iter().find_map(|e| match e {
+        Event::Message { channel, data, .. } => Some((*channel, data.clone())),
+        _ => None,
+    });
+    assert_eq!(got, Some((ChannelId(4), message)));
 }

@@ -12,6 +12,9 @@
 //!                                 about a second; printed at the tick of second S + 2 or at the end)
 //! violation TEXT                  an invariant broke (the first 20; all are counted)
 //! fail TEXT                       the run could not go on (no connection, disconnected)
+//! bulk ok=0|1 us=T octets=N      with --bulk: the download on the bulk lane arrived T µs after
+//!                                 the connection, intact (1) or not (0); at the end `bulk ok=0
+//!                                 us=0 octets=0` if it never came
 //! done missing=.. violations=.. ok=0|1   the last line, after the drain
 //! ```
 //! The `rtt` lines of second T come before its `tick` line. Messages: sequence number (u32),
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 use tickwire::io::{ClientDriver, SocketConfig};
 use tickwire::{ChannelId, ClientConfig, Event, SendError, ServerKey};
 
-use super::{connection_config, CLOSE_TIMEOUT, CONNECT_TIMEOUT};
+use super::{bulk, connection_config, CLOSE_TIMEOUT, CONNECT_TIMEOUT};
 
 /// Ticks a late worker catches up at once before it skips ahead.
 const MAX_CATCH_UP: u32 = 3;
@@ -63,6 +66,9 @@ struct WorkerArgs {
     /// Seconds to wait for outstanding echoes.
     #[arg(long, default_value = "5", value_parser = drain_secs)]
     drain: Duration,
+    /// The size of the download the server sends on the bulk lane once connected.
+    #[arg(long, value_name = "SIZE", value_parser = bulk::size)]
+    bulk: Option<usize>,
 }
 
 fn worker_size(s: &str) -> Result<usize, String> {
@@ -169,6 +175,11 @@ struct State {
     violations: u64,
     queue_full: u64,
     failure: Option<String>,
+    /// The download's size, if one is due, and when the connection started.
+    bulk: Option<usize>,
+    connected_at: Instant,
+    /// Whether the download arrived (intact or not).
+    bulk_arrived: bool,
 }
 
 impl State {
@@ -225,6 +236,27 @@ impl State {
         out: &mut impl Write,
     ) -> io::Result<bool> {
         match ev {
+            Event::Message { channel, data, .. }
+                if channel == ChannelId::BULK && self.bulk.is_some() =>
+            {
+                let size = self.bulk.expect("checked");
+                let intact = !self.bulk_arrived && bulk::is_intact(&data, size);
+                let us = self.connected_at.elapsed().as_micros();
+                writeln!(
+                    out,
+                    "bulk ok={} us={us} octets={}",
+                    u8::from(intact),
+                    data.len()
+                )?;
+                if !intact {
+                    self.violation(
+                        out,
+                        format!("bulk download of {} octets not intact", data.len()),
+                    )?;
+                }
+                self.bulk_arrived = true;
+                Ok(true)
+            }
             Event::Message { channel, data, .. } => {
                 let ch = channel.0;
                 let Some((seq, sent_us)) = (ch < 4)
@@ -346,7 +378,9 @@ impl State {
     }
 
     fn reliable_done(&self) -> bool {
-        self.chans[2].got == self.chans[2].sent && self.chans[3].got == self.chans[3].sent
+        self.chans[2].got == self.chans[2].sent
+            && self.chans[3].got == self.chans[3].sent
+            && (self.bulk.is_none() || self.bulk_arrived)
     }
 
     fn all_done(&self) -> bool {
@@ -368,9 +402,12 @@ fn run(a: &WorkerArgs, out: &mut impl Write) -> io::Result<bool> {
         violations: 0,
         queue_full: 0,
         failure: None,
+        bulk: a.bulk,
+        connected_at: epoch,
+        bulk_arrived: false,
     };
     let mut config = ClientConfig::new(a.key);
-    config.connection = connection_config();
+    config.connection = bulk::with_bulk(connection_config(), a.bulk);
     let mut driver = match ClientDriver::connect(config, a.connect, SocketConfig::default()) {
         Ok(d) => d,
         Err(e) => {
@@ -393,6 +430,7 @@ fn run(a: &WorkerArgs, out: &mut impl Write) -> io::Result<bool> {
         match driver.run_until_event(Some((give_up - now).min(Duration::from_millis(100))))? {
             Some(Event::Connected { client }) => {
                 writeln!(out, "connected id={client}")?;
+                st.connected_at = Instant::now();
                 connected = true;
             }
             Some(Event::Disconnected { reason, .. }) => {
@@ -486,7 +524,17 @@ fn run(a: &WorkerArgs, out: &mut impl Write) -> io::Result<bool> {
             a.drain
         )?;
     }
-    let ok = st.failure.is_none() && st.violations == 0 && reliable_missing == 0;
+    let bulk_missing = st.bulk.is_some() && !st.bulk_arrived;
+    if bulk_missing {
+        writeln!(out, "bulk ok=0 us=0 octets=0")?;
+        if st.failure.is_none() {
+            writeln!(
+                out,
+                "fail the bulk download did not arrive within the drain"
+            )?;
+        }
+    }
+    let ok = st.failure.is_none() && st.violations == 0 && reliable_missing == 0 && !bulk_missing;
     writeln!(
         out,
         "done missing={} violations={} ok={}",

@@ -42,6 +42,11 @@ pub struct Budget {
     pub(crate) undelivered: usize,
     /// Reliable-ordered messages held for a gap.
     pub(crate) held: usize,
+    /// Messages too large for one packet being assembled from their parts: each the buffer
+    /// reserved for its whole length (+ [`MESSAGE_OVERHEAD`]). Charged on top of the receive
+    /// limit (at most one per reliable-ordered channel, each at most `max_message_size`): the
+    /// parts themselves pass through the limit like other messages.
+    pub(crate) assembling: usize,
 }
 
 /// What a packet that opened would do to the receive side, found by reading its frames
@@ -148,13 +153,16 @@ impl Budget {
     }
 }
 
+use super::channels::Held;
 use super::{Connection, Job, Queued, RecvChannel, SendChannel, SentPacket, SeqRange};
 use std::time::Instant;
 
 impl Connection {
     /// Octets charged to this connection's send and receive budgets (cheap to read).
     pub fn budget_used(&self) -> usize {
-        self.budget.received(self.reassembler.reserved_bytes()) + self.budget.queued
+        self.budget.received(self.reassembler.reserved_bytes())
+            + self.budget.assembling
+            + self.budget.queued
     }
 
     /// Octets this connection holds, counted by capacity.
@@ -171,8 +179,13 @@ impl Connection {
         }
         for ch in &self.recv_channels {
             n += size_of::<RecvChannel>()
-                + ch.held.capacity() * size_of::<Option<Vec<u8>>>()
-                + ch.held.iter().flatten().map(Vec::capacity).sum::<usize>();
+                + ch.held.capacity() * size_of::<Option<Held>>()
+                + ch.held
+                    .iter()
+                    .flatten()
+                    .map(|h| h.data.capacity())
+                    .sum::<usize>()
+                + ch.assembly.as_ref().map_or(0, |a| a.data.capacity());
         }
         n += self.sent.capacity() * size_of::<SentPacket>();
         for p in &self.sent {

@@ -347,8 +347,24 @@ impl Connection {
                 .queue
                 .front()
                 .expect("next_lane picks a channel with messages");
+            if !reliable
+                && now.saturating_duration_since(q.enqueued) >= self.config.unreliable_deadline
+            {
+                // Past its deadline (the timer that drops it has not run yet): never sent late.
+                let q = ch.queue.pop_front().expect("front checked");
+                ch.queued -= message_cost(q.data.len(), q.data.capacity());
+                self.stats.unreliable_dropped += 1;
+                self.channel_stats[ci].dropped_unsent += 1;
+                if self.pool.len() < POOL_LIMIT {
+                    self.pool.push(q.data);
+                }
+                continue;
+            }
             let seq = ch.mode.is_sequenced().then_some(ch.next_seq);
-            let frame_len = frame::message_frame_len(q.data.len(), seq.is_some());
+            let frame_len = match q.part {
+                Some(_) => frame::part_frame_len(q.data.len()),
+                None => frame::message_frame_len(q.data.len(), seq.is_some()),
+            };
             let alone = plain.is_empty() && frame_len > PACKET_PLAINTEXT;
             if !alone && plain.len() + frame_len > PACKET_PLAINTEXT {
                 break;
@@ -364,7 +380,12 @@ impl Connection {
             let q = ch.queue.pop_front().expect("front checked");
             let cost = message_cost(q.data.len(), q.data.capacity());
             ch.queued -= cost;
-            frame::put_message(plain, ci as u8, seq, &q.data);
+            match (q.part, seq) {
+                (Some(p), Some(seq)) => {
+                    frame::put_part(plain, ci as u8, seq, p.total, p.offset, &q.data);
+                }
+                _ => frame::put_message(plain, ci as u8, seq, &q.data),
+            }
             any = true;
             priority = priority.min(ch.priority);
             compress &= ch.compress;

@@ -6,6 +6,28 @@ use super::*;
 pub(super) struct Queued {
     pub(super) data: Vec<u8>,
     pub(super) enqueued: Instant,
+    /// A part of a message too large for one packet (sent as a MESSAGE_PART frame).
+    pub(super) part: Option<Part>,
+}
+
+/// Where a MESSAGE_PART's octets belong: the whole message's length and the part's offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Part {
+    pub(super) total: u32,
+    pub(super) offset: u32,
+}
+
+/// A reliable-ordered message (or part) held for a gap before it.
+pub(crate) struct Held {
+    pub(super) data: Vec<u8>,
+    pub(super) part: Option<Part>,
+}
+
+/// A message too large for one packet, being assembled from its parts in order.
+pub(crate) struct Assembly {
+    pub(super) data: Vec<u8>,
+    /// Its length, reserved in `data` and charged at the first part.
+    pub(super) total: usize,
 }
 
 pub(super) struct SendChannel {
@@ -38,7 +60,9 @@ pub(super) struct RecvChannel {
     /// Sequenced: the newest delivered; ordered: the next expected.
     pub(super) seq: Option<u16>,
     /// Ordered: messages waiting for a gap before them, index i is seq `seq + i`.
-    pub(super) held: VecDeque<Option<Vec<u8>>>,
+    pub(super) held: VecDeque<Option<Held>>,
+    /// Ordered: the large message whose parts are arriving.
+    pub(super) assembly: Option<Assembly>,
 }
 
 /// A range of one channel's messages in a packet.
@@ -70,6 +94,15 @@ impl Connection {
             });
         }
         let reliable = ch.mode.is_reliable();
+        if data.len() > MAX_MESSAGE_SIZE {
+            if ch.mode != DeliveryMode::ReliableOrdered {
+                return Err(SendError::MessageTooLarge {
+                    len: data.len(),
+                    limit: MAX_MESSAGE_SIZE,
+                });
+            }
+            return self.send_parts(now, channel, data);
+        }
         // A pooled buffer much larger than the message would be charged (and held) whole.
         let mut buf = match self.pool.pop() {
             Some(b) if b.capacity() <= 2 * data.len() + MAX_DATA => b,
@@ -110,7 +143,47 @@ impl Connection {
         ch.queue.push_back(Queued {
             data: buf,
             enqueued: now,
+            part: None,
         });
+        self.stats.messages_sent += 1;
+        let c = &mut self.channel_stats[usize::from(channel.0)];
+        c.messages_sent += 1;
+        c.bytes_sent += data.len() as u64;
+        self.last_data = now;
+        self.trimmed = false;
+        Ok(())
+    }
+
+    /// Queues a reliable-ordered message too large for one packet as parts of up to
+    /// [`frame::MAX_PART`] octets, each its own queued message (charged alike), in order.
+    fn send_parts(
+        &mut self,
+        now: Instant,
+        channel: ChannelId,
+        data: &[u8],
+    ) -> Result<(), SendError> {
+        let parts = data.len().div_ceil(frame::MAX_PART);
+        let cost = data.len() + parts * budget::MESSAGE_OVERHEAD;
+        if !self.budget.can_queue(cost) {
+            self.stats.queue_full += 1;
+            return Err(SendError::QueueFull);
+        }
+        let total = u32::try_from(data.len()).expect("bounded by MAX_LARGE_MESSAGE_SIZE");
+        let ch = &mut self.send_channels[usize::from(channel.0)];
+        for (i, chunk) in data.chunks(frame::MAX_PART).enumerate() {
+            let buf = chunk.to_vec();
+            let cost = message_cost(buf.len(), buf.capacity());
+            self.budget.queued += cost;
+            ch.queued += cost;
+            ch.queue.push_back(Queued {
+                data: buf,
+                enqueued: now,
+                part: Some(Part {
+                    total,
+                    offset: (i * frame::MAX_PART) as u32,
+                }),
+            });
+        }
         self.stats.messages_sent += 1;
         let c = &mut self.channel_stats[usize::from(channel.0)];
         c.messages_sent += 1;
@@ -131,8 +204,12 @@ impl Connection {
         // far, and whether the packet delivered in order on it.
         let mut current: Option<(u8, u16, bool)> = None;
         for frame in Frames::new(plaintext) {
-            let Ok(Frame::Message { channel, seq, data }) = frame else {
-                continue;
+            let (channel, seq, data) = match frame {
+                Ok(Frame::Message { channel, seq, data }) => (channel, seq, data),
+                Ok(Frame::MessagePart {
+                    channel, seq, data, ..
+                }) => (channel, Some(seq), data),
+                _ => continue,
             };
             messages += 1;
             let cost = message_cost(data.len(), 0);
@@ -183,14 +260,16 @@ impl Connection {
             .iter()
             .skip(start)
             .map_while(Option::as_ref)
-            .map(|m| message_cost(m.len(), 0))
+            .map(|m| message_cost(m.data.len(), 0))
             .sum()
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn deliver(
         &mut self,
         channel: u8,
         seq: Option<u16>,
+        part: Option<Part>,
         data: &[u8],
         messages: &mut Vec<Vec<u8>>,
         events: &mut VecDeque<Event>,
@@ -234,6 +313,24 @@ impl Connection {
             );
             return Err(ErrorCode::Packet);
         }
+        if let Some(p) = part {
+            let (total, offset) = (p.total as usize, p.offset as usize);
+            let valid = ch.mode == DeliveryMode::ReliableOrdered
+                && total > MAX_MESSAGE_SIZE
+                && total <= self.config.max_message_size
+                && !data.is_empty()
+                && offset + data.len() <= total;
+            if !valid {
+                tracing::warn!(
+                    client = self.id.0,
+                    channel,
+                    total,
+                    "a message part that is not within a large message of a reliable-ordered \
+                     channel and max_message_size; closing with 3.0"
+                );
+                return Err(ErrorCode::Packet);
+            }
+        }
         let client = self.id;
         let channel_id = ChannelId(channel);
         match (ch.mode, seq) {
@@ -265,36 +362,28 @@ impl Connection {
                     if ch.held[offset].is_none() {
                         let buf = take_buf(data);
                         self.budget.held += message_cost(buf.len(), 0);
-                        ch.held[offset] = Some(buf);
+                        ch.held[offset] = Some(Held { data: buf, part });
                     }
                     return Ok(());
                 }
                 // In order: deliver it, then everything held behind it.
-                let buf = take_buf(data);
-                self.budget.undelivered += message_cost(buf.len(), 0);
-                self.stats.messages_received += 1;
-                count_received(&mut self.channel_stats, channel, buf.len());
-                events.push_back(Event::Message {
+                let mut out = Delivery {
+                    budget: &mut self.budget,
+                    stats: &mut self.stats,
+                    channel_stats: &mut self.channel_stats,
+                    events,
                     client,
-                    channel: channel_id,
-                    data: buf,
-                });
+                    channel,
+                };
+                let buf = take_buf(data);
+                out.emit(&mut ch.assembly, buf, part, false)?;
                 let mut next = next.wrapping_add(1);
                 if !ch.held.is_empty() {
                     ch.held.pop_front();
                 }
                 while let Some(Some(_)) = ch.held.front() {
                     let msg = ch.held.pop_front().flatten().expect("front is Some");
-                    let cost = message_cost(msg.len(), 0);
-                    self.budget.held -= cost;
-                    self.budget.undelivered += cost;
-                    self.stats.messages_received += 1;
-                    count_received(&mut self.channel_stats, channel, msg.len());
-                    events.push_back(Event::Message {
-                        client,
-                        channel: channel_id,
-                        data: msg,
-                    });
+                    out.emit(&mut ch.assembly, msg.data, msg.part, true)?;
                     next = next.wrapping_add(1);
                 }
                 ch.seq = Some(next);
@@ -318,6 +407,79 @@ impl Connection {
         self.send_channels
             .iter()
             .any(|c| !c.mode.is_reliable() && !c.queue.is_empty())
+    }
+}
+
+/// Where in-order messages of a reliable-ordered channel go: whole ones to the events, parts
+/// into the channel's assembly until the message is whole.
+struct Delivery<'a> {
+    budget: &'a mut Budget,
+    stats: &'a mut ConnectionStats,
+    channel_stats: &'a mut [crate::types::ChannelStats],
+    events: &'a mut VecDeque<Event>,
+    client: ClientId,
+    channel: u8,
+}
+
+impl Delivery<'_> {
+    /// Delivers `buf` (a message, or a part of one), which was charged as held if `held`.
+    fn emit(
+        &mut self,
+        assembly: &mut Option<Assembly>,
+        buf: Vec<u8>,
+        part: Option<Part>,
+        held: bool,
+    ) -> Result<(), ErrorCode> {
+        let cost = message_cost(buf.len(), 0);
+        if held {
+            self.budget.held -= cost;
+        }
+        let Some(p) = part else {
+            if assembly.is_some() {
+                // A whole message between the parts of another.
+                return Err(ErrorCode::Packet);
+            }
+            self.budget.undelivered += cost;
+            self.deliver(buf);
+            return Ok(());
+        };
+        let (total, offset) = (p.total as usize, p.offset as usize);
+        let a = match assembly {
+            None if offset == 0 => {
+                // The first part: the whole message's buffer is reserved and charged now
+                // (its length is bounded by max_message_size, checked on arrival).
+                self.budget.assembling += message_cost(total, 0);
+                assembly.insert(Assembly {
+                    data: Vec::with_capacity(total),
+                    total,
+                })
+            }
+            Some(a) if a.total == total && a.data.len() == offset => a,
+            // A part out of place: not the next octets of the message being assembled.
+            _ => return Err(ErrorCode::Packet),
+        };
+        // The part's buffer is dropped, not pooled: the endpoint's pool is not charged to any
+        // connection and should not keep buffers of a quarter MiB.
+        a.data.extend_from_slice(&buf);
+        if a.data.len() == total {
+            let whole = assembly.take().expect("matched above");
+            let cost = message_cost(total, 0);
+            self.budget.assembling -= cost;
+            self.budget.undelivered += cost;
+            self.stats.large_messages_received += 1;
+            self.deliver(whole.data);
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, data: Vec<u8>) {
+        self.stats.messages_received += 1;
+        count_received(self.channel_stats, self.channel, data.len());
+        self.events.push_back(Event::Message {
+            client: self.client,
+            channel: ChannelId(self.channel),
+            data,
+        });
     }
 }
 

@@ -119,3 +119,19 @@ impl Congestion {
         Some(last + Duration::from_secs_f64((1.0 - self.tokens) / rate))
     }
 }
+
+impl Congestion {
+    /// The pacer's tokens at `now` (octets that may go out back to back), as
+    /// [`Congestion::try_pace`] would refill them, without changing anything.
+    pub fn tokens_at(&self, now: Instant, srtt: Duration) -> f64 {
+        let rate = self.pacing_rate(srtt) as f64;
+        let burst = (self.window as f64).max(16.0 * MSS as f64);
+        match self.last_refill {
+            Some(last) => {
+                let dt = now.saturating_duration_since(last).as_secs_f64();
+                (self.tokens + dt * rate).min(burst)
+            }
+            None => self.tokens,
+        }
+    }
+}

@@ -32,13 +32,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{ConnectionConfig, DeliveryMode};
+use crate::config::{ConnectionConfig, DeliveryMode, MAX_MESSAGE_SIZE};
 use crate::pipeline::{
     encode_into, fragment, seal, Decoder, FragmentBitmap, PacketKey, Reassembler, Reassembly, Seal,
     SendOptions,
 };
 use crate::types::{
-    ChannelId, ChannelStats, ClientId, ConnectionStats, DisconnectReason, Event, SendError,
+    ChannelId, ChannelStats, ClientId, ConnectionStats, DisconnectReason, Event, SendBudget,
+    SendError,
 };
 use crate::wire::frame::{self, Frame, Frames};
 use crate::wire::{
@@ -47,7 +48,7 @@ use crate::wire::{
 };
 use budget::{message_cost, Admit, Budget, Incoming};
 use builder::Job;
-use channels::{Queued, RecvChannel, SendChannel, SeqRange};
+use channels::{Part, Queued, RecvChannel, SendChannel, SeqRange};
 use congestion::Congestion;
 use path::{Challenge, PATH_CHALLENGE};
 use recv::{Receiver, Seen};
@@ -341,6 +342,7 @@ impl Connection {
                 mode: c.mode,
                 seq: None,
                 held: VecDeque::new(),
+                assembly: None,
             })
             .collect();
         let mut receiver = Receiver::new();
@@ -467,9 +469,36 @@ impl Connection {
         s.congestion_window = self.cc.window();
         s.send_rate = self.cc.pacing_rate(self.rtt.srtt());
         s.memory_bytes = self.memory_bytes() as u64;
-        s.receive_buffered_bytes = self.budget.received(self.reassembler.reserved_bytes()) as u64;
+        s.receive_buffered_bytes = (self.budget.received(self.reassembler.reserved_bytes())
+            + self.budget.assembling) as u64;
+        s.assembling_bytes = self.budget.assembling as u64;
         s.send_queued_bytes = self.budget.queued as u64;
         s
+    }
+
+    /// What can be sent now without queueing (see [`SendBudget`]).
+    pub fn send_budget(&self, now: Instant) -> SendBudget {
+        let window = self.cc.window();
+        let in_flight = self.in_flight + self.unreliable_in_flight;
+        let srtt = self.rtt.srtt();
+        let tokens = self.cc.tokens_at(now, srtt).max(0.0) as u64;
+        let channel_queued_bytes: Vec<u64> =
+            self.send_channels.iter().map(|c| c.queued as u64).collect();
+        let queued_bytes: u64 = channel_queued_bytes.iter().sum();
+        let room = window.saturating_sub(in_flight).min(tokens);
+        let per_rtt = (window as f64 / srtt.as_secs_f64().max(0.001)) as u64;
+        SendBudget {
+            bytes_now: if self.state == State::Connected {
+                room.saturating_sub(queued_bytes)
+            } else {
+                0
+            },
+            bytes_per_second: per_rtt.min(self.cc.pacing_rate(srtt)),
+            window,
+            in_flight,
+            queued_bytes,
+            channel_queued_bytes,
+        }
     }
 
     /// Starts a graceful close with `code` (2.x) and a message for the peer's logs.
@@ -781,7 +810,23 @@ impl Connection {
                 }
                 Ok(Frame::Message { channel, seq, data }) => {
                     carried_message = true;
-                    if let Err(code) = self.deliver(channel, seq, data, messages, events) {
+                    if let Err(code) = self.deliver(channel, seq, None, data, messages, events) {
+                        violation = Some(code);
+                        break;
+                    }
+                }
+                Ok(Frame::MessagePart {
+                    channel,
+                    seq,
+                    total,
+                    offset,
+                    data,
+                }) => {
+                    carried_message = true;
+                    let part = Some(Part { total, offset });
+                    if let Err(code) =
+                        self.deliver(channel, Some(seq), part, data, messages, events)
+                    {
                         violation = Some(code);
                         break;
                     }

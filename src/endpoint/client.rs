@@ -11,7 +11,7 @@ use crate::connection::{Connection, Role, Scratch};
 use crate::crypto::{self, EphemeralKey, ServerKey, SessionKeys, FINISHED_LEN};
 use crate::pipeline::{seal, Decoder};
 use crate::types::{
-    ChannelId, ClientId, ConnectionStats, DisconnectReason, Event, SendError, Transmit,
+    ChannelId, ClientId, ConnectionStats, DisconnectReason, Event, SendBudget, SendError, Transmit,
 };
 use crate::wire::{Body, ErrorCode, Flags, Packet, PacketType};
 
@@ -233,6 +233,15 @@ impl Client {
         match &self.state {
             State::Connected(c) => c.stats(),
             _ => self.final_stats.clone().unwrap_or_default(),
+        }
+    }
+
+    /// What the connection can send now without queueing, to size a tick's messages
+    /// ([`SendBudget`]); `None` before the handshake finished and after the connection ended.
+    pub fn send_budget(&self, now: Instant) -> Option<SendBudget> {
+        match &self.state {
+            State::Connected(c) if c.is_connected() => Some(c.send_budget(now)),
+            _ => None,
         }
     }
 

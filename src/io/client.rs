@@ -9,7 +9,7 @@ use super::socket::{bind_socket, SocketConfig};
 use super::BindError;
 use crate::config::ClientConfig;
 use crate::endpoint::Client;
-use crate::types::{ChannelId, Event, SendError};
+use crate::types::{ChannelId, Event, SendBudget, SendError};
 
 /// The address a client socket for `server` is bound to: an ephemeral port on loopback for a
 /// loopback server (never exposed on other interfaces), else on the unspecified address of
@@ -152,6 +152,12 @@ impl ClientDriver {
     /// [`SendError`] says why nothing was queued.
     pub fn send(&mut self, channel: ChannelId, message: &[u8]) -> Result<(), SendError> {
         self.client.send(Instant::now(), channel, message)
+    }
+
+    /// What the connection can send now without queueing (see [`Client::send_budget`]);
+    /// `None` while not connected.
+    pub fn send_budget(&self) -> Option<SendBudget> {
+        self.client.send_budget(Instant::now())
     }
 
     /// Closes the connection gracefully (see [`Client::disconnect`]); keep driving the client

@@ -9,7 +9,7 @@ use super::socket::{bind_socket, SocketConfig};
 use super::BindError;
 use crate::config::ServerConfig;
 use crate::endpoint::Server;
-use crate::types::{ChannelId, ClientId, Event, SendError};
+use crate::types::{ChannelId, ClientId, Event, SendBudget, SendError};
 
 /// Gives `server` the wall clock and, with `tokens` and a specified `local` address, that
 /// address as one connect tokens may name.
@@ -142,6 +142,12 @@ impl ServerDriver {
         message: &[u8],
     ) -> Result<(), SendError> {
         self.server.send(Instant::now(), client, channel, message)
+    }
+
+    /// What `client`'s connection can send now without queueing (see
+    /// [`Server::send_budget`]); `None` if it is not connected.
+    pub fn send_budget(&self, client: ClientId) -> Option<SendBudget> {
+        self.server.send_budget(Instant::now(), client)
     }
 
     /// Queues a message for every connected client; returns how many took it.

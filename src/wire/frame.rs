@@ -5,7 +5,11 @@
 //! 0x01 MESSAGE       channel (8) | length (varint) | bytes
 //! 0x02 MESSAGE_SEQ   channel (8) | message seq (16) | length (varint) | bytes
 //! 0x03 FRAGMENT_ACK  packet number (32) | fragment number (8) | bitmap (ceil(n/8) octets, MSB first)
+//! 0x04 MESSAGE_PART  channel (8) | message seq (16) | total length (32) | offset (32) | length (varint) | bytes
 //! ```
+//! A MESSAGE_PART carries octets `offset..offset + length` of a reliable-ordered message of
+//! `total` octets too large for one packet (`total` > [`crate::MAX_MESSAGE_SIZE`]); its parts
+//! take consecutive sequence numbers of their channel, in order of offset.
 //! Lengths are QUIC variable-length integers (RFC 9000 §16): the two high bits of the first
 //! octet give the length (1, 2, 4 or 8 octets).
 
@@ -21,7 +25,17 @@ pub mod kind {
     pub const MESSAGE_SEQ: u8 = 0x02;
     /// The fragments held of an incomplete packet.
     pub const FRAGMENT_ACK: u8 = 0x03;
+    /// A part of a message too large for one packet.
+    pub const MESSAGE_PART: u8 = 0x04;
 }
+
+/// The most message octets one MESSAGE_PART carries: a packet of 255 fragments less the tag
+/// and the part's framing (16 octets). A message of more than [`crate::MAX_MESSAGE_SIZE`]
+/// octets is cut into parts of this size, the last one shorter.
+pub const MAX_PART: usize = crate::wire::MAX_PAYLOAD - 16 - PART_HEADER;
+
+/// Octets of a MESSAGE_PART frame before its bytes (with a 4-octet length varint).
+const PART_HEADER: usize = 1 + 1 + 2 + 4 + 4 + 4;
 
 /// One frame, borrowed from the plaintext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +57,19 @@ pub enum Frame<'a> {
         count: u8,
         /// Bit i (MSB first) set: fragment i is held.
         bitmap: &'a [u8],
+    },
+    /// A part of a reliable-ordered message too large for one packet.
+    MessagePart {
+        /// Channel index.
+        channel: u8,
+        /// The part's sequence number on its channel.
+        seq: u16,
+        /// The whole message's length.
+        total: u32,
+        /// Where the part's octets start in the message.
+        offset: u32,
+        /// The part's octets.
+        data: &'a [u8],
     },
 }
 
@@ -95,6 +122,21 @@ pub fn put_message(out: &mut Vec<u8>, channel: u8, seq: Option<u16>, data: &[u8]
             out.extend_from_slice(&s.to_be_bytes());
         }
     }
+    put_varint(out, data.len() as u64);
+    out.extend_from_slice(data);
+}
+
+/// Octets a MESSAGE_PART frame of `len` octets takes.
+pub const fn part_frame_len(len: usize) -> usize {
+    1 + 1 + 2 + 4 + 4 + varint_len(len as u64) + len
+}
+
+/// Appends a MESSAGE_PART frame.
+pub fn put_part(out: &mut Vec<u8>, channel: u8, seq: u16, total: u32, offset: u32, data: &[u8]) {
+    out.extend_from_slice(&[kind::MESSAGE_PART, channel]);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&total.to_be_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
     put_varint(out, data.len() as u64);
     out.extend_from_slice(data);
 }
@@ -163,6 +205,27 @@ impl<'a> Frames<'a> {
                     packet_number,
                     count,
                     bitmap,
+                }))
+            }
+            kind::MESSAGE_PART => {
+                let head = rest.get(..11).ok_or(bad("truncated message part"))?;
+                let channel = head[0];
+                let seq = u16::from_be_bytes([head[1], head[2]]);
+                let total = u32::from_be_bytes([head[3], head[4], head[5], head[6]]);
+                let offset = u32::from_be_bytes([head[7], head[8], head[9], head[10]]);
+                let (len, rest) =
+                    take_varint(&rest[11..]).ok_or(bad("truncated message part length"))?;
+                let len = usize::try_from(len).map_err(|_| bad("message length overflow"))?;
+                let data = rest
+                    .get(..len)
+                    .ok_or(bad("message part longer than its packet"))?;
+                self.rest = &rest[len..];
+                Ok(Some(Frame::MessagePart {
+                    channel,
+                    seq,
+                    total,
+                    offset,
+                    data,
                 }))
             }
             _ => Err(bad("unknown frame type")),
@@ -242,6 +305,23 @@ mod tests {
             let ends_on_frame = [first, first + message_frame_len(100, true)].contains(&n);
             assert_eq!(r.is_ok(), ends_on_frame, "cut at {n}");
         }
+        let mut part = Vec::new();
+        put_part(&mut part, 4, 7, 300_000, 251_908, b"xyz");
+        assert_eq!(part.len(), part_frame_len(3));
+        assert_eq!(
+            Frames::new(&part).collect::<Result<Vec<_>, _>>().unwrap(),
+            vec![Frame::MessagePart {
+                channel: 4,
+                seq: 7,
+                total: 300_000,
+                offset: 251_908,
+                data: b"xyz"
+            }]
+        );
+        for n in 1..part.len() {
+            assert!(Frames::new(&part[..n]).any(|f| f.is_err()), "cut at {n}");
+        }
+        assert_eq!(part_frame_len(MAX_PART) + 16, crate::wire::MAX_PAYLOAD);
         let mut padded = out.clone();
         padded.extend_from_slice(&[0, 0xFF, 0xFF]);
         assert_eq!(Frames::new(&padded).count(), 3);

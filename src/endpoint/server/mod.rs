@@ -20,7 +20,7 @@ use crate::connection::{Connection, Role, Scratch};
 use crate::crypto::{self, EphemeralKey, SessionKeys, FINISHED_LEN, PUBLIC_KEY_LEN};
 use crate::pipeline::seal;
 use crate::token::ConnectToken;
-use crate::types::{ChannelId, ClientId, ConnectionStats, Event, SendError, Transmit};
+use crate::types::{ChannelId, ClientId, ConnectionStats, Event, SendBudget, SendError, Transmit};
 use crate::wire::{Body, ErrorCode, Flags, Packet, PacketType, TypeFields};
 
 /// A half-open handshake: the server answered an AUTH and waits for the client's finished.
@@ -412,6 +412,15 @@ impl Server {
                 .get(&client)
                 .and_then(|r| r.final_stats.clone()),
         }
+    }
+
+    /// What `client`'s connection can send now without queueing, to size a tick's messages
+    /// ([`SendBudget`]); `None` if it is not connected.
+    pub fn send_budget(&self, now: Instant, client: ClientId) -> Option<SendBudget> {
+        self.connections
+            .get(&client)
+            .filter(|c| c.is_connected())
+            .map(|c| c.send_budget(now))
     }
 
     /// Whether `client` is connected.
