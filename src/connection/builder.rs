@@ -552,7 +552,10 @@ impl Connection {
                     .expect("buffer holds a full datagram");
                 let resend = p.resends > 0 || p.declared_lost;
                 if next == 0 {
-                    p.sent_before_pn = self.next_pn;
+                    // A fragmented transmission counts for the packet threshold from its last
+                    // fragment on (set below): packets of other lanes written between its
+                    // fragments arrive, and are acknowledged, before its later fragments.
+                    p.sent_before_pn = if count > 1 { u32::MAX } else { self.next_pn };
                     p.fresh_report = false;
                     if !resend {
                         p.judge_from_pn = self.next_pn;
@@ -603,6 +606,9 @@ impl Connection {
                 }
                 // The transmission ends at the last fragment the receiver lacks.
                 if (index + 1..count).all(|k| p.held[k]) {
+                    if count > 1 {
+                        p.sent_before_pn = self.next_pn;
+                    }
                     if p.declared_lost {
                         p.resends += 1;
                         p.declared_lost = false;
