@@ -560,6 +560,12 @@ impl ShardedServer {
         })
     }
 
+    /// Starts a graceful drain on every shard (see [`Server::drain`]): new clients are
+    /// refused, the connected ones stay. Returns how many shards took it.
+    pub fn drain(&self) -> usize {
+        self.run_on_each(|s, _| s.drain()).len()
+    }
+
     /// Closes every connection of every shard with ERROR 2.1 (see [`Server::shutdown`]);
     /// keep the shards running until [`Shard::is_shut_down`] and their server
     /// [`Server::is_idle`], so that the closes are delivered. Returns how many shards took it.
