@@ -629,6 +629,21 @@ impl Shard {
         self.io.stats()
     }
 
+    /// Datagrams held back because the socket would block.
+    pub fn held_datagrams(&self) -> usize {
+        self.io.held()
+    }
+
+    /// Whether the socket batches its system calls with segmentation offload.
+    pub fn has_offload(&self) -> bool {
+        self.io.has_offload()
+    }
+
+    /// The socket, to read its options.
+    pub fn socket(&self) -> &mio::net::UdpSocket {
+        self.io.socket()
+    }
+
     /// Counters of the relaying between shards.
     pub fn relay_stats(&self) -> RelayStats {
         self.core.info(&self.io.stats()).relay
@@ -659,6 +674,32 @@ impl Shard {
     /// shard's, see [`ShardedServer::broadcast`]).
     pub fn broadcast(&mut self, channel: ChannelId, message: &[u8]) -> usize {
         self.core.server.broadcast(Instant::now(), channel, message)
+    }
+
+    /// Queues a message for every client of this shard but `except` (see
+    /// [`Server::broadcast_except`]).
+    pub fn broadcast_except(
+        &mut self,
+        except: ClientId,
+        channel: ChannelId,
+        message: &[u8],
+    ) -> usize {
+        self.core
+            .server
+            .broadcast_except(Instant::now(), except, channel, message)
+    }
+
+    /// Queues a message for each of `clients` that is this shard's (see
+    /// [`Server::send_to_many`]).
+    pub fn send_to_many(
+        &mut self,
+        clients: &[ClientId],
+        channel: ChannelId,
+        message: &[u8],
+    ) -> usize {
+        self.core
+            .server
+            .send_to_many(Instant::now(), clients, channel, message)
     }
 
     /// Closes `client`'s connection gracefully (see [`Server::disconnect`]).
