@@ -116,6 +116,10 @@ struct Core {
     shared: Arc<Shared>,
     /// Addresses another shard owns: their datagrams go there.
     forward: HashMap<SocketAddr, usize>,
+    /// Addresses this shard claimed from another (address, that shard), swept once a second:
+    /// one this shard no longer knows is given back (so the other's map does not grow).
+    claimed: HashMap<SocketAddr, usize>,
+    next_sweep: Instant,
     unclaimed: Vec<Unclaimed>,
     relay: RelayStats,
 }
@@ -172,7 +176,9 @@ impl Core {
                 let owned = self.server.handle_relayed(Instant::now(), addr, &mut data);
                 if owned {
                     self.relay.taken += 1;
+                    // Not direct: the origin has no entry for `addr` (yet), so claim it.
                     if !direct {
+                        self.claimed.insert(addr, origin);
                         self.shared.peers[origin].send(Msg::Claim {
                             addr,
                             owner: self.index,
@@ -245,6 +251,20 @@ impl Endpoint for Core {
         self.server.has_event()
     }
     fn service(&mut self, io: &IoStats) {
+        if !self.claimed.is_empty() {
+            let now = Instant::now();
+            if now >= self.next_sweep {
+                self.next_sweep = now + Duration::from_secs(1);
+                let (server, peers) = (&self.server, &self.shared.peers);
+                self.claimed.retain(|addr, origin| {
+                    let keep = server.knows_addr(addr);
+                    if !keep {
+                        peers[*origin].send(Msg::Unclaim { addr: *addr });
+                    }
+                    keep
+                });
+            }
+        }
         // Bounded, so that a flood of relays cannot keep the shard from its own socket.
         for _ in 0..4096 {
             let Ok(msg) = self.inbox.try_recv() else {
@@ -294,7 +314,8 @@ impl Endpoint for Core {
 /// opens it (A) takes it as a migration: it challenges the new address from its own socket
 /// (same address and port, so the client sees the same server) and tells B that the address
 /// is its own. From then on B relays every datagram from that address to A at once (one
-/// lookup in a map B keeps, only while it has such addresses). The connection and its state
+/// lookup in a map B keeps, only while it has such addresses; A gives an address back within
+/// about a second once none of its connections has it). The connection and its state
 /// stay where they were: nothing is exported, and no reliable message is lost or delivered
 /// twice (the test `tests/shards.rs` moves clients under load and checks exactly that). A
 /// relayed client costs one channel message and one wake-up of A per datagram it sends.
@@ -436,6 +457,8 @@ impl ShardedServer {
                     inbox,
                     shared: Arc::clone(&shared),
                     forward: HashMap::new(),
+                    claimed: HashMap::new(),
+                    next_sweep: Instant::now(),
                     unclaimed: Vec::new(),
                     relay: RelayStats::default(),
                 },
@@ -462,6 +485,8 @@ impl ShardedServer {
 
     /// Runs `f` on every shard's server (at the start of its next pass) and returns the
     /// answers, in shard order, of those that answered within [`Self::ANSWER_TIMEOUT`].
+    /// It blocks until then: call it from a thread that drives no shard (a shard's own
+    /// thread would answer only after the timeout, and be left out).
     pub fn run_on_each<R, F>(&self, f: F) -> Vec<R>
     where
         R: Send + 'static,
