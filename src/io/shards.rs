@@ -265,13 +265,15 @@ impl Endpoint for Core {
                 });
             }
         }
-        // Bounded, so that a flood of relays cannot keep the shard from its own socket.
+        // Bounded, so that a flood of relays cannot keep the shard from its own socket; the
+        // rest are taken in the next pass, which the wake below makes come at once.
         for _ in 0..4096 {
             let Ok(msg) = self.inbox.try_recv() else {
-                break;
+                return;
             };
             self.on_msg(msg, io);
         }
+        let _ = self.shared.peers[self.index].waker.wake();
     }
 }
 
@@ -432,7 +434,12 @@ impl ShardedServer {
         let mut parts = Vec::with_capacity(n);
         for udp in sockets {
             let index = peers.len();
-            let mut server = Server::new_shard(config.clone(), Arc::clone(&admission), index)?;
+            // One shard alone relays nothing: a plain server.
+            let mut server = if n > 1 {
+                Server::new_shard(config.clone(), Arc::clone(&admission), index)?
+            } else {
+                Server::new(config.clone())?
+            };
             set_clock_and_addr(&mut server, tokens, local_addr);
             let io = Io::new(udp, &socket)?;
             let (tx, rx) = mpsc::channel();
