@@ -57,6 +57,8 @@
 //! bans                       the bans in force
 //! stats                      one line per shard: clients, half-open handshakes, accepted,
 //!                            migrations, datagrams in and out, relayed between shards
+//! drain                      refuse new clients (ERROR 1.1 `server draining`); the connected
+//!                            ones stay
 //! shutdown                   ERROR 2.1 to every client, wait for the acks (bounded), exit
 //! ```
 
@@ -686,6 +688,7 @@ trait Operator {
     fn bans(&self) -> Vec<Ban>;
     /// One line per shard.
     fn stats(&self) -> Vec<String>;
+    fn drain(&mut self);
 }
 
 struct OneOperator<'a> {
@@ -712,6 +715,9 @@ impl Operator for OneOperator<'_> {
     }
     fn bans(&self) -> Vec<Ban> {
         self.server.bans(Instant::now())
+    }
+    fn drain(&mut self) {
+        self.server.drain();
     }
     fn stats(&self) -> Vec<String> {
         let s = self.server.stats();
@@ -750,6 +756,9 @@ impl Operator for ShardsOperator {
     }
     fn bans(&self) -> Vec<Ban> {
         self.handle.bans()
+    }
+    fn drain(&mut self) {
+        self.handle.drain();
     }
     fn stats(&self) -> Vec<String> {
         self.handle
@@ -858,8 +867,12 @@ fn console_command(line: &str, op: &mut dyn Operator) -> (String, bool) {
             }
         }
         "stats" => op.stats().join("\n"),
+        "drain" => {
+            op.drain();
+            "draining: new clients are refused, connected ones stay".to_string()
+        }
         "shutdown" => return ("shutting down".to_string(), true),
-        "help" => "commands: list | kick ID [REASON] | ban IP_OR_PREFIX DURATION | unban IP_OR_PREFIX | bans | stats | shutdown".to_string(),
+        "help" => "commands: list | kick ID [REASON] | ban IP_OR_PREFIX DURATION | unban IP_OR_PREFIX | bans | stats | drain | shutdown".to_string(),
         other => format!("error: unknown command {other:?} (try help)"),
     };
     (answer, false)

@@ -124,6 +124,8 @@ struct RunResult {
     server_wait_pct: f64,
     client_wait_pct: f64,
     relayed: u64,
+    /// Seconds until every client connected (each handshake takes the shared locks).
+    connect_secs: f64,
 }
 
 fn main() -> ExitCode {
@@ -190,7 +192,8 @@ fn median(results: &[RunResult], shards: usize, f: impl Fn(&RunResult) -> f64) -
 fn print_result(r: &RunResult) {
     println!(
         "{} shard(s): {:>9.0} msg/s; CPU per message: server {:>5.0} ns, clients {:>5.0} ns, \
-         process {}; waiting for a CPU: server {:.0}%, clients {:.0}%; {} datagrams relayed",
+         process {}; waiting for a CPU: server {:.0}%, clients {:.0}%; {} datagrams relayed; \
+         all connected in {:.2} s",
         r.shards,
         r.rate,
         r.server_ns,
@@ -199,7 +202,8 @@ fn print_result(r: &RunResult) {
             .map_or_else(|| "-".to_string(), |n| format!("{n:.0} ns")),
         r.server_wait_pct,
         r.client_wait_pct,
-        r.relayed
+        r.relayed,
+        r.connect_secs
     );
 }
 
@@ -253,13 +257,15 @@ fn run(args: &Args, shards: usize) -> Result<RunResult, Box<dyn std::error::Erro
             drive_clients(addr, key, n, size, &stop, &connected, &failed, &tids)
         }));
     }
-    let give_up = Instant::now() + CONNECT_TIMEOUT;
+    let connecting = Instant::now();
+    let give_up = connecting + CONNECT_TIMEOUT;
     while connected.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < args.clients {
         if Instant::now() > give_up {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let connect_secs = connecting.elapsed().as_secs_f64();
     let n_connected = connected.load(Ordering::Relaxed);
     if n_connected < args.clients {
         eprintln!(
@@ -308,6 +314,7 @@ fn run(args: &Args, shards: usize) -> Result<RunResult, Box<dyn std::error::Erro
             / args.client_threads as f64
             * 100.0,
         relayed,
+        connect_secs,
     })
 }
 

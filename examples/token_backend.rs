@@ -192,6 +192,7 @@ fn run_server(
     }
     // A graceful drain: the backend sends no one new, then every client is closed.
     let _ = ask(backend, &format!("DRAIN {addr}"));
+    handle.drain();
     handle.shutdown("server draining");
     let mut connected = 0;
     for t in threads {

@@ -131,6 +131,18 @@ fn console_script(extra: &[&str]) -> String {
         stats.push_str(&expect(&out, "shard 1: clients="));
     }
     assert!(stats.contains("accepted=1"), "{stats}");
+    // A drain refuses the next client (it gives up: its echo run fails), then shut down.
+    say(&mut stdin, "drain");
+    expect(&out, "draining: new clients are refused");
+    let refused = Command::new(&echo)
+        .args(["--connect", &addr, "--server-key", &key, "--secs", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let told = String::from_utf8_lossy(&refused.stdout);
+    assert!(!refused.status.success(), "{told}");
+    assert!(told.contains("could not connect"), "{told}");
     say(&mut stdin, "shutdown");
     expect(&out, "shutting down");
     expect(&out, "served ");
@@ -174,6 +186,22 @@ fn echo_example_runs_clean() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(stdout.contains("OK: all 4 clients"), "{stdout}");
+}
+
+/// The echo example's local run over two shards.
+#[test]
+#[cfg(target_os = "linux")]
+fn echo_example_runs_clean_over_shards() {
+    let echo = echo_binary();
+    let run = Command::new(&echo)
+        .args(["--secs", "1", "--clients", "8", "--shards", "2"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "echo failed:\n{stdout}");
+    assert!(stdout.contains("OK: all 8 clients"), "{stdout}");
+    assert!(stdout.contains("server: 8 connections"), "{stdout}");
 }
 
 #[test]

@@ -1,6 +1,10 @@
 //! The only code that touches sockets or reads the clock: a mio loop around the sans-IO
 //! [`Server`](crate::Server) and [`Client`](crate::Client).
 //!
+//! A [`ShardedServer`] serves one address from N threads: N `SO_REUSEPORT` sockets, each with
+//! its own [`Server`](crate::Server) driven as a [`Shard`] (the same loop and methods as a
+//! [`ServerDriver`]), ids unique across them, and one operator handle over all of them.
+//!
 //! A [`ServerDriver`] or [`ClientDriver`] owns a non-blocking UDP socket set up with socket2
 //! ([`SocketConfig`]: buffer sizes, IPv6 dual-stack, offload) and registered with its own mio
 //! [`Poll`](mio::Poll), and the endpoint it drives. Each pass follows the endpoint's rule: read

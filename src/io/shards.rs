@@ -116,6 +116,10 @@ struct Core {
     shared: Arc<Shared>,
     /// Addresses another shard owns: their datagrams go there.
     forward: HashMap<SocketAddr, usize>,
+    /// Addresses this shard claimed from another (address, that shard), swept once a second:
+    /// one this shard no longer knows is given back (so the other's map does not grow).
+    claimed: HashMap<SocketAddr, usize>,
+    next_sweep: Instant,
     unclaimed: Vec<Unclaimed>,
     relay: RelayStats,
 }
@@ -172,7 +176,9 @@ impl Core {
                 let owned = self.server.handle_relayed(Instant::now(), addr, &mut data);
                 if owned {
                     self.relay.taken += 1;
+                    // Not direct: the origin has no entry for `addr` (yet), so claim it.
                     if !direct {
+                        self.claimed.insert(addr, origin);
                         self.shared.peers[origin].send(Msg::Claim {
                             addr,
                             owner: self.index,
@@ -245,13 +251,29 @@ impl Endpoint for Core {
         self.server.has_event()
     }
     fn service(&mut self, io: &IoStats) {
-        // Bounded, so that a flood of relays cannot keep the shard from its own socket.
+        if !self.claimed.is_empty() {
+            let now = Instant::now();
+            if now >= self.next_sweep {
+                self.next_sweep = now + Duration::from_secs(1);
+                let (server, peers) = (&self.server, &self.shared.peers);
+                self.claimed.retain(|addr, origin| {
+                    let keep = server.knows_addr(addr);
+                    if !keep {
+                        peers[*origin].send(Msg::Unclaim { addr: *addr });
+                    }
+                    keep
+                });
+            }
+        }
+        // Bounded, so that a flood of relays cannot keep the shard from its own socket; the
+        // rest are taken in the next pass, which the wake below makes come at once.
         for _ in 0..4096 {
             let Ok(msg) = self.inbox.try_recv() else {
-                break;
+                return;
             };
             self.on_msg(msg, io);
         }
+        let _ = self.shared.peers[self.index].waker.wake();
     }
 }
 
@@ -294,7 +316,8 @@ impl Endpoint for Core {
 /// opens it (A) takes it as a migration: it challenges the new address from its own socket
 /// (same address and port, so the client sees the same server) and tells B that the address
 /// is its own. From then on B relays every datagram from that address to A at once (one
-/// lookup in a map B keeps, only while it has such addresses). The connection and its state
+/// lookup in a map B keeps, only while it has such addresses; A gives an address back within
+/// about a second once none of its connections has it). The connection and its state
 /// stay where they were: nothing is exported, and no reliable message is lost or delivered
 /// twice (the test `tests/shards.rs` moves clients under load and checks exactly that). A
 /// relayed client costs one channel message and one wake-up of A per datagram it sends.
@@ -411,7 +434,12 @@ impl ShardedServer {
         let mut parts = Vec::with_capacity(n);
         for udp in sockets {
             let index = peers.len();
-            let mut server = Server::new_shard(config.clone(), Arc::clone(&admission), index)?;
+            // One shard alone relays nothing: a plain server.
+            let mut server = if n > 1 {
+                Server::new_shard(config.clone(), Arc::clone(&admission), index)?
+            } else {
+                Server::new(config.clone())?
+            };
             set_clock_and_addr(&mut server, tokens, local_addr);
             let io = Io::new(udp, &socket)?;
             let (tx, rx) = mpsc::channel();
@@ -436,6 +464,8 @@ impl ShardedServer {
                     inbox,
                     shared: Arc::clone(&shared),
                     forward: HashMap::new(),
+                    claimed: HashMap::new(),
+                    next_sweep: Instant::now(),
                     unclaimed: Vec::new(),
                     relay: RelayStats::default(),
                 },
@@ -462,6 +492,8 @@ impl ShardedServer {
 
     /// Runs `f` on every shard's server (at the start of its next pass) and returns the
     /// answers, in shard order, of those that answered within [`Self::ANSWER_TIMEOUT`].
+    /// It blocks until then: call it from a thread that drives no shard (a shard's own
+    /// thread would answer only after the timeout, and be left out).
     pub fn run_on_each<R, F>(&self, f: F) -> Vec<R>
     where
         R: Send + 'static,
@@ -560,6 +592,12 @@ impl ShardedServer {
         })
     }
 
+    /// Starts a graceful drain on every shard (see [`Server::drain`]): new clients are
+    /// refused, the connected ones stay. Returns how many shards took it.
+    pub fn drain(&self) -> usize {
+        self.run_on_each(|s, _| s.drain()).len()
+    }
+
     /// Closes every connection of every shard with ERROR 2.1 (see [`Server::shutdown`]);
     /// keep the shards running until [`Shard::is_shut_down`] and their server
     /// [`Server::is_idle`], so that the closes are delivered. Returns how many shards took it.
@@ -623,6 +661,21 @@ impl Shard {
         self.io.stats()
     }
 
+    /// Datagrams held back because the socket would block.
+    pub fn held_datagrams(&self) -> usize {
+        self.io.held()
+    }
+
+    /// Whether the socket batches its system calls with segmentation offload.
+    pub fn has_offload(&self) -> bool {
+        self.io.has_offload()
+    }
+
+    /// The socket, to read its options.
+    pub fn socket(&self) -> &mio::net::UdpSocket {
+        self.io.socket()
+    }
+
     /// Counters of the relaying between shards.
     pub fn relay_stats(&self) -> RelayStats {
         self.core.info(&self.io.stats()).relay
@@ -653,6 +706,32 @@ impl Shard {
     /// shard's, see [`ShardedServer::broadcast`]).
     pub fn broadcast(&mut self, channel: ChannelId, message: &[u8]) -> usize {
         self.core.server.broadcast(Instant::now(), channel, message)
+    }
+
+    /// Queues a message for every client of this shard but `except` (see
+    /// [`Server::broadcast_except`]).
+    pub fn broadcast_except(
+        &mut self,
+        except: ClientId,
+        channel: ChannelId,
+        message: &[u8],
+    ) -> usize {
+        self.core
+            .server
+            .broadcast_except(Instant::now(), except, channel, message)
+    }
+
+    /// Queues a message for each of `clients` that is this shard's (see
+    /// [`Server::send_to_many`]).
+    pub fn send_to_many(
+        &mut self,
+        clients: &[ClientId],
+        channel: ChannelId,
+        message: &[u8],
+    ) -> usize {
+        self.core
+            .server
+            .send_to_many(Instant::now(), clients, channel, message)
     }
 
     /// Closes `client`'s connection gracefully (see [`Server::disconnect`]).

@@ -34,6 +34,11 @@ impl Server {
         if self.redirect_resumption(from, hello.ticket, datagram) {
             return;
         }
+        if self.draining {
+            self.stats.refused_draining += 1;
+            self.refuse(from, ErrorCode::NoSpace, "server draining");
+            return;
+        }
         if self.bans.is_banned(now, from.ip()) {
             self.stats.refused_banned += 1;
             self.refuse(from, ErrorCode::CertificateInvalid, "banned");

@@ -202,6 +202,8 @@ pub struct ServerStats {
     /// Sealed datagrams from unknown addresses not tried against any connection because 4,096
     /// trial decryptions were done in the current second (a real client that moved resends).
     pub migration_trials_limited: u64,
+    /// AUTHs answered with ERROR 1.1 `server draining` because [`Server::drain`] was called.
+    pub refused_draining: u64,
 }
 
 /// What the server knows of one client.
@@ -230,6 +232,8 @@ pub struct Server {
     pending: HashMap<SocketAddr, Pending>,
     /// Whether [`Server::shutdown`] was called.
     shut_down: bool,
+    /// Whether [`Server::drain`] was called: new handshakes are refused.
+    draining: bool,
     /// The id counter and per-IP and token-use tables (shared between shards).
     shared: Arc<SharedAdmission>,
     /// With shards: this shard's index, and the datagrams for other shards: sealed ones from
@@ -329,6 +333,7 @@ impl Server {
             by_addr: HashMap::new(),
             pending: HashMap::new(),
             shut_down: false,
+            draining: false,
             shared,
             shard: shard.unwrap_or(0),
             unclaimed: shard.map(|_| Vec::new()),
@@ -533,10 +538,27 @@ impl Server {
         }
     }
 
-    /// Whether [`Server::shutdown`] was called (new handshakes still proceed: refuse them
-    /// with an empty allow-list if the server is to take no more).
+    /// Whether [`Server::shutdown`] was called (new handshakes still proceed unless the
+    /// server is also [draining](Server::drain)).
     pub fn is_shut_down(&self) -> bool {
         self.shut_down
+    }
+
+    /// Starts a graceful drain: from now on every AUTH is refused with ERROR 1.1 `server
+    /// draining` (the client's `Disconnected` says the server is full: it should ask its
+    /// backend for another), half-open handshakes are forgotten, and the connected clients
+    /// stay until they leave or [`Server::shutdown`]. There is no undoing it.
+    pub fn drain(&mut self) {
+        self.draining = true;
+        let ips: Vec<SocketAddr> = self.pending.keys().copied().collect();
+        for a in ips {
+            self.remove_pending(&a);
+        }
+    }
+
+    /// Whether [`Server::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining
     }
 
     /// Whether no connection is left (after [`Server::shutdown`], the server may stop).
