@@ -20,7 +20,8 @@ struct World {
     server_addr: SocketAddr,
     clients: Vec<(SocketAddr, Client, ClientId)>,
     index: std::collections::HashMap<SocketAddr, usize>,
-    buf: Vec<u8>,
+    /// Datagrams of one direction of a tick: (client index, buffer, length), reused.
+    batch: Vec<(usize, Vec<u8>, usize)>,
     delivered: u64,
     /// Time spent inside the server's calls.
     server_time: Duration,
@@ -53,7 +54,7 @@ impl World {
             server_addr,
             clients,
             index,
-            buf: vec![0; 1500],
+            batch: Vec::new(),
             delivered: 0,
             server_time: Duration::ZERO,
             echo: false,
@@ -71,17 +72,35 @@ impl World {
         w
     }
 
+    /// One tick: every client's datagrams are collected first and then handed to the server
+    /// in one batch (as a server reads them from its socket), the server's events and echoes
+    /// run, then its datagrams are collected and handed to the clients. Only the server's calls
+    /// are timed, and the clients' work does not run between them: on a real server the
+    /// clients are other machines, and their state would not share the server's caches.
     fn tick(&mut self, dt: Duration) {
         let now = self.now;
         let mut server_time = Duration::ZERO;
-        for (addr, c, _) in &mut self.clients {
-            while let Some(t) = c.poll_transmit(now, &mut self.buf) {
-                let (d, _) = self.buf.split_at_mut(t.len);
-                let start = Instant::now();
-                self.server.handle_datagram(now, *addr, d);
-                server_time += start.elapsed();
+        let mut n = 0;
+        for (i, (_, c, _)) in self.clients.iter_mut().enumerate() {
+            loop {
+                if n == self.batch.len() {
+                    self.batch.push((0, vec![0; 1500], 0));
+                }
+                let slot = &mut self.batch[n];
+                let Some(t) = c.poll_transmit(now, &mut slot.1) else {
+                    break;
+                };
+                slot.0 = i;
+                slot.2 = t.len;
+                n += 1;
             }
         }
+        let start = Instant::now();
+        for (i, d, len) in &mut self.batch[..n] {
+            self.server
+                .handle_datagram(now, self.clients[*i].0, &mut d[..*len]);
+        }
+        server_time += start.elapsed();
         let start = Instant::now();
         while let Some(e) = self.server.poll_event() {
             if let Event::Message {
@@ -98,14 +117,28 @@ impl World {
             }
         }
         server_time += start.elapsed();
+        let mut n = 0;
+        let start = Instant::now();
         loop {
-            let start = Instant::now();
-            let t = self.server.poll_transmit(now, &mut self.buf);
-            server_time += start.elapsed();
-            let Some(t) = t else { break };
-            if let Some(&i) = self.index.get(&t.destination) {
-                let (d, _) = self.buf.split_at_mut(t.len);
-                self.clients[i].1.handle_datagram(now, self.server_addr, d);
+            if n == self.batch.len() {
+                self.batch.push((0, vec![0; 1500], 0));
+            }
+            let slot = &mut self.batch[n];
+            let Some(t) = self.server.poll_transmit(now, &mut slot.1) else {
+                break;
+            };
+            slot.0 = self
+                .index
+                .get(&t.destination)
+                .copied()
+                .unwrap_or(usize::MAX);
+            slot.2 = t.len;
+            n += 1;
+        }
+        server_time += start.elapsed();
+        for (i, d, len) in &mut self.batch[..n] {
+            if let Some((_, c, _)) = self.clients.get_mut(*i) {
+                c.handle_datagram(now, self.server_addr, &mut d[..*len]);
             }
         }
         for (_, c, _) in &mut self.clients {
