@@ -341,3 +341,94 @@ fn resumption_works_from_whichever_shard_the_new_port_hashes_to() {
     assert_eq!(stats.iter().filter(|s| s.clients > 0).count(), 1);
     running.finish();
 }
+
+/// A stranger's sealed-looking datagram from an unknown address, `len` octets of plaintext
+/// under a key no connection has (fragmented past one datagram): its datagrams.
+fn stranger_datagrams(pn: u32, len: usize) -> Vec<Vec<u8>> {
+    use tickwire::pipeline::{encode_into, fragment, PacketKey, Seal, SendOptions};
+    use tickwire::wire::TypeFields;
+    let key = PacketKey::new(&[7; 16], &[8; 12]);
+    let mut out = Vec::new();
+    let header = encode_into(
+        &mut Vec::new(),
+        TypeFields::Default,
+        &vec![0x55; len],
+        SendOptions::default(),
+        Seal::Sealed {
+            key: &key,
+            packet_number: pn,
+        },
+        &mut out,
+    )
+    .unwrap();
+    let count = header.fragment.map_or(1, |f| usize::from(f.count));
+    (0..count)
+        .map(|i| {
+            let mut buf = vec![0u8; 1500];
+            let n =
+                fragment::write_datagram(&header, &TypeFields::Default, &out, i, &mut buf).unwrap();
+            buf.truncate(n);
+            buf
+        })
+        .collect()
+}
+
+/// A stranger floods a shard that has no connection with sealed-looking datagrams and
+/// fragments from an unknown address. A shard with no connection used to relay every one to
+/// every other shard, unbudgeted (a search of no connections cost nothing), and every
+/// fragment too (which no shard tries as a migration). Relays stay within the trial budget
+/// (4,096 searches per second per shard), and fragments are never relayed.
+#[test]
+fn a_stranger_cannot_make_an_empty_shard_relay_without_bound() {
+    let config = ServerConfig::new(ServerIdentity::generate());
+    let (handle, mut shards) = ShardedServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        config,
+        SocketConfig::default(),
+        2,
+    )
+    .expect("bind shards");
+    let addr = handle.local_addr();
+    let small = stranger_datagrams(5, 100).remove(0);
+    let fragment = stranger_datagrams(6, 3000).remove(0);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    const SENT: usize = 12_000;
+    let start = Instant::now();
+    let pump = |shards: &mut Vec<Shard>| {
+        for s in shards.iter_mut() {
+            s.poll_once().unwrap();
+        }
+    };
+    for i in 0..SENT {
+        let d = if i % 3 == 0 { &fragment } else { &small };
+        udp.send_to(d, addr).unwrap();
+        if i % 64 == 63 {
+            pump(&mut shards);
+        }
+    }
+    // Loopback queues a datagram at the receiver within send_to (or drops it when the buffer
+    // is full): pump until nothing more comes.
+    let mut received = u64::MAX;
+    for _ in 0..1000 {
+        pump(&mut shards);
+        let now: u64 = shards.iter().map(|s| s.io_stats().datagrams_received).sum();
+        if now == received {
+            break;
+        }
+        received = now;
+    }
+    // Each shard's clock seconds since its first datagram: at most this many budget windows.
+    let windows = start.elapsed().as_secs() + 1;
+    let received: u64 = shards.iter().map(|s| s.io_stats().datagrams_received).sum();
+    let offered: u64 = shards.iter().map(|s| s.relay_stats().offered).sum();
+    let refused: u64 = shards.iter().map(|s| s.relay_stats().refused).sum();
+    eprintln!("received {received}, offered {offered}, refused {refused}, {windows} windows");
+    assert!(received >= SENT as u64 / 2, "{received} of {SENT} arrived");
+    // One source address: one shard took them all. At most its trial budget was relayed.
+    assert!(
+        offered <= 4096 * windows,
+        "{offered} relays from {received} stranger datagrams in {windows} s"
+    );
+    // Fragments (a third) are never relayed.
+    assert!(offered <= received * 2 / 3 + 1, "{offered} of {received}");
+}

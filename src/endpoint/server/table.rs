@@ -66,15 +66,18 @@ impl Server {
         }
         // A search visits every connection: it costs one unit per 64 of them, a trial
         // decryption one unit.
+        // A search of an empty table costs its unit too: with shards, a datagram searched
+        // here in vain is relayed to every other shard, so each search must be budgeted.
         let search = 1 + (self.connections.len() / 64) as u32;
         let budget = MAX_TRIALS_PER_SEC.saturating_sub(self.trials.1) as usize;
-        if budget <= search as usize || self.connections.is_empty() {
-            if budget <= search as usize {
-                self.stats.migration_trials_limited += 1;
-            }
+        if budget <= search as usize {
+            self.stats.migration_trials_limited += 1;
             return false;
         }
         self.trials.1 += search;
+        if self.connections.is_empty() {
+            return false;
+        }
         let budget = budget - search as usize + 1;
         let pn = seal::packet_number(&packet.header);
         let mut candidates = std::mem::take(&mut self.candidates);
