@@ -1256,3 +1256,64 @@ fn a_first_part_reserves_its_message_once_within_max_message_size() {
         s.memory_bytes
     );
 }
+
+/// A cheater opens a 16 MiB message on each reliable-ordered channel with a first part of a
+/// few octets and never finishes them. Its declared totals are reserved (`assembling_bytes`),
+/// but nothing is allocated or charged to the server's `memory_budget` beyond what arrived:
+/// otherwise 16 connections (one IP's share) would charge the default 512 MiB with 32 tiny
+/// packets and lock every new client out with ERROR 1.1.
+#[test]
+fn tiny_first_parts_allocate_and_charge_the_server_only_what_arrived() {
+    let mut raw = Raw::new(large_config());
+    let total = tickwire::MAX_LARGE_MESSAGE_SIZE as u32;
+    for (seq, channel) in [(0u16, 3u8), (0, 4)] {
+        let d = raw.seal(
+            TypeFields::Default,
+            &part(channel, seq, total, 0, &[1; 10]),
+            reliable(),
+        );
+        raw.deliver(d);
+    }
+    assert!(!violated(&raw));
+    let s = raw.conn.stats();
+    // The reservation is still reported.
+    assert_eq!(s.assembling_bytes, 2 * (u64::from(total) + 64));
+    assert!(s.memory_bytes < 1 << 20, "allocated {}", s.memory_bytes);
+    assert!(
+        raw.conn.budget_used() < 1 << 20,
+        "charged to the server {}",
+        raw.conn.budget_used()
+    );
+    // The messages still assemble whole, each part growing its buffer (never past the total).
+    let mut offset = 10u32;
+    let mut seq = 1u16;
+    while offset < total {
+        let n = (total - offset).min(frame::MAX_PART as u32);
+        let chunk: Vec<u8> = (offset..offset + n).map(|i| i as u8).collect();
+        let d = raw.seal(
+            TypeFields::Default,
+            &part(3, seq, total, offset, &chunk),
+            reliable(),
+        );
+        raw.deliver(d);
+        let s = raw.conn.stats();
+        assert!(
+            s.memory_bytes < 2 * u64::from(offset + n) + (4 << 20),
+            "{} for {} assembled",
+            s.memory_bytes,
+            offset + n
+        );
+        offset += n;
+        seq += 1;
+        while let Some(Event::Message { data, .. }) = raw.events.pop_front() {
+            assert_eq!(data.len(), total as usize);
+            assert!(data[10..]
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == (i + 10) as u8));
+            raw.conn.release_delivered(data.len());
+        }
+    }
+    assert!(!violated(&raw));
+    assert_eq!(raw.conn.stats().large_messages_received, 1);
+}
