@@ -432,3 +432,57 @@ fn a_stranger_cannot_make_an_empty_shard_relay_without_bound() {
     // Fragments (a third) are never relayed.
     assert!(offered <= received * 2 / 3 + 1, "{offered} of {received}");
 }
+
+/// A shard that falls behind (its thread busy elsewhere) while another relays to it: its
+/// inbox used to grow with every relay (the channel between shards had no bound; a stranger
+/// spoofing an address another shard relays, or sealed-looking datagrams within the trial
+/// budget, fill it at the sender's pace). At most 1,024 relayed datagrams wait in a shard's
+/// inbox; the rest are dropped and counted by the shard that relays.
+#[test]
+fn a_shard_that_falls_behind_holds_a_bounded_inbox_of_relays() {
+    let config = ServerConfig::new(ServerIdentity::generate());
+    let (handle, mut shards) = ShardedServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        config,
+        SocketConfig::default(),
+        2,
+    )
+    .expect("bind shards");
+    let addr = handle.local_addr();
+    let small = stranger_datagrams(5, 100).remove(0);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Which shard the kernel's hash gives this source address.
+    udp.send_to(&small, addr).unwrap();
+    for s in shards.iter_mut() {
+        s.poll_once().unwrap();
+    }
+    let r = shards
+        .iter()
+        .position(|s| s.io_stats().datagrams_received == 1)
+        .expect("one shard took it");
+    let behind = 1 - r;
+    // The other shard is not driven while 6,000 more arrive.
+    for i in 0..6_000 {
+        udp.send_to(&small, addr).unwrap();
+        if i % 64 == 63 {
+            shards[r].poll_once().unwrap();
+        }
+    }
+    for _ in 0..100 {
+        shards[r].poll_once().unwrap();
+    }
+    let offered = shards[r].relay_stats().offered;
+    // Now it catches up: what waited in its inbox.
+    for _ in 0..10 {
+        shards[behind].poll_once().unwrap();
+    }
+    let waited = shards[behind].relay_stats().refused;
+    eprintln!("offered {offered}, waited {waited}");
+    assert!(offered > 2_000, "{offered}");
+    assert!(waited <= 1_024 + 1, "{waited} relays waited in the inbox");
+    assert_eq!(
+        shards[r].relay_stats().dropped,
+        offered - waited,
+        "the relays left out are counted"
+    );
+}
