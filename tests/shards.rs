@@ -486,3 +486,104 @@ fn a_shard_that_falls_behind_holds_a_bounded_inbox_of_relays() {
         "the relays left out are counted"
     );
 }
+
+/// A shard's thread that panics (a bug in the application's code on it) used to leave in the
+/// tables every shard shares what its server held: its clients' per-IP counts (so with
+/// `max_clients_per_ip` their IP was refused by every other shard for good, "too many
+/// connections from this address") and its ids in the resumption map (so every resumption of
+/// them was relayed to the dead shard, never answered). A shard's server gives both back when
+/// it goes away; the other shards go on serving.
+#[test]
+fn a_shard_that_panics_gives_back_what_it_held_in_the_shared_tables() {
+    use tickwire::Client;
+    let mut config = ServerConfig::new(ServerIdentity::generate());
+    config.max_clients_per_ip = 1;
+    let (handle, shards) = ShardedServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        config,
+        SocketConfig::default(),
+        2,
+    )
+    .expect("bind shards");
+    let (addr, key) = (handle.local_addr(), handle.public_key());
+    let stop = Arc::new(AtomicBool::new(false));
+    // The first shard to connect a client panics once the client is connected.
+    let died = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = shards
+        .into_iter()
+        .map(|mut shard| {
+            let (stop, died) = (Arc::clone(&stop), Arc::clone(&died));
+            std::thread::spawn(move || {
+                let give_up = Instant::now() + WALL;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < give_up {
+                    if let Some(Event::Connected { .. }) =
+                        shard.run_until_event(Some(STEP)).unwrap()
+                    {
+                        if !died.swap(true, Ordering::Relaxed) {
+                            panic!("an application bug on shard {}", shard.index());
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let socket = SocketConfig::default();
+    let until_event = |driver: &mut ClientDriver, what: &str| -> Event {
+        let give_up = Instant::now() + Duration::from_secs(5);
+        loop {
+            assert!(Instant::now() < give_up, "no {what}");
+            if let Some(ev) = driver.run_until_event(Some(STEP)).unwrap() {
+                return ev;
+            }
+        }
+    };
+    let mut first = ClientDriver::connect(ClientConfig::new(key), addr, socket.clone()).unwrap();
+    assert!(matches!(
+        until_event(&mut first, "connection"),
+        Event::Connected { .. }
+    ));
+    // The shard that holds it dies (its socket closes with it: the kernel sends everything to
+    // the other shard from now on).
+    let give_up = Instant::now() + WALL;
+    while !threads.iter().any(JoinHandle::is_finished) {
+        assert!(Instant::now() < give_up, "no shard died");
+        std::thread::yield_now();
+    }
+    let resumption = first.client().resumption().expect("a resumption ticket");
+    drop(first);
+    // A new client from the same IP gets in.
+    let mut second = ClientDriver::connect(ClientConfig::new(key), addr, socket.clone()).unwrap();
+    match until_event(&mut second, "second connection") {
+        Event::Connected { .. } => {}
+        other => panic!("the dead shard's client still counts for its IP: {other:?}"),
+    }
+    second.disconnect("done");
+    loop {
+        if let Event::Disconnected { .. } = until_event(&mut second, "disconnection") {
+            break;
+        }
+    }
+    // The dead shard's client resumes from a new socket: the live shard answers (the ticket's
+    // secret died with its shard, so it is a new session).
+    let client = Client::resume(
+        ClientConfig::new(key),
+        addr,
+        Instant::now(),
+        &[],
+        &resumption,
+    )
+    .unwrap();
+    let udp = bind_socket("127.0.0.1:0".parse().unwrap(), &socket).unwrap();
+    let mut resumed = ClientDriver::with_socket(client, udp, &socket).unwrap();
+    match until_event(&mut resumed, "resumed connection") {
+        Event::Connected { .. } => {}
+        other => panic!("{other:?}"),
+    }
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<_> = threads.into_iter().map(JoinHandle::join).collect();
+    assert_eq!(
+        results.iter().filter(|r| r.is_err()).count(),
+        1,
+        "one shard panicked, the other went on"
+    );
+}

@@ -184,3 +184,36 @@ impl Server {
         }
     }
 }
+
+impl Drop for Server {
+    /// A shard's server that goes away (its thread ended, or unwound from a panic) gives back
+    /// what it holds in the tables every shard shares: its connections' and half-open
+    /// handshakes' per-IP counts, and its ids in the resumption map. Otherwise the other
+    /// shards would refuse those IPs for good and relay those resumptions to a shard that no
+    /// longer answers.
+    fn drop(&mut self) {
+        if self.unclaimed.is_none() {
+            return;
+        }
+        {
+            let mut by_ip = self.shared.by_ip();
+            let conns = self.connections.values().map(|c| (c.addr(), true));
+            let pending = self.pending.keys().map(|&a| (a, false));
+            for (addr, connection) in conns.chain(pending) {
+                let key = ip_key(addr.ip());
+                if let Some(u) = by_ip.get_mut(&key) {
+                    if connection {
+                        u.connections = u.connections.saturating_sub(1);
+                    } else {
+                        u.pending = u.pending.saturating_sub(1);
+                    }
+                    if u.connections == 0 && u.pending == 0 {
+                        by_ip.remove(&key);
+                    }
+                }
+            }
+        }
+        let shard = self.shard;
+        self.shared.tickets().retain(|_, s| *s != shard);
+    }
+}
