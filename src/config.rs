@@ -111,9 +111,10 @@ pub struct ConnectionConfig {
     /// [`MAX_LARGE_MESSAGE_SIZE`] (16 MiB). Default 65,536 (64 KiB). A message up to
     /// [`MAX_MESSAGE_SIZE`] (251,916) goes in one packet on any channel; a larger one only on a
     /// reliable-ordered channel (such as [`crate::ChannelId::BULK`]), in parts of one packet
-    /// each, and `send_queue_bytes` must hold it. The receiver assembles it in a buffer of its
-    /// length reserved at its first part (charged to the receive budget, on top of
-    /// `receive_buffer_bytes`: at most one such message per reliable-ordered channel at once),
+    /// each, and `send_queue_bytes` must hold it. The receiver reserves its length at its
+    /// first part (charged to the receive budget, on top of `receive_buffer_bytes`: at most one
+    /// such message per reliable-ordered channel at once) and assembles it in a buffer that
+    /// grows with the parts that arrive (the server's `memory_budget` counts that buffer),
     /// while its parts pass through the receive budget like other messages.
     pub max_message_size: usize,
     /// A PING goes out when nothing was sent for this long (and at least every four

@@ -1256,3 +1256,258 @@ fn a_first_part_reserves_its_message_once_within_max_message_size() {
         s.memory_bytes
     );
 }
+
+/// A cheater opens a 16 MiB message on each reliable-ordered channel with a first part of a
+/// few octets and never finishes them. Its declared totals are reserved (`assembling_bytes`),
+/// but nothing is allocated or charged to the server's `memory_budget` beyond what arrived:
+/// otherwise 16 connections (one IP's share) would charge the default 512 MiB with 32 tiny
+/// packets and lock every new client out with ERROR 1.1.
+#[test]
+fn tiny_first_parts_allocate_and_charge_the_server_only_what_arrived() {
+    let mut raw = Raw::new(large_config());
+    let total = tickwire::MAX_LARGE_MESSAGE_SIZE as u32;
+    for (seq, channel) in [(0u16, 3u8), (0, 4)] {
+        let d = raw.seal(
+            TypeFields::Default,
+            &part(channel, seq, total, 0, &[1; 10]),
+            reliable(),
+        );
+        raw.deliver(d);
+    }
+    assert!(!violated(&raw));
+    let s = raw.conn.stats();
+    // The reservation is still reported.
+    assert_eq!(s.assembling_bytes, 2 * (u64::from(total) + 64));
+    assert!(s.memory_bytes < 1 << 20, "allocated {}", s.memory_bytes);
+    assert!(
+        raw.conn.budget_used() < 1 << 20,
+        "charged to the server {}",
+        raw.conn.budget_used()
+    );
+    // The messages still assemble whole, each part growing its buffer (never past the total).
+    let mut offset = 10u32;
+    let mut seq = 1u16;
+    while offset < total {
+        let n = (total - offset).min(frame::MAX_PART as u32);
+        let chunk: Vec<u8> = (offset..offset + n).map(|i| i as u8).collect();
+        let d = raw.seal(
+            TypeFields::Default,
+            &part(3, seq, total, offset, &chunk),
+            reliable(),
+        );
+        raw.deliver(d);
+        let s = raw.conn.stats();
+        assert!(
+            s.memory_bytes < 2 * u64::from(offset + n) + (4 << 20),
+            "{} for {} assembled",
+            s.memory_bytes,
+            offset + n
+        );
+        offset += n;
+        seq += 1;
+        while let Some(Event::Message { data, .. }) = raw.events.pop_front() {
+            assert_eq!(data.len(), total as usize);
+            assert!(data[10..]
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == (i + 10) as u8));
+            raw.conn.release_delivered(data.len());
+        }
+    }
+    assert!(!violated(&raw));
+    assert_eq!(raw.conn.stats().large_messages_received, 1);
+}
+
+/// Seeded random frames from a cheater (and forged packets from a stranger) against a
+/// connection that takes messages in parts: parts with any channel, sequence number, total,
+/// offset and length (edges: 0, the one-packet limit, max_message_size, u32::MAX, offsets
+/// near the end), whole messages between them, packet numbers near u32::MAX and jumps past
+/// the replay window. Nothing panics; the receive side stays within its documented bound
+/// (3 × receive_buffer_bytes + ordered channels × (max_message_size + 64)) in what it
+/// allocates and charges; a broken rule closes with 3.0 or 3.4; forged packets change nothing.
+#[test]
+fn random_parts_and_packet_numbers_never_panic_or_exceed_the_bound() {
+    const MAX: usize = 1 << 20;
+    let config = ConnectionConfig {
+        max_message_size: MAX,
+        send_queue_bytes: MAX,
+        ..ConnectionConfig::default()
+    };
+    let bound = 3 * config.receive_buffer_bytes + 2 * (MAX + 64) + (1 << 20);
+    let mut rng = Rng(0x7157_c0de);
+    let pick = |rng: &mut Rng, edges: &[u32]| -> u32 {
+        if rng.chance(0.7) {
+            edges[(rng.next_u64() % edges.len() as u64) as usize]
+        } else {
+            rng.next_u64() as u32
+        }
+    };
+    let one = tickwire::MAX_MESSAGE_SIZE as u32;
+    // Messages delivered, of them large, packets taken, rounds that ended in a violation.
+    let mut tally = (0usize, 0usize, 0u64, 0usize);
+    for round in 0..60 {
+        let mut raw = Raw::new(config.clone());
+        if round % 3 == 1 {
+            raw.next_pn = u32::MAX - 40;
+        }
+        let mut next_seq = [0u16; 8];
+        let mut assembled = [0u32; 8];
+        let totals = [0, 1, one, one + 1, MAX as u32, MAX as u32 + 1, u32::MAX];
+        // Every other round mostly keeps the rules (so messages assemble and arrive), breaking
+        // one now and then.
+        let careful = round % 2 == 0;
+        let mut total_of = [0u32; 8];
+        for _ in 0..80 {
+            if raw.next_pn == u32::MAX {
+                break;
+            }
+            let mut plain = Vec::new();
+            for _ in 0..1 + rng.next_u64() % 3 {
+                if careful && !rng.chance(0.002) {
+                    let channel = 3 + (rng.next_u64() % 2) as u8;
+                    let c = usize::from(channel);
+                    if assembled[c] >= total_of[c] {
+                        assembled[c] = 0;
+                        total_of[c] = one + 1 + (rng.next_u64() % 300_000) as u32;
+                    }
+                    let left = total_of[c] - assembled[c];
+                    let len = left.min(1 + (rng.next_u64() % 200_000) as u32);
+                    let seq = next_seq[c];
+                    let mut p = Vec::new();
+                    frame::put_part(
+                        &mut p,
+                        channel,
+                        seq,
+                        total_of[c],
+                        assembled[c],
+                        &vec![7; len as usize],
+                    );
+                    if p.len() > 900 {
+                        if !plain.is_empty() {
+                            break;
+                        }
+                        plain = p;
+                        next_seq[c] = seq.wrapping_add(1);
+                        assembled[c] += len;
+                        break;
+                    }
+                    plain.extend_from_slice(&p);
+                    next_seq[c] = seq.wrapping_add(1);
+                    assembled[c] += len;
+                    continue;
+                }
+                let channel = (rng.next_u64() % 6) as u8;
+                let c = usize::from(channel);
+                let seq = if rng.chance(0.8) {
+                    next_seq[c]
+                } else {
+                    next_seq[c].wrapping_add(pick(&mut rng, &[1, 2, 1023, 1024, 0x8000]) as u16)
+                };
+                if rng.chance(0.8) {
+                    let total = pick(&mut rng, &totals);
+                    let len = if rng.chance(0.1) {
+                        0
+                    } else {
+                        (rng.next_u64() % 600) as usize + 1
+                    };
+                    let offset = pick(
+                        &mut rng,
+                        &[
+                            0,
+                            assembled[c],
+                            total.wrapping_sub(len as u32),
+                            u32::MAX - 3,
+                            u32::MAX,
+                        ],
+                    );
+                    frame::put_part(&mut plain, channel, seq, total, offset, &vec![7; len]);
+                    if seq == next_seq[c] {
+                        next_seq[c] = seq.wrapping_add(1);
+                        assembled[c] = offset.wrapping_add(len as u32);
+                    }
+                } else {
+                    let len = (rng.next_u64() % 300) as usize;
+                    let s = (channel % 2 == 1 || channel >= 3).then_some(seq);
+                    frame::put_message(&mut plain, channel, s, &vec![9; len]);
+                    if s == Some(next_seq[c]) {
+                        next_seq[c] = seq.wrapping_add(1);
+                    }
+                }
+            }
+            if rng.chance(0.1) {
+                // (Fragments more than 4,096 ahead are refused: a careful round's large parts
+                // would never arrive.)
+                let jumps: &[u32] = if careful {
+                    &[1, 100]
+                } else {
+                    &[1, 4096, 4097, 1 << 20]
+                };
+                let jump = pick(&mut rng, jumps);
+                raw.next_pn = raw.next_pn.saturating_add(jump).min(u32::MAX - 1);
+            }
+            let before = raw.conn.stats();
+            if rng.chance(0.2) {
+                // A stranger's forgery: the same frames under another key.
+                let real = std::mem::replace(&mut raw.peer_key, PacketKey::new(&[9; 16], &[9; 12]));
+                let pn = raw.next_pn;
+                let d = raw.seal(TypeFields::Default, &plain, reliable());
+                let skip = if careful { 50 } else { 5000 };
+                raw.next_pn = pn
+                    .saturating_add(rng.next_u64() as u32 % skip)
+                    .min(u32::MAX - 1);
+                raw.peer_key = real;
+                raw.deliver(d);
+                let after = raw.conn.stats();
+                assert_eq!(
+                    after.packets_received, before.packets_received,
+                    "round {round}"
+                );
+                assert_eq!(after.incoming_loss, before.incoming_loss, "round {round}");
+                assert_eq!(after.messages_received, before.messages_received);
+                continue;
+            }
+            let d = raw.seal(TypeFields::Default, &plain, reliable());
+            raw.deliver(d);
+            raw.advance(Duration::from_millis(rng.next_u64() % 20));
+            raw.drain();
+            let s = raw.conn.stats();
+            assert!(
+                (s.memory_bytes as usize) < bound && raw.conn.budget_used() < bound,
+                "round {round}: memory {} charged {}",
+                s.memory_bytes,
+                raw.conn.budget_used()
+            );
+            assert!(
+                (0.0..=1.0).contains(&s.incoming_loss),
+                "{}",
+                s.incoming_loss
+            );
+            // The application takes what was delivered.
+            while let Some(e) = raw.events.pop_front() {
+                match e {
+                    Event::Message { data, .. } => {
+                        tally.0 += 1;
+                        tally.1 += usize::from(data.len() > tickwire::MAX_MESSAGE_SIZE);
+                        raw.conn.release_delivered(data.len())
+                    }
+                    Event::Disconnected { reason, .. } => assert!(
+                        matches!(
+                            reason,
+                            DisconnectReason::ProtocolViolation(
+                                ErrorCode::Packet | ErrorCode::SequenceId
+                            )
+                        ),
+                        "round {round}: {reason:?}"
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        tally.2 += raw.conn.stats().packets_received;
+        tally.3 += usize::from(!raw.conn.is_connected());
+    }
+    eprintln!(
+        "delivered {}, large {}, packets {}, closed {}",
+        tally.0, tally.1, tally.2, tally.3
+    );
+}

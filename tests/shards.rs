@@ -360,3 +360,249 @@ fn resumption_works_from_whichever_shard_the_new_port_hashes_to() {
     assert_eq!(stats.iter().filter(|s| s.clients > 0).count(), 1);
     running.finish();
 }
+
+/// A stranger's sealed-looking datagram from an unknown address, `len` octets of plaintext
+/// under a key no connection has (fragmented past one datagram): its datagrams.
+fn stranger_datagrams(pn: u32, len: usize) -> Vec<Vec<u8>> {
+    use tickwire::pipeline::{encode_into, fragment, PacketKey, Seal, SendOptions};
+    use tickwire::wire::TypeFields;
+    let key = PacketKey::new(&[7; 16], &[8; 12]);
+    let mut out = Vec::new();
+    let header = encode_into(
+        &mut Vec::new(),
+        TypeFields::Default,
+        &vec![0x55; len],
+        SendOptions::default(),
+        Seal::Sealed {
+            key: &key,
+            packet_number: pn,
+        },
+        &mut out,
+    )
+    .unwrap();
+    let count = header.fragment.map_or(1, |f| usize::from(f.count));
+    (0..count)
+        .map(|i| {
+            let mut buf = vec![0u8; 1500];
+            let n =
+                fragment::write_datagram(&header, &TypeFields::Default, &out, i, &mut buf).unwrap();
+            buf.truncate(n);
+            buf
+        })
+        .collect()
+}
+
+/// A stranger floods a shard that has no connection with sealed-looking datagrams and
+/// fragments from an unknown address. A shard with no connection used to relay every one to
+/// every other shard, unbudgeted (a search of no connections cost nothing), and every
+/// fragment too (which no shard tries as a migration). Relays stay within the trial budget
+/// (4,096 searches per second per shard), and fragments are never relayed.
+#[test]
+fn a_stranger_cannot_make_an_empty_shard_relay_without_bound() {
+    let config = ServerConfig::new(ServerIdentity::generate());
+    let (handle, mut shards) = ShardedServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        config,
+        SocketConfig::default(),
+        2,
+    )
+    .expect("bind shards");
+    let addr = handle.local_addr();
+    let small = stranger_datagrams(5, 100).remove(0);
+    let fragment = stranger_datagrams(6, 3000).remove(0);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    const SENT: usize = 12_000;
+    let start = Instant::now();
+    let pump = |shards: &mut Vec<Shard>| {
+        for s in shards.iter_mut() {
+            s.poll_once().unwrap();
+        }
+    };
+    for i in 0..SENT {
+        let d = if i % 3 == 0 { &fragment } else { &small };
+        udp.send_to(d, addr).unwrap();
+        if i % 64 == 63 {
+            pump(&mut shards);
+        }
+    }
+    // Loopback queues a datagram at the receiver within send_to (or drops it when the buffer
+    // is full): pump until nothing more comes.
+    let mut received = u64::MAX;
+    for _ in 0..1000 {
+        pump(&mut shards);
+        let now: u64 = shards.iter().map(|s| s.io_stats().datagrams_received).sum();
+        if now == received {
+            break;
+        }
+        received = now;
+    }
+    // Each shard's clock seconds since its first datagram: at most this many budget windows.
+    let windows = start.elapsed().as_secs() + 1;
+    let received: u64 = shards.iter().map(|s| s.io_stats().datagrams_received).sum();
+    let offered: u64 = shards.iter().map(|s| s.relay_stats().offered).sum();
+    let refused: u64 = shards.iter().map(|s| s.relay_stats().refused).sum();
+    eprintln!("received {received}, offered {offered}, refused {refused}, {windows} windows");
+    assert!(received >= SENT as u64 / 2, "{received} of {SENT} arrived");
+    // One source address: one shard took them all. At most its trial budget was relayed.
+    assert!(
+        offered <= 4096 * windows,
+        "{offered} relays from {received} stranger datagrams in {windows} s"
+    );
+    // Fragments (a third) are never relayed.
+    assert!(offered <= received * 2 / 3 + 1, "{offered} of {received}");
+}
+
+/// A shard that falls behind (its thread busy elsewhere) while another relays to it: its
+/// inbox used to grow with every relay (the channel between shards had no bound; a stranger
+/// spoofing an address another shard relays, or sealed-looking datagrams within the trial
+/// budget, fill it at the sender's pace). At most 1,024 relayed datagrams wait in a shard's
+/// inbox; the rest are dropped and counted by the shard that relays.
+#[test]
+fn a_shard_that_falls_behind_holds_a_bounded_inbox_of_relays() {
+    let config = ServerConfig::new(ServerIdentity::generate());
+    let (handle, mut shards) = ShardedServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        config,
+        SocketConfig::default(),
+        2,
+    )
+    .expect("bind shards");
+    let addr = handle.local_addr();
+    let small = stranger_datagrams(5, 100).remove(0);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Which shard the kernel's hash gives this source address.
+    udp.send_to(&small, addr).unwrap();
+    for s in shards.iter_mut() {
+        s.poll_once().unwrap();
+    }
+    let r = shards
+        .iter()
+        .position(|s| s.io_stats().datagrams_received == 1)
+        .expect("one shard took it");
+    let behind = 1 - r;
+    // The other shard is not driven while 6,000 more arrive.
+    for i in 0..6_000 {
+        udp.send_to(&small, addr).unwrap();
+        if i % 64 == 63 {
+            shards[r].poll_once().unwrap();
+        }
+    }
+    for _ in 0..100 {
+        shards[r].poll_once().unwrap();
+    }
+    let offered = shards[r].relay_stats().offered;
+    // Now it catches up: what waited in its inbox.
+    for _ in 0..10 {
+        shards[behind].poll_once().unwrap();
+    }
+    let waited = shards[behind].relay_stats().refused;
+    eprintln!("offered {offered}, waited {waited}");
+    assert!(offered > 2_000, "{offered}");
+    assert!(waited <= 1_024 + 1, "{waited} relays waited in the inbox");
+    assert_eq!(
+        shards[r].relay_stats().dropped,
+        offered - waited,
+        "the relays left out are counted"
+    );
+}
+
+/// A shard's thread that panics (a bug in the application's code on it) used to leave in the
+/// tables every shard shares what its server held: its clients' per-IP counts (so with
+/// `max_clients_per_ip` their IP was refused by every other shard for good, "too many
+/// connections from this address") and its ids in the resumption map (so every resumption of
+/// them was relayed to the dead shard, never answered). A shard's server gives both back when
+/// it goes away; the other shards go on serving.
+#[test]
+fn a_shard_that_panics_gives_back_what_it_held_in_the_shared_tables() {
+    use tickwire::Client;
+    let mut config = ServerConfig::new(ServerIdentity::generate());
+    config.max_clients_per_ip = 1;
+    let (handle, shards) = ShardedServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        config,
+        SocketConfig::default(),
+        2,
+    )
+    .expect("bind shards");
+    let (addr, key) = (handle.local_addr(), handle.public_key());
+    let stop = Arc::new(AtomicBool::new(false));
+    // The first shard to connect a client panics once the client is connected.
+    let died = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = shards
+        .into_iter()
+        .map(|mut shard| {
+            let (stop, died) = (Arc::clone(&stop), Arc::clone(&died));
+            std::thread::spawn(move || {
+                let give_up = Instant::now() + WALL;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < give_up {
+                    if let Some(Event::Connected { .. }) =
+                        shard.run_until_event(Some(STEP)).unwrap()
+                    {
+                        if !died.swap(true, Ordering::Relaxed) {
+                            panic!("an application bug on shard {}", shard.index());
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let socket = SocketConfig::default();
+    let until_event = |driver: &mut ClientDriver, what: &str| -> Event {
+        let give_up = Instant::now() + Duration::from_secs(5);
+        loop {
+            assert!(Instant::now() < give_up, "no {what}");
+            if let Some(ev) = driver.run_until_event(Some(STEP)).unwrap() {
+                return ev;
+            }
+        }
+    };
+    let mut first = ClientDriver::connect(ClientConfig::new(key), addr, socket.clone()).unwrap();
+    assert!(matches!(
+        until_event(&mut first, "connection"),
+        Event::Connected { .. }
+    ));
+    // The shard that holds it dies (its socket closes with it: the kernel sends everything to
+    // the other shard from now on).
+    let give_up = Instant::now() + WALL;
+    while !threads.iter().any(JoinHandle::is_finished) {
+        assert!(Instant::now() < give_up, "no shard died");
+        std::thread::yield_now();
+    }
+    let resumption = first.client().resumption().expect("a resumption ticket");
+    drop(first);
+    // A new client from the same IP gets in.
+    let mut second = ClientDriver::connect(ClientConfig::new(key), addr, socket.clone()).unwrap();
+    match until_event(&mut second, "second connection") {
+        Event::Connected { .. } => {}
+        other => panic!("the dead shard's client still counts for its IP: {other:?}"),
+    }
+    second.disconnect("done");
+    loop {
+        if let Event::Disconnected { .. } = until_event(&mut second, "disconnection") {
+            break;
+        }
+    }
+    // The dead shard's client resumes from a new socket: the live shard answers (the ticket's
+    // secret died with its shard, so it is a new session).
+    let client = Client::resume(
+        ClientConfig::new(key),
+        addr,
+        Instant::now(),
+        &[],
+        &resumption,
+    )
+    .unwrap();
+    let udp = bind_socket("127.0.0.1:0".parse().unwrap(), &socket).unwrap();
+    let mut resumed = ClientDriver::with_socket(client, udp, &socket).unwrap();
+    match until_event(&mut resumed, "resumed connection") {
+        Event::Connected { .. } => {}
+        other => panic!("{other:?}"),
+    }
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<_> = threads.into_iter().map(JoinHandle::join).collect();
+    assert_eq!(
+        results.iter().filter(|r| r.is_err()).count(),
+        1,
+        "one shard panicked, the other went on"
+    );
+}

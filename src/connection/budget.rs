@@ -47,6 +47,10 @@ pub struct Budget {
     /// limit (at most one per reliable-ordered channel, each at most `max_message_size`): the
     /// parts themselves pass through the limit like other messages.
     pub(crate) assembling: usize,
+    /// What those messages hold so far: each its buffer's capacity (which grows with its
+    /// parts, up to its length) + [`MESSAGE_OVERHEAD`]. This, not the reservation, is what
+    /// the server's `memory_budget` counts (a declared length costs the peer nothing).
+    pub(crate) assembled: usize,
 }
 
 /// What a packet that opened would do to the receive side, found by reading its frames
@@ -158,10 +162,12 @@ use super::{Connection, Job, Queued, RecvChannel, SendChannel, SentPacket, SeqRa
 use std::time::Instant;
 
 impl Connection {
-    /// Octets charged to this connection's send and receive budgets (cheap to read).
+    /// Octets charged to this connection's send and receive budgets (cheap to read); a
+    /// message being assembled from its parts counts what it holds so far, not its
+    /// reservation.
     pub fn budget_used(&self) -> usize {
         self.budget.received(self.reassembler.reserved_bytes())
-            + self.budget.assembling
+            + self.budget.assembled
             + self.budget.queued
     }
 

@@ -25,8 +25,10 @@ pub(crate) struct Held {
 
 /// A message too large for one packet, being assembled from its parts in order.
 pub(crate) struct Assembly {
+    /// The octets assembled so far: the buffer grows with the parts (never past `total`),
+    /// so it holds about what the peer sent, whatever `total` it declared.
     pub(super) data: Vec<u8>,
-    /// Its length, reserved in `data` and charged at the first part.
+    /// Its length, reserved (`assembling_bytes`) at the first part.
     pub(super) total: usize,
 }
 
@@ -319,7 +321,9 @@ impl Connection {
                 && total > MAX_MESSAGE_SIZE
                 && total <= self.config.max_message_size
                 && !data.is_empty()
-                && offset + data.len() <= total;
+                && offset
+                    .checked_add(data.len())
+                    .is_some_and(|end| end <= total);
             if !valid {
                 tracing::warn!(
                     client = self.id.0,
@@ -446,11 +450,14 @@ impl Delivery<'_> {
         let (total, offset) = (p.total as usize, p.offset as usize);
         let a = match assembly {
             None if offset == 0 => {
-                // The first part: the whole message's buffer is reserved and charged now
-                // (its length is bounded by max_message_size, checked on arrival).
+                // The first part: the whole message's length is reserved now (bounded by
+                // max_message_size, checked on arrival), but not allocated: a total costs the
+                // peer nothing to declare, so its buffer grows with the parts that arrive, and
+                // the server's memory budget is charged that buffer.
                 self.budget.assembling += message_cost(total, 0);
+                self.budget.assembled += budget::MESSAGE_OVERHEAD;
                 assembly.insert(Assembly {
-                    data: Vec::with_capacity(total),
+                    data: Vec::new(),
                     total,
                 })
             }
@@ -460,11 +467,21 @@ impl Delivery<'_> {
         };
         // The part's buffer is dropped, not pooled: the endpoint's pool is not charged to any
         // connection and should not keep buffers of a quarter MiB.
+        let need = a.data.len() + buf.len();
+        if need > a.data.capacity() {
+            // Doubling (so at most about twice the octets are copied), never past the total
+            // (`need` is within it: checked on arrival).
+            let before = a.data.capacity();
+            let want = need.max(before.saturating_mul(2)).min(total);
+            a.data.reserve_exact(want - a.data.len());
+            self.budget.assembled += a.data.capacity() - before;
+        }
         a.data.extend_from_slice(&buf);
         if a.data.len() == total {
             let whole = assembly.take().expect("matched above");
             let cost = message_cost(total, 0);
             self.budget.assembling -= cost;
+            self.budget.assembled -= whole.data.capacity() + budget::MESSAGE_OVERHEAD;
             self.budget.undelivered += cost;
             self.stats.large_messages_received += 1;
             self.deliver(whole.data);

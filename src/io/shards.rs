@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +21,12 @@ use crate::types::{ChannelId, ClientId, Event, SendError, Transmit};
 /// Addresses a shard relays to their owner at most (past it, a moved client's datagrams are
 /// offered to every shard each time, which still works, at a higher cost).
 const MAX_FORWARD: usize = 1 << 16;
+
+/// Relayed datagrams waiting in one shard's inbox at most (past it, a relay to that shard is
+/// dropped and counted in the sender's [`RelayStats::dropped`]: a real client resends). Without
+/// it, a shard that falls behind (or a stranger spoofing a relayed address at line rate) would
+/// grow another shard's inbox without bound.
+const MAX_INBOX_RELAYS: usize = 1024;
 
 /// What crosses from one shard (or the operator's handle) to a shard.
 enum Msg {
@@ -46,6 +53,8 @@ type Command = Box<dyn FnOnce(&mut Server, &ShardInfo) + Send>;
 struct Peer {
     tx: Sender<Msg>,
     waker: mio::Waker,
+    /// Relayed datagrams sent to it and not yet taken.
+    relays: AtomicUsize,
 }
 
 impl Peer {
@@ -55,6 +64,17 @@ impl Peer {
                 tracing::debug!(error = %e, "waking a shard failed");
             }
         }
+    }
+
+    /// Sends a relayed datagram unless [`MAX_INBOX_RELAYS`] wait already; returns whether it
+    /// went.
+    fn relay(&self, msg: Msg) -> bool {
+        if self.relays.fetch_add(1, Ordering::Relaxed) >= MAX_INBOX_RELAYS {
+            self.relays.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        self.send(msg);
+        true
     }
 }
 
@@ -80,6 +100,9 @@ pub struct RelayStats {
     pub refused: u64,
     /// Addresses this shard relays to another shard now.
     pub forwarding: u64,
+    /// Relays this shard dropped because the target shard's inbox held 1,024 relayed
+    /// datagrams not yet taken (it falls behind, or is flooded).
+    pub dropped: u64,
 }
 
 /// One shard's state as an operator's command sees it.
@@ -135,12 +158,13 @@ impl Core {
             self.relay.offered += 1;
             if let Some(shard) = target {
                 // A resumption for the shard that issued its ticket.
-                self.shared.peers[shard].send(Msg::Relay {
+                let sent = self.shared.peers[shard].relay(Msg::Relay {
                     origin: self.index,
                     addr,
                     data,
                     direct: false,
                 });
+                self.relay.dropped += u64::from(!sent);
                 continue;
             }
             let mut data = Some(data);
@@ -155,12 +179,13 @@ impl Core {
                 } else {
                     data.clone().expect("not taken yet")
                 };
-                peer.send(Msg::Relay {
+                let sent = peer.relay(Msg::Relay {
                     origin: self.index,
                     addr,
                     data,
                     direct: false,
                 });
+                self.relay.dropped += u64::from(!sent);
             }
         }
     }
@@ -173,6 +198,9 @@ impl Core {
                 mut data,
                 direct,
             } => {
+                self.shared.peers[self.index]
+                    .relays
+                    .fetch_sub(1, Ordering::Relaxed);
                 let owned = self.server.handle_relayed(Instant::now(), addr, &mut data);
                 if owned {
                     self.relay.taken += 1;
@@ -222,13 +250,14 @@ impl Endpoint for Core {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
         if !self.forward.is_empty() {
             if let Some(&owner) = self.forward.get(&from) {
-                self.relay.forwarded += 1;
-                self.shared.peers[owner].send(Msg::Relay {
+                let sent = self.shared.peers[owner].relay(Msg::Relay {
                     origin: self.index,
                     addr: from,
                     data: data.to_vec(),
                     direct: true,
                 });
+                self.relay.forwarded += u64::from(sent);
+                self.relay.dropped += u64::from(!sent);
                 return;
             }
         }
@@ -321,8 +350,9 @@ impl Endpoint for Core {
 /// stay where they were: nothing is exported, and no reliable message is lost or delivered
 /// twice (the test `tests/shards.rs` moves clients under load and checks exactly that). A
 /// relayed client costs one channel message and one wake-up of A per datagram it sends.
-/// Relays are bounded: at most 1,024 datagrams waiting per shard between two passes, and
-/// only those a shard searched its own connections for within its trial budget.
+/// Relays are bounded: at most 1,024 datagrams waiting per shard between two passes, only
+/// those a shard searched its own connections for within its trial budget, and at most 1,024
+/// relayed datagrams waiting in a shard's inbox (more are dropped: [`RelayStats::dropped`]).
 ///
 /// # The operator's view
 /// [`ShardedServer`] is a cheap, cloneable handle: [`ShardedServer::clients`],
@@ -446,6 +476,7 @@ impl ShardedServer {
             peers.push(Peer {
                 tx,
                 waker: io.waker()?,
+                relays: AtomicUsize::new(0),
             });
             parts.push((server, io, rx));
         }

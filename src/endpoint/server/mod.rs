@@ -696,7 +696,11 @@ impl Server {
             if let Some(out) = self.unclaimed.as_mut() {
                 // Searched here in vain (not cut off by the trial budget): another shard may
                 // own it.
-                if limited == self.stats.migration_trials_limited && out.len() < MAX_UNCLAIMED {
+                // A fragment is not: no shard tries a fragment as a migration.
+                if header.fragment.is_none()
+                    && limited == self.stats.migration_trials_limited
+                    && out.len() < MAX_UNCLAIMED
+                {
                     out.push((None, from, datagram.to_vec()));
                     return;
                 }

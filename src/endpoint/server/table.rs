@@ -66,15 +66,18 @@ impl Server {
         }
         // A search visits every connection: it costs one unit per 64 of them, a trial
         // decryption one unit.
+        // A search of an empty table costs its unit too: with shards, a datagram searched
+        // here in vain is relayed to every other shard, so each search must be budgeted.
         let search = 1 + (self.connections.len() / 64) as u32;
         let budget = MAX_TRIALS_PER_SEC.saturating_sub(self.trials.1) as usize;
-        if budget <= search as usize || self.connections.is_empty() {
-            if budget <= search as usize {
-                self.stats.migration_trials_limited += 1;
-            }
+        if budget <= search as usize {
+            self.stats.migration_trials_limited += 1;
             return false;
         }
         self.trials.1 += search;
+        if self.connections.is_empty() {
+            return false;
+        }
         let budget = budget - search as usize + 1;
         let pn = seal::packet_number(&packet.header);
         let mut candidates = std::mem::take(&mut self.candidates);
@@ -179,5 +182,38 @@ impl Server {
         if self.queued.insert(id) {
             self.dirty.push_back(id);
         }
+    }
+}
+
+impl Drop for Server {
+    /// A shard's server that goes away (its thread ended, or unwound from a panic) gives back
+    /// what it holds in the tables every shard shares: its connections' and half-open
+    /// handshakes' per-IP counts, and its ids in the resumption map. Otherwise the other
+    /// shards would refuse those IPs for good and relay those resumptions to a shard that no
+    /// longer answers.
+    fn drop(&mut self) {
+        if self.unclaimed.is_none() {
+            return;
+        }
+        {
+            let mut by_ip = self.shared.by_ip();
+            let conns = self.connections.values().map(|c| (c.addr(), true));
+            let pending = self.pending.keys().map(|&a| (a, false));
+            for (addr, connection) in conns.chain(pending) {
+                let key = ip_key(addr.ip());
+                if let Some(u) = by_ip.get_mut(&key) {
+                    if connection {
+                        u.connections = u.connections.saturating_sub(1);
+                    } else {
+                        u.pending = u.pending.saturating_sub(1);
+                    }
+                    if u.connections == 0 && u.pending == 0 {
+                        by_ip.remove(&key);
+                    }
+                }
+            }
+        }
+        let shard = self.shard;
+        self.shared.tickets().retain(|_, s| *s != shard);
     }
 }
