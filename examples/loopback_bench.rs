@@ -145,6 +145,13 @@ struct Args {
     /// Frames per second of `--rate` and `--receiver-frames`.
     #[arg(long, value_name = "HZ", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
     hz: u32,
+    /// Also measure the machine's floor for each unreliable scenario, per message: sealing and
+    /// opening its packet (tickwire's AEAD backend, one thread, 20,000 times) plus sending its
+    /// datagrams with UDP GSO and receiving them with GRO (quinn-udp, raw sockets, one GSO
+    /// call per datagram size per frame at `--rate`, or 50k messages/s), process CPU per
+    /// datagram received.
+    #[arg(long)]
+    limit: bool,
     /// Print each run's socket and connection counters.
     #[arg(short, long)]
     verbose: bool,
@@ -277,6 +284,21 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
     for s in &scenarios {
         let mut row = Row::default();
+        if args.limit && !s.reliable {
+            match floor(s, args) {
+                Ok(f) => println!(
+                    "{} / floor: seal + open {:.0} ns per packet, GSO send + GRO receive {:.0} \
+                     ns per datagram ({} per message: {:?} B), {:.0} ns per message",
+                    s.name,
+                    f.crypto_ns,
+                    f.io_ns,
+                    f.datagrams.len(),
+                    f.datagrams,
+                    f.crypto_ns + f.io_ns * f.datagrams.len() as f64
+                ),
+                Err(e) => println!("{} / floor: not measured: {e}", s.name),
+            }
+        }
         if !args.no_raw {
             let m = raw_udp(s, args)?;
             m.print(&format!("{} / raw UDP", s.name), args.verbose);
@@ -365,6 +387,157 @@ fn print_table(rows: &[(&Scenario, Row)]) {
             share(&r.plain),
         );
     }
+}
+
+/// The machine's floor for one message of a scenario.
+struct Floor {
+    crypto_ns: f64,
+    io_ns: f64,
+    datagrams: Vec<usize>,
+}
+
+/// The datagrams tickwire sends for one `size`-octet unreliable message (alone in its packet):
+/// 30 octets of header, fields, frame and tag in one datagram, or fragments of at most
+/// `MAX_DATA` sealed octets, each with its 30-octet header.
+fn datagram_sizes(size: usize) -> Vec<usize> {
+    const OVERHEAD: usize = 30;
+    let data = tickwire::wire::MAX_DATA;
+    if size + OVERHEAD <= tickwire::wire::MAX_DATA_DATAGRAM {
+        return vec![size + OVERHEAD];
+    }
+    let full = tickwire::wire::MAX_DATA_DATAGRAM;
+    let sealed = size + 16 + 4;
+    let mut v = vec![full; sealed / data];
+    if sealed % data != 0 {
+        v.push(sealed % data + full - data);
+    }
+    v
+}
+
+fn floor(s: &Scenario, args: &Args) -> Result<Floor, Box<dyn std::error::Error>> {
+    use tickwire::pipeline::PacketKey;
+    let key = PacketKey::new(&[7; 16], &[9; 12]);
+    let mut buf = Vec::with_capacity(s.size + 64);
+    let aad = [0u8; 11];
+    const N: u32 = 20_000;
+    // This thread's CPU time, not the wall clock: other load on the machine does not count.
+    let tid = current_tid();
+    let cpu = || thread_cpu(tid).map(|c| c.0);
+    let (t, c0) = (Instant::now(), cpu());
+    for pn in 0..N {
+        buf.clear();
+        buf.resize(s.size, 0x5a);
+        key.seal(pn, &aad, &mut buf);
+        let n = key
+            .open(pn, &aad, &mut buf)
+            .map_err(|e| format!("open: {e:?}"))?;
+        std::hint::black_box(n);
+    }
+    let spent = match (c0, cpu()) {
+        (Some(a), Some(b)) => b - a,
+        _ => t.elapsed(),
+    };
+    let crypto_ns = spent.as_nanos() as f64 / f64::from(N);
+
+    let datagrams = datagram_sizes(s.size);
+    let config = socket_config(args);
+    let receiver = raw_socket(&config)?;
+    receiver.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let to = receiver.local_addr()?;
+    let sender = raw_socket(&config)?;
+    let per_frame = match args.rate {
+        Some(Rate::PerSec(r)) => (r / f64::from(args.hz)).ceil() as usize,
+        _ => 50_000 / args.hz as usize,
+    }
+    .clamp(1, 64);
+    let shared = Arc::new(Shared::default());
+    let recv_thread = {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || -> Result<(), String> {
+            shared.receiver_tid.store(current_tid(), Ordering::Relaxed);
+            // quinn-udp makes the socket non-blocking: wait for it with mio.
+            let state = quinn_udp::UdpSocketState::new((&receiver).into())
+                .map_err(|e| format!("no offload: {e}"))?;
+            let mut receiver = mio::net::UdpSocket::from_std(receiver);
+            let mut poll = mio::Poll::new().map_err(|e| e.to_string())?;
+            poll.registry()
+                .register(&mut receiver, mio::Token(0), mio::Interest::READABLE)
+                .map_err(|e| e.to_string())?;
+            let mut events = mio::Events::with_capacity(4);
+            let mut bufs: Vec<Vec<u8>> = (0..16).map(|_| vec![0u8; 65536]).collect();
+            let mut meta = vec![quinn_udp::RecvMeta::default(); bufs.len()];
+            let mut n = 0u64;
+            while !shared.stop.load(Ordering::Relaxed) {
+                let mut slices: Vec<io::IoSliceMut<'_>> =
+                    bufs.iter_mut().map(|b| io::IoSliceMut::new(b)).collect();
+                match state.recv((&receiver).into(), &mut slices, &mut meta) {
+                    Ok(k) => {
+                        for m in &meta[..k] {
+                            n += (m.len / m.stride.max(1)) as u64
+                                + u64::from(m.len % m.stride.max(1) != 0);
+                        }
+                        shared.delivered.store(n, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        poll.poll(&mut events, Some(Duration::from_millis(20)))
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(format!("recv: {e}")),
+                }
+            }
+            Ok(())
+        })
+    };
+    let send_thread = {
+        let shared = Arc::clone(&shared);
+        let (hz, datagrams) = (args.hz, datagrams.clone());
+        std::thread::spawn(move || -> Result<(), String> {
+            shared.sender_tid.store(current_tid(), Ordering::Relaxed);
+            let state = quinn_udp::UdpSocketState::new((&sender).into())
+                .map_err(|e| format!("no offload: {e}"))?;
+            let runs: Vec<(usize, Vec<u8>)> = datagrams
+                .iter()
+                .map(|&len| (len, vec![0x5au8; len * per_frame]))
+                .collect();
+            shared.ready.store(true, Ordering::Release);
+            let period = Duration::from_secs_f64(1.0 / f64::from(hz));
+            let mut next_frame = Instant::now();
+            while !shared.stop.load(Ordering::Relaxed) {
+                for (len, contents) in &runs {
+                    let t = quinn_udp::Transmit {
+                        destination: to,
+                        ecn: None,
+                        contents,
+                        segment_size: (per_frame > 1).then_some(*len),
+                        src_ip: None,
+                    };
+                    let _ = state.try_send((&sender).into(), &t);
+                }
+                next_frame = (next_frame + period).max(Instant::now());
+                std::thread::sleep(next_frame.saturating_duration_since(Instant::now()));
+            }
+            Ok(())
+        })
+    };
+    let m = measure(&shared, args, vec![recv_thread, send_thread])?;
+    // Both threads' CPU time (schedstat, in ns) per datagram received.
+    let io_ns = match (m.sender_cpu, m.receiver_cpu) {
+        (Some(a), Some(b)) if m.delivered > 0 => (a + b).as_nanos() as f64 / m.delivered as f64,
+        _ => m.cpu_per_msg_ns().ok_or("nothing received")?,
+    };
+    if args.verbose {
+        println!(
+            "    floor: {:.0} datagrams/s received of {:.0} per s sent",
+            m.rate(),
+            (per_frame * datagrams.len()) as f64 * f64::from(args.hz)
+        );
+    }
+    Ok(Floor {
+        crypto_ns,
+        io_ns,
+        datagrams,
+    })
 }
 
 /// What one run measured between its two samples.
