@@ -36,6 +36,7 @@
 //! on the sending thread. On a shared machine the figures are noisy: compare the ratios
 //! measured in the same run.
 
+use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -70,7 +71,7 @@ struct Scenario {
     reliable: bool,
 }
 
-const SCENARIOS: [Scenario; 3] = [
+const SCENARIOS: [Scenario; 4] = [
     Scenario {
         name: "unreliable 64 B",
         channel: UNRELIABLE,
@@ -81,6 +82,12 @@ const SCENARIOS: [Scenario; 3] = [
         name: "unreliable 900 B",
         channel: UNRELIABLE,
         size: 900,
+        reliable: false,
+    },
+    Scenario {
+        name: "unreliable 1000 B",
+        channel: UNRELIABLE,
+        size: 1000,
         reliable: false,
     },
     Scenario {
@@ -117,6 +124,34 @@ struct Args {
     /// Skip raw UDP.
     #[arg(long)]
     no_raw: bool,
+    /// Keep the system's default socket buffer sizes (no `SO_RCVBUF`/`SO_SNDBUF` request, for
+    /// raw UDP and tickwire alike), as an application that does not set
+    /// `SocketConfig::recv_buffer_bytes` gets on a host whose `net.core.rmem_max` is not
+    /// raised (a stock Linux host: 208 KiB). Without it both ask for 2 MiB.
+    #[arg(long)]
+    os_buffers: bool,
+    /// A game's frame loop instead of flat out: at `--hz` frames per second the sender hands
+    /// over RATE messages per second (spread evenly over the frames), then waits in the
+    /// driver until the next frame; `unlimited` sends in batches for the whole frame. Raw
+    /// UDP sends the same quota per frame and sleeps.
+    #[arg(long, value_name = "RATE", value_parser = offered_rate)]
+    rate: Option<Rate>,
+    /// The receiver in a frame loop too, at `--hz`: once per frame one `poll_once` (which
+    /// reads what the socket holds) and every event, then a sleep until the next frame; the
+    /// socket buffer holds a frame's worth of datagrams. Without it the receiver waits in
+    /// `run_until_event` and reads as datagrams come.
+    #[arg(long)]
+    receiver_frames: bool,
+    /// Frames per second of `--rate` and `--receiver-frames`.
+    #[arg(long, value_name = "HZ", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    hz: u32,
+    /// Also measure the machine's floor for each unreliable scenario, per message: sealing and
+    /// opening its packet (tickwire's AEAD backend, one thread, 20,000 times) plus sending its
+    /// datagrams with UDP GSO and receiving them with GRO (quinn-udp, raw sockets, one GSO
+    /// call per datagram size per frame at `--rate`, or 50k messages/s), process CPU per
+    /// datagram received.
+    #[arg(long)]
+    limit: bool,
     /// Print each run's socket and connection counters.
     #[arg(short, long)]
     verbose: bool,
@@ -136,6 +171,48 @@ impl Offload {
             Offload::On => &[true],
             Offload::Off => &[false],
             Offload::Both => &[true, false],
+        }
+    }
+}
+
+/// `--rate`: messages per second offered, or as many as the frame lets the sender hand over.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rate {
+    PerSec(f64),
+    Unlimited,
+}
+
+fn offered_rate(s: &str) -> Result<Rate, String> {
+    if s == "unlimited" {
+        return Ok(Rate::Unlimited);
+    }
+    match s.parse::<f64>() {
+        Ok(v) if (1.0..=1e8).contains(&v) => Ok(Rate::PerSec(v)),
+        _ => Err("not `unlimited` or messages per second in 1..=1e8".into()),
+    }
+}
+
+/// The socket buffers a run asks for: 2 MiB each, or the system's defaults (`--os-buffers`).
+fn socket_config(args: &Args) -> SocketConfig {
+    if args.os_buffers {
+        SocketConfig {
+            recv_buffer_bytes: None,
+            send_buffer_bytes: None,
+            ..SocketConfig::default()
+        }
+    } else {
+        SocketConfig::default()
+    }
+}
+
+/// Frame `n`'s share of `rate` at `hz` frames per second (whole messages, the fractions
+/// carried over), or `None` for `unlimited`.
+fn frame_quota(rate: Rate, hz: u32, n: u64) -> Option<u64> {
+    match rate {
+        Rate::Unlimited => None,
+        Rate::PerSec(r) => {
+            let per = r / f64::from(hz);
+            Some(((n + 1) as f64 * per) as u64 - (n as f64 * per) as u64)
         }
     }
 }
@@ -185,18 +262,43 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if scenarios.is_empty() {
         return Err("no scenario matches --only".into());
     }
-    let socket = SocketConfig::default();
+    let socket = socket_config(args);
+    let granted = tickwire::io::bind_socket("127.0.0.1:0".parse()?, &socket)
+        .and_then(|s| tickwire::io::buffer_sizes(&s))?;
     println!(
-        "loopback_bench: {} s per run after {} s warm-up; socket buffers {:?} / {:?} B; {} CPUs",
+        "loopback_bench: {} s per run after {} s warm-up; socket buffers asked {:?} / {:?} B, \
+         granted {} / {} B (as getsockopt reports them: Linux doubles); {}; {} CPUs",
         args.secs,
         args.warmup,
         socket.recv_buffer_bytes,
         socket.send_buffer_bytes,
+        granted.0,
+        granted.1,
+        match args.rate {
+            None => "flat out".to_string(),
+            Some(Rate::Unlimited) => format!("frame loop at {} Hz, unlimited", args.hz),
+            Some(Rate::PerSec(r)) => format!("frame loop at {} Hz, {r} msg/s offered", args.hz),
+        },
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let mut rows = Vec::new();
     for s in &scenarios {
         let mut row = Row::default();
+        if args.limit && !s.reliable {
+            match floor(s, args) {
+                Ok(f) => println!(
+                    "{} / floor: seal + open {:.0} ns per packet, GSO send + GRO receive {:.0} \
+                     ns per datagram ({} per message: {:?} B), {:.0} ns per message",
+                    s.name,
+                    f.crypto_ns,
+                    f.io_ns,
+                    f.datagrams.len(),
+                    f.datagrams,
+                    f.crypto_ns + f.io_ns * f.datagrams.len() as f64
+                ),
+                Err(e) => println!("{} / floor: not measured: {e}", s.name),
+            }
+        }
         if !args.no_raw {
             let m = raw_udp(s, args)?;
             m.print(&format!("{} / raw UDP", s.name), args.verbose);
@@ -256,24 +358,186 @@ fn print_table(rows: &[(&Scenario, Row)]) {
         );
     }
     println!();
-    println!("process CPU time per delivered message (both threads, user + system):");
+    println!(
+        "process CPU time per delivered message (both threads, user + system), and the share of \
+         the messages that went out which arrived:"
+    );
     println!();
     println!(
         "| scenario | raw UDP ns/msg | tickwire ns/msg | ×raw | tickwire (offload off) ns/msg \
-         | ×raw |"
+         | ×raw | raw delivered | tickwire delivered | (offload off) delivered |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let share = |m: &Option<Measure>| {
+        m.as_ref()
+            .and_then(Measure::delivery)
+            .map_or_else(|| "-".into(), |d| format!("{:.1}%", 100.0 * d))
+    };
     for (s, r) in rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.name,
             num(cpu(&r.raw)),
             num(cpu(&r.offload)),
             ratio(cpu(&r.offload), cpu(&r.raw)),
             num(cpu(&r.plain)),
             ratio(cpu(&r.plain), cpu(&r.raw)),
+            share(&r.raw),
+            share(&r.offload),
+            share(&r.plain),
         );
     }
+}
+
+/// The machine's floor for one message of a scenario.
+struct Floor {
+    crypto_ns: f64,
+    io_ns: f64,
+    datagrams: Vec<usize>,
+}
+
+/// The datagrams tickwire sends for one `size`-octet unreliable message (alone in its packet):
+/// 30 octets of header, fields, frame and tag in one datagram, or fragments of at most
+/// `MAX_DATA` sealed octets, each with its 30-octet header.
+fn datagram_sizes(size: usize) -> Vec<usize> {
+    const OVERHEAD: usize = 30;
+    let data = tickwire::wire::MAX_DATA;
+    if size + OVERHEAD <= tickwire::wire::MAX_DATA_DATAGRAM {
+        return vec![size + OVERHEAD];
+    }
+    let full = tickwire::wire::MAX_DATA_DATAGRAM;
+    let sealed = size + 16 + 4;
+    let mut v = vec![full; sealed / data];
+    if sealed % data != 0 {
+        v.push(sealed % data + full - data);
+    }
+    v
+}
+
+fn floor(s: &Scenario, args: &Args) -> Result<Floor, Box<dyn std::error::Error>> {
+    use tickwire::pipeline::PacketKey;
+    let key = PacketKey::new(&[7; 16], &[9; 12]);
+    let mut buf = Vec::with_capacity(s.size + 64);
+    let aad = [0u8; 11];
+    const N: u32 = 20_000;
+    // This thread's CPU time, not the wall clock: other load on the machine does not count.
+    let tid = current_tid();
+    let cpu = || thread_cpu(tid).map(|c| c.0);
+    let (t, c0) = (Instant::now(), cpu());
+    for pn in 0..N {
+        buf.clear();
+        buf.resize(s.size, 0x5a);
+        key.seal(pn, &aad, &mut buf);
+        let n = key
+            .open(pn, &aad, &mut buf)
+            .map_err(|e| format!("open: {e:?}"))?;
+        std::hint::black_box(n);
+    }
+    let spent = match (c0, cpu()) {
+        (Some(a), Some(b)) => b - a,
+        _ => t.elapsed(),
+    };
+    let crypto_ns = spent.as_nanos() as f64 / f64::from(N);
+
+    let datagrams = datagram_sizes(s.size);
+    let config = socket_config(args);
+    let receiver = raw_socket(&config)?;
+    receiver.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let to = receiver.local_addr()?;
+    let sender = raw_socket(&config)?;
+    let per_frame = match args.rate {
+        Some(Rate::PerSec(r)) => (r / f64::from(args.hz)).ceil() as usize,
+        _ => 50_000 / args.hz as usize,
+    }
+    .clamp(1, 64);
+    let shared = Arc::new(Shared::default());
+    let recv_thread = {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || -> Result<(), String> {
+            shared.receiver_tid.store(current_tid(), Ordering::Relaxed);
+            // quinn-udp makes the socket non-blocking: wait for it with mio.
+            let state = quinn_udp::UdpSocketState::new((&receiver).into())
+                .map_err(|e| format!("no offload: {e}"))?;
+            let mut receiver = mio::net::UdpSocket::from_std(receiver);
+            let mut poll = mio::Poll::new().map_err(|e| e.to_string())?;
+            poll.registry()
+                .register(&mut receiver, mio::Token(0), mio::Interest::READABLE)
+                .map_err(|e| e.to_string())?;
+            let mut events = mio::Events::with_capacity(4);
+            let mut bufs: Vec<Vec<u8>> = (0..16).map(|_| vec![0u8; 65536]).collect();
+            let mut meta = vec![quinn_udp::RecvMeta::default(); bufs.len()];
+            let mut n = 0u64;
+            while !shared.stop.load(Ordering::Relaxed) {
+                let mut slices: Vec<io::IoSliceMut<'_>> =
+                    bufs.iter_mut().map(|b| io::IoSliceMut::new(b)).collect();
+                match state.recv((&receiver).into(), &mut slices, &mut meta) {
+                    Ok(k) => {
+                        for m in &meta[..k] {
+                            n += (m.len / m.stride.max(1)) as u64
+                                + u64::from(m.len % m.stride.max(1) != 0);
+                        }
+                        shared.delivered.store(n, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        poll.poll(&mut events, Some(Duration::from_millis(20)))
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(format!("recv: {e}")),
+                }
+            }
+            Ok(())
+        })
+    };
+    let send_thread = {
+        let shared = Arc::clone(&shared);
+        let (hz, datagrams) = (args.hz, datagrams.clone());
+        std::thread::spawn(move || -> Result<(), String> {
+            shared.sender_tid.store(current_tid(), Ordering::Relaxed);
+            let state = quinn_udp::UdpSocketState::new((&sender).into())
+                .map_err(|e| format!("no offload: {e}"))?;
+            let runs: Vec<(usize, Vec<u8>)> = datagrams
+                .iter()
+                .map(|&len| (len, vec![0x5au8; len * per_frame]))
+                .collect();
+            shared.ready.store(true, Ordering::Release);
+            let period = Duration::from_secs_f64(1.0 / f64::from(hz));
+            let mut next_frame = Instant::now();
+            while !shared.stop.load(Ordering::Relaxed) {
+                for (len, contents) in &runs {
+                    let t = quinn_udp::Transmit {
+                        destination: to,
+                        ecn: None,
+                        contents,
+                        segment_size: (per_frame > 1).then_some(*len),
+                        src_ip: None,
+                    };
+                    let _ = state.try_send((&sender).into(), &t);
+                }
+                next_frame = (next_frame + period).max(Instant::now());
+                std::thread::sleep(next_frame.saturating_duration_since(Instant::now()));
+            }
+            Ok(())
+        })
+    };
+    let m = measure(&shared, args, vec![recv_thread, send_thread])?;
+    // Both threads' CPU time (schedstat, in ns) per datagram received.
+    let io_ns = match (m.sender_cpu, m.receiver_cpu) {
+        (Some(a), Some(b)) if m.delivered > 0 => (a + b).as_nanos() as f64 / m.delivered as f64,
+        _ => m.cpu_per_msg_ns().ok_or("nothing received")?,
+    };
+    if args.verbose {
+        println!(
+            "    floor: {:.0} datagrams/s received of {:.0} per s sent",
+            m.rate(),
+            (per_frame * datagrams.len()) as f64 * f64::from(args.hz)
+        );
+    }
+    Ok(Floor {
+        crypto_ns,
+        io_ns,
+        datagrams,
+    })
 }
 
 /// What one run measured between its two samples.
@@ -282,6 +546,8 @@ struct Measure {
     secs: f64,
     /// Messages the sender handed over (raw: datagrams `send_to` took).
     sent: u64,
+    /// Messages that went out in datagrams.
+    on_wire: u64,
     delivered: u64,
     /// Datagrams the receiver read.
     datagrams: u64,
@@ -309,6 +575,11 @@ impl Measure {
         self.delivered as f64 / self.secs
     }
 
+    /// Delivered messages per message that went out (what the kernel did not drop).
+    fn delivery(&self) -> Option<f64> {
+        (self.on_wire > 0).then(|| self.delivered as f64 / self.on_wire as f64)
+    }
+
     fn datagram_rate(&self) -> f64 {
         self.datagrams as f64 / self.secs
     }
@@ -334,11 +605,14 @@ impl Measure {
             )
         };
         println!(
-            "{label}: {:.0} msg/s delivered of {:.0} sent, {:.0} datagrams/s; CPU {:.0} ns/msg \
+            "{label}: {:.0} msg/s delivered of {:.0} sent ({:.0} went out, {:.1}% of them \
+             delivered), {:.0} datagrams/s; CPU {:.0} ns/msg \
              (process {}, sender {}, receiver {}, waiting for a CPU {}); refused {}, dropped \
              unsent {}, windows written off {}",
             self.rate(),
             self.sent as f64 / self.secs,
+            self.on_wire as f64 / self.secs,
+            self.delivery().map_or(f64::NAN, |d| 100.0 * d),
             self.datagram_rate(),
             self.cpu_per_msg_ns().unwrap_or(f64::NAN),
             pct(self.process_cpu),
@@ -364,6 +638,9 @@ struct Shared {
     /// The sender is up (raw) or connected (tickwire).
     ready: AtomicBool,
     sent: AtomicU64,
+    /// Messages that went out in datagrams (tickwire: accepted by `send` and neither dropped
+    /// unsent nor still queued; raw UDP: datagrams `send_to` took).
+    on_wire: AtomicU64,
     delivered: AtomicU64,
     datagrams: AtomicU64,
     refused: AtomicU64,
@@ -383,6 +660,7 @@ struct Shared {
 struct Sample {
     at: Instant,
     sent: u64,
+    on_wire: u64,
     delivered: u64,
     datagrams: u64,
     refused: u64,
@@ -402,6 +680,7 @@ impl Shared {
         Sample {
             at: Instant::now(),
             sent: self.sent.load(Ordering::Relaxed),
+            on_wire: self.on_wire.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
             datagrams: self.datagrams.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
@@ -421,6 +700,7 @@ fn between(a: &Sample, b: &Sample) -> Measure {
     Measure {
         secs: (b.at - a.at).as_secs_f64(),
         sent: b.sent - a.sent,
+        on_wire: b.on_wire.saturating_sub(a.on_wire),
         delivered: b.delivered - a.delivered,
         datagrams: b.datagrams - a.datagrams,
         process_cpu: sub(a.process_cpu, b.process_cpu),
@@ -503,7 +783,8 @@ fn raw_socket(config: &SocketConfig) -> std::io::Result<UdpSocket> {
 }
 
 fn raw_udp(s: &Scenario, args: &Args) -> Result<Measure, Box<dyn std::error::Error>> {
-    let config = SocketConfig::default();
+    let config = socket_config(args);
+    let (rate, hz) = (args.rate, args.hz);
     let receiver = raw_socket(&config)?;
     receiver.set_read_timeout(Some(Duration::from_millis(20)))?;
     let to = receiver.local_addr()?;
@@ -545,15 +826,24 @@ fn raw_udp(s: &Scenario, args: &Args) -> Result<Measure, Box<dyn std::error::Err
             let payload = vec![0x5au8; size];
             shared.ready.store(true, Ordering::Release);
             let (mut sent, mut refused) = (0u64, 0u64);
+            let period = Duration::from_secs_f64(1.0 / f64::from(hz));
+            let (mut frame, mut next_frame) = (0u64, Instant::now());
             while !shared.stop.load(Ordering::Relaxed) {
-                for _ in 0..SEND_BATCH {
+                let quota = rate.and_then(|r| frame_quota(r, hz, frame));
+                for _ in 0..quota.unwrap_or(SEND_BATCH as u64) {
                     match sender.send_to(&payload, to) {
                         Ok(_) => sent += 1,
                         Err(_) => refused += 1,
                     }
                 }
                 shared.sent.store(sent, Ordering::Relaxed);
+                shared.on_wire.store(sent, Ordering::Relaxed);
                 shared.refused.store(refused, Ordering::Relaxed);
+                if quota.is_some() {
+                    frame += 1;
+                    next_frame = (next_frame + period).max(Instant::now());
+                    std::thread::sleep(next_frame.saturating_duration_since(Instant::now()));
+                }
             }
             Ok(())
         })
@@ -568,7 +858,7 @@ fn tickwire(
 ) -> Result<Measure, Box<dyn std::error::Error>> {
     let socket = SocketConfig {
         offload,
-        ..SocketConfig::default()
+        ..socket_config(args)
     };
     let server = ServerDriver::bind(
         "127.0.0.1:0".parse()?,
@@ -581,19 +871,24 @@ fn tickwire(
     let (channel, size, reliable) = (s.channel, s.size, s.reliable);
     let server_thread = {
         let shared = Arc::clone(&shared);
-        std::thread::spawn(move || serve(server, &shared, channel, size))
+        let frames = args.receiver_frames.then_some(args.hz);
+        std::thread::spawn(move || serve(server, &shared, channel, size, frames))
     };
     let window = match (args.open_loop, s.reliable) {
         (true, _) | (_, true) => None,
         (false, false) => Some(args.window.unwrap_or(if size < 256 { 1024 } else { 128 })),
     };
+    let (rate, hz) = (args.rate, args.hz);
     let client_thread = {
         let shared = Arc::clone(&shared);
         std::thread::spawn(move || -> Result<(), String> {
             shared.sender_tid.store(current_tid(), Ordering::Relaxed);
             let client = ClientDriver::connect(ClientConfig::new(key), addr, socket)
                 .map_err(|e| format!("client: {e}"))?;
-            send_flat_out(client, &shared, channel, size, window, !reliable)
+            match rate {
+                Some(rate) => send_frames(client, &shared, channel, size, rate, hz),
+                None => send_flat_out(client, &shared, channel, size, window, !reliable),
+            }
         })
     };
     measure(&shared, args, vec![server_thread, client_thread])
@@ -605,9 +900,34 @@ fn serve(
     shared: &Shared,
     channel: ChannelId,
     size: usize,
+    frames: Option<u32>,
 ) -> Result<(), String> {
     shared.receiver_tid.store(current_tid(), Ordering::Relaxed);
     let mut n = 0u64;
+    if let Some(hz) = frames {
+        let period = Duration::from_secs_f64(1.0 / f64::from(hz));
+        let mut next_frame = Instant::now();
+        while !shared.stop.load(Ordering::Relaxed) {
+            server.poll_once().map_err(|e| format!("server: {e}"))?;
+            while let Some(event) = server.poll_event() {
+                if let Event::Message {
+                    channel: c, data, ..
+                } = event
+                {
+                    if c == channel && data.len() == size {
+                        n += 1;
+                    }
+                    server.recycle(data);
+                }
+            }
+            shared.delivered.store(n, Ordering::Relaxed);
+            shared
+                .datagrams
+                .store(server.io_stats().datagrams_received, Ordering::Relaxed);
+            next_frame = (next_frame + period).max(Instant::now());
+            std::thread::sleep(next_frame.saturating_duration_since(Instant::now()));
+        }
+    }
     while !shared.stop.load(Ordering::Relaxed) {
         let event = server
             .run_until_event(Some(Duration::from_millis(20)))
@@ -723,7 +1043,19 @@ fn send_flat_out(
         if unreliable && (blocked || passes % 16 == 0) {
             // Not every pass, and not for reliable messages (which the endpoint never drops):
             // `stats` walks the connection's queues to sum up its memory.
-            dropped = client.client().stats().unreliable_dropped;
+            let stats = client.client().stats();
+            dropped = stats.unreliable_dropped;
+            let ch = stats
+                .channels
+                .get(usize::from(channel.0))
+                .copied()
+                .unwrap_or_default();
+            shared.on_wire.store(
+                ch.messages_sent - ch.dropped_unsent - ch.queued_messages,
+                Ordering::Relaxed,
+            );
+        } else if !unreliable {
+            shared.on_wire.store(sent, Ordering::Relaxed);
         }
         shared.sent.store(sent, Ordering::Relaxed);
         shared.refused.store(refused, Ordering::Relaxed);
@@ -735,6 +1067,100 @@ fn send_flat_out(
         client.has_offload(),
         client.io_stats()
     ));
+    shared.note(format!("client connection: {:?}", client.client().stats()));
+    Ok(())
+}
+
+/// Waits for the client's `Connected` event.
+fn await_connected(client: &mut ClientDriver, shared: &Shared) -> Result<(), String> {
+    let give_up = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        if Instant::now() >= give_up || shared.stop.load(Ordering::Relaxed) {
+            return Err("client: no connection in time".into());
+        }
+        match client.run_until_event(Some(Duration::from_millis(50))) {
+            Ok(Some(Event::Connected { .. })) => return Ok(()),
+            Ok(Some(Event::Disconnected { reason, .. })) => {
+                return Err(format!("client: could not connect: {reason}"))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!("client: {e}")),
+        }
+    }
+}
+
+/// The client in a frame loop: each frame hands over its quota of `rate` (reliable messages
+/// refused with `QueueFull` are not retried: the next frame brings new ones) or, unlimited,
+/// batches until the frame is over, then waits in the driver until the next frame.
+fn send_frames(
+    mut client: ClientDriver,
+    shared: &Shared,
+    channel: ChannelId,
+    size: usize,
+    rate: Rate,
+    hz: u32,
+) -> Result<(), String> {
+    await_connected(&mut client, shared)?;
+    shared.ready.store(true, Ordering::Release);
+    let payload = vec![0x5au8; size];
+    let period = Duration::from_secs_f64(1.0 / f64::from(hz));
+    let (mut frame, mut next_frame) = (0u64, Instant::now() + period);
+    let (mut sent, mut refused) = (0u64, 0u64);
+    let handle = |event: io::Result<Option<Event>>, client: &mut ClientDriver| match event {
+        Ok(Some(Event::Disconnected { reason, .. })) => {
+            Err(format!("client: disconnected: {reason}"))
+        }
+        Ok(Some(Event::Message { data, .. })) => {
+            client.recycle(data);
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("client: {e}")),
+    };
+    while !shared.stop.load(Ordering::Relaxed) {
+        let quota = frame_quota(rate, hz, frame);
+        loop {
+            for _ in 0..quota.unwrap_or(64) {
+                match client.send(channel, &payload) {
+                    Ok(()) => sent += 1,
+                    Err(SendError::QueueFull) => {
+                        refused += 1;
+                        break;
+                    }
+                    Err(e) => return Err(format!("client: send refused: {e}")),
+                }
+            }
+            let event = client.poll_once().map(|()| client.poll_event());
+            handle(event, &mut client)?;
+            if quota.is_some() || Instant::now() >= next_frame {
+                break;
+            }
+        }
+        loop {
+            let now = Instant::now();
+            if now >= next_frame {
+                break;
+            }
+            let event = client.run_until_event(Some(next_frame - now));
+            handle(event, &mut client)?;
+        }
+        frame += 1;
+        next_frame = (next_frame + period).max(Instant::now());
+        let stats = client.client().stats();
+        let ch = stats
+            .channels
+            .get(usize::from(channel.0))
+            .copied()
+            .unwrap_or_default();
+        let out = ch.messages_sent - ch.dropped_unsent - ch.queued_messages;
+        shared.sent.store(sent, Ordering::Relaxed);
+        shared.on_wire.store(out, Ordering::Relaxed);
+        shared.refused.store(refused, Ordering::Relaxed);
+        shared
+            .dropped_unsent
+            .store(ch.dropped_unsent, Ordering::Relaxed);
+    }
+    *shared.sender_io.lock().expect("not poisoned") = Some(client.io_stats());
     shared.note(format!("client connection: {:?}", client.client().stats()));
     Ok(())
 }

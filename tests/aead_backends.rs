@@ -6,7 +6,7 @@
 #[cfg(not(feature = "ring"))]
 #[test]
 fn ring_feature_is_off() {
-    eprintln!("aead_backends: the `ring` feature is off; run with `--features ring`");
+    eprintln!("aead_backends: the `ring` feature is off; run with default features");
 }
 
 #[cfg(feature = "ring")]

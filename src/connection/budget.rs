@@ -175,7 +175,11 @@ impl Connection {
     pub fn memory_bytes(&self) -> usize {
         use std::mem::size_of;
         let vecs = |v: &Vec<Vec<u8>>| v.iter().map(Vec::capacity).sum::<usize>();
-        let mut n = size_of::<Self>() + vecs(&self.pool) + self.unreliable_payload.capacity();
+        let mut n = size_of::<Self>()
+            + vecs(&self.pool)
+            + self.unreliable_payload.capacity()
+            + self.tails.capacity()
+            + self.tail_lens.capacity() * size_of::<u16>();
         n += self.reassembler.memory_bytes();
         for ch in &self.send_channels {
             n += size_of::<SendChannel>()

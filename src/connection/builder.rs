@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Last fragments held back at most (more make a burst of drops at a full queue cost more
+/// messages: one datagram lost in each of two runs loses two messages).
+const MAX_TAILS: usize = 16;
+
 /// A datagram job: the fragments of a packet still to write.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Job {
@@ -31,7 +35,56 @@ impl Connection {
         self.poll_datagram(now, scratch, buf).map(|n| (n, addr))
     }
 
+    /// The next datagram: what [`Connection::next_datagram`] writes, or a last fragment held
+    /// back.
+    ///
+    /// Last fragments of unreliable packets are held back (in `tails`) while the leading
+    /// fragments of the packets after them go out, so that datagrams of one size come in a
+    /// row. They still go out in packet-number order before any other datagram: a packet
+    /// completing at the receiver ahead of an earlier one would make the earlier look lost
+    /// in the acknowledgement. So once anything else is written, it queues behind them.
     pub(super) fn poll_datagram(
+        &mut self,
+        now: Instant,
+        scratch: &mut Scratch,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        if self.state == State::Closed {
+            self.tails.clear();
+            self.tail_lens.clear();
+            self.tail_read = 0;
+            self.tails_draining = false;
+            return None;
+        }
+        if !self.tails_draining {
+            self.wrote_leading_fragment = false;
+            if let Some(n) = self.next_datagram(now, scratch, buf) {
+                if self.tail_lens.is_empty() || self.wrote_leading_fragment {
+                    return Some(n);
+                }
+                self.tails.extend_from_slice(&buf[..n]);
+                self.tail_lens.push_back(n as u16);
+            }
+        }
+        self.tails_draining = !self.tail_lens.is_empty();
+        self.pop_tail(buf)
+    }
+
+    /// Hands out the oldest last fragment held back (already counted as sent).
+    fn pop_tail(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let n = usize::from(self.tail_lens.pop_front()?);
+        let start = self.tail_read;
+        buf[..n].copy_from_slice(&self.tails[start..start + n]);
+        self.tail_read += n;
+        if self.tail_lens.is_empty() {
+            self.tails.clear();
+            self.tail_read = 0;
+            self.tails_draining = false;
+        }
+        Some(n)
+    }
+
+    fn next_datagram(
         &mut self,
         now: Instant,
         scratch: &mut Scratch,
@@ -65,8 +118,11 @@ impl Connection {
             {
                 break;
             }
-            if let Some(n) = self.run_job(now, job, scratch, buf) {
-                return Some(n);
+            match self.run_job(now, job, scratch, buf) {
+                // A last fragment held back: the job is done, the next one is at the front.
+                Some(0) => continue,
+                Some(n) => return Some(n),
+                None => {}
             }
             self.jobs.pop_front();
         }
@@ -93,11 +149,11 @@ impl Connection {
                 if !sealed {
                     // Deliver what `send` accepted, then the ERROR.
                     if self.can_send_reliable(now) && self.build_packet(now, true, scratch) {
-                        return self.poll_datagram(now, scratch, buf);
+                        return self.next_datagram(now, scratch, buf);
                     }
                     if self.close_ready() && !self.jobs.iter().any(|j| matches!(j, Job::Close)) {
                         self.jobs.push_back(Job::Close);
-                        return self.poll_datagram(now, scratch, buf);
+                        return self.next_datagram(now, scratch, buf);
                     }
                 }
                 return self.write_ack(now, scratch, buf);
@@ -131,13 +187,13 @@ impl Connection {
             && self.can_send_unreliable(now)
             && self.build_packet(now, false, scratch)
         {
-            return self.poll_datagram(now, scratch, buf);
+            return self.next_datagram(now, scratch, buf);
         }
         if self.can_send_reliable(now) && self.build_packet(now, true, scratch) {
-            return self.poll_datagram(now, scratch, buf);
+            return self.next_datagram(now, scratch, buf);
         }
         if self.can_send_unreliable(now) && self.build_packet(now, false, scratch) {
-            return self.poll_datagram(now, scratch, buf);
+            return self.next_datagram(now, scratch, buf);
         }
         if now >= self.next_ping() {
             self.last_ping = now;
@@ -530,6 +586,9 @@ impl Connection {
         self.frag_ack_due = None;
     }
 
+    /// Writes the next datagram of `job` (at the front of `jobs`) into `buf` and returns its
+    /// length; `Some(0)` when it held back a last fragment instead (in `tails`, the job done
+    /// and taken off), `None` when the job has nothing left to write.
     pub(super) fn run_job(
         &mut self,
         now: Instant,
@@ -634,6 +693,19 @@ impl Connection {
                 if next + 1 >= count {
                     self.jobs.pop_front();
                     self.unreliable_header = None;
+                    if count > 1 {
+                        // Held back while more unreliable packets follow: the full leading
+                        // fragments go out in a row, then the short last ones (in order).
+                        self.count_sent(now, n, false);
+                        self.tails.extend_from_slice(&buf[..n]);
+                        self.tail_lens.push_back(n as u16);
+                        if self.tail_lens.len() >= MAX_TAILS {
+                            self.tails_draining = true;
+                        }
+                        return Some(0);
+                    }
+                } else {
+                    self.wrote_leading_fragment = true;
                 }
                 Some(self.count_sent(now, n, false))
             }

@@ -236,6 +236,19 @@ pub struct Connection {
     /// The virtual clock of the lane scheduler: the start time of the last message served.
     lane_clock: u64,
     unreliable_payload: Vec<u8>,
+    /// Last fragments of unreliable packets, written and not yet handed out
+    /// (`builder::MAX_TAILS` at most), and their lengths: they go out after the first
+    /// fragments of the packets that follow, so that datagrams of one size come in a row (one
+    /// GSO call for all the full fragments of a frame, one for the short ones).
+    tails: Vec<u8>,
+    tail_lens: VecDeque<u16>,
+    /// Where in `tails` the oldest one held back starts.
+    tail_read: usize,
+    /// The held-back datagrams go out before anything else (the store is full, or a datagram
+    /// other than a leading fragment was written after them and queued behind them).
+    tails_draining: bool,
+    /// The datagram just written is a fragment of an unreliable packet other than its last.
+    wrote_leading_fragment: bool,
     epoch: Instant,
     last_recv: Instant,
     last_send: Instant,
@@ -382,6 +395,11 @@ impl Connection {
             unreliable_priority: 0,
             lane_clock: 0,
             unreliable_payload: Vec::new(),
+            tails: Vec::new(),
+            tail_lens: VecDeque::new(),
+            tail_read: 0,
+            tails_draining: false,
+            wrote_leading_fragment: false,
             epoch: now,
             last_recv: now,
             last_send: now,

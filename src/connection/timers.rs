@@ -146,6 +146,10 @@ impl Connection {
         if self.unreliable_payload.capacity() > 2 * MAX_DATA {
             self.unreliable_payload = Vec::new();
         }
+        if self.tail_lens.is_empty() {
+            self.tails = Vec::new();
+            self.tail_lens = VecDeque::new();
+        }
         self.reassembler.trim();
         self.receiver.trim();
         self.sent.shrink_to(0);
@@ -247,6 +251,7 @@ impl Connection {
         }
         // Jobs waiting for pacing tokens wait for `paced_until` (considered above).
         if (!self.jobs.is_empty() && self.paced_until.is_none())
+            || !self.tail_lens.is_empty()
             || self.pong.is_some()
             || self.path_response.is_some()
             || self.resend_finished

@@ -7,10 +7,11 @@
 //! The 16-octet tag ends the sealed Data. The associated data is the header fields that do not
 //! change between fragments plus the type-specific fields (see [`associated_data`]).
 //!
-//! The cipher is the RustCrypto `aes-gcm` crate. With the cargo feature `ring`, sealing and
-//! opening go through `ring`'s AES-128-GCM instead (several times faster where the CPU has
-//! AES and carry-less multiply instructions); the bytes on the wire are the same, and
-//! `tests/aead_backends.rs` checks the two against each other.
+//! With the cargo feature `ring` (on by default), sealing and opening go through `ring`'s
+//! AES-128-GCM (several times faster where the CPU has AES and carry-less multiply
+//! instructions); without it (`default-features = false`), through the RustCrypto `aes-gcm`
+//! crate. The bytes on the wire are the same, and `tests/aead_backends.rs` checks the two
+//! against each other.
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes128Gcm, Nonce, Tag};

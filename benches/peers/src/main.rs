@@ -546,8 +546,9 @@ fn main() {
                     .split(',')
                     .map(|s| s.trim().to_lowercase()),
             ),
+            "--os-buffers" => peers::tw::OS_BUFFERS.store(true, Ordering::Relaxed),
             "-h" | "--help" => {
-                println!("usage: peers [--secs S] [--only NAME[,NAME..]]\n  NAME: tickwire laminar renet quinn throughput latency large fleet");
+                println!("usage: peers [--secs S] [--only NAME[,NAME..]] [--os-buffers]\n  NAME: tickwire laminar renet quinn throughput latency large fleet\n  --os-buffers: tickwire keeps the system's socket buffer sizes (208 KiB on a stock Linux host) instead of asking for 2 MiB");
                 return;
             }
             other => panic!("unknown argument {other}"),
@@ -569,7 +570,7 @@ fn main() {
     eprintln!("peers: {:?}, {secs} s per timed case", peers.iter().map(|p| p.name()).collect::<Vec<_>>());
 
     if scen("throughput") {
-        for size in [64usize, 900] {
+        for size in [64usize, 900, 1000] {
             let mut rate = Vec::new();
             let mut cpu = Vec::new();
             for &p in &peers {

@@ -105,7 +105,7 @@ fn wait_readable(fd: i32, max_wait: Duration) {
 }
 
 // ------------------------------------------------------------------------------------------
-mod tw {
+pub mod tw {
     use super::*;
     use tickwire::io::{ClientDriver, ServerDriver, SocketConfig};
     use tickwire::{
@@ -115,6 +115,22 @@ mod tw {
 
     const UNRELIABLE: ChannelId = ChannelId(0);
     const RELIABLE_ORDERED: ChannelId = ChannelId(3);
+
+    /// `--os-buffers`: tickwire keeps the system's socket buffer sizes (as the other peers do)
+    /// instead of asking for 2 MiB.
+    pub static OS_BUFFERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    fn socket() -> SocketConfig {
+        if OS_BUFFERS.load(std::sync::atomic::Ordering::Relaxed) {
+            SocketConfig {
+                recv_buffer_bytes: None,
+                send_buffer_bytes: None,
+                ..SocketConfig::default()
+            }
+        } else {
+            SocketConfig::default()
+        }
+    }
 
     fn connection() -> ConnectionConfig {
         ConnectionConfig {
@@ -183,12 +199,12 @@ mod tw {
         config.max_clients_per_ip = 512;
         config.max_pending_per_ip = 512;
         let driver =
-            ServerDriver::bind(bind, config, SocketConfig::default()).map_err(|e| e.to_string())?;
+            ServerDriver::bind(bind, config, socket()).map_err(|e| e.to_string())?;
         let key = driver.server().public_key();
         let connect: ClientFactory = Arc::new(move |addr| {
             let mut config = ClientConfig::new(key);
             config.connection = connection();
-            let driver = ClientDriver::connect(config, addr, SocketConfig::default())
+            let driver = ClientDriver::connect(config, addr, socket())
                 .expect("tickwire client");
             Box::new(Client {
                 driver,
