@@ -799,15 +799,19 @@ impl Connection {
             }
             TypeFields::Default => {}
         }
-        // Frames. A packet that opened but does not parse is a protocol violation.
+        // Frames. A packet that opened but does not parse is a protocol violation. Once this
+        // side has reported the end (a violation, the peer's ERROR), the peer's messages are
+        // no longer delivered nor assembled: the application was told the client is gone.
         let mut violation = None;
         let mut carried_message = false;
+        let ended = self.end_reported();
         for frame in Frames::new(plaintext) {
             match frame {
                 Err(e) => {
                     violation = Some(e.code);
                     break;
                 }
+                Ok(Frame::Message { .. } | Frame::MessagePart { .. }) if ended => {}
                 Ok(Frame::Message { channel, seq, data }) => {
                     carried_message = true;
                     if let Err(code) = self.deliver(channel, seq, None, data, messages, events) {
@@ -849,6 +853,17 @@ impl Connection {
                 self.unreliable_unacked = 0;
                 self.receiver.ack_later(now, pn);
             }
+        }
+    }
+
+    /// Whether this side has reported the connection's end (its `Disconnected` event is out,
+    /// or the peer closed): a protocol violation, the peer's ERROR, a timeout. A close of
+    /// this side's own reports it when it completes.
+    fn end_reported(&self) -> bool {
+        match self.state {
+            State::Connected => false,
+            State::Closing { .. } => self.close.as_ref().is_none_or(|c| c.report.is_none()),
+            State::Draining | State::Closed => true,
         }
     }
 
