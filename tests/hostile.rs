@@ -1581,3 +1581,46 @@ fn nothing_is_delivered_after_the_end_is_reported() {
     raw.deliver(d);
     assert_eq!(seen(&raw), ["end"]);
 }
+
+/// A cheater starts a large message (and leaves messages held behind a gap), then breaks the
+/// protocol: what the receive side held for it stayed allocated and charged for the rest of
+/// the close, though none of it will ever be delivered. It is dropped when the end is
+/// reported.
+#[test]
+fn a_violation_releases_what_was_held_or_assembled_for_the_peer() {
+    let total = tickwire::MAX_LARGE_MESSAGE_SIZE as u32;
+    let mut raw = Raw::new(large_config());
+    let d = raw.seal(
+        TypeFields::Default,
+        &part(4, 0, total, 0, &[1; 200_000]),
+        reliable(),
+    );
+    raw.deliver(d);
+    let d = raw.seal(
+        TypeFields::Default,
+        &message(3, Some(5), &[2; 500]),
+        reliable(),
+    );
+    raw.deliver(d);
+    let before = raw.conn.stats();
+    assert_eq!(before.assembling_bytes, u64::from(total) + 64);
+    assert!(before.receive_buffered_bytes > u64::from(total) + 500);
+    let d = raw.seal(TypeFields::Default, &message(9, None, b"bad"), reliable());
+    raw.deliver(d);
+    assert!(violated(&raw));
+    let s = raw.conn.stats();
+    assert_eq!(s.assembling_bytes, 0);
+    assert_eq!(s.receive_buffered_bytes, 0);
+    // (The 200,000 octets assembled are freed; reassembly keeps its one reusable buffer.)
+    assert!(
+        s.memory_bytes + 200_000 <= before.memory_bytes,
+        "{} then {}",
+        before.memory_bytes,
+        s.memory_bytes
+    );
+    assert!(
+        raw.conn.budget_used() < 10_000,
+        "{}",
+        raw.conn.budget_used()
+    );
+}

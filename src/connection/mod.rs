@@ -795,6 +795,7 @@ impl Connection {
                 self.state = State::Draining;
                 self.jobs.clear();
                 self.copies.clear();
+                self.drop_receive_state();
                 return;
             }
             TypeFields::Default => {}
@@ -867,6 +868,19 @@ impl Connection {
         }
     }
 
+    /// Drops what the receive side holds for the peer's messages (held behind a gap, being
+    /// assembled from parts): once the end is reported none of it will be delivered, so none
+    /// of it is kept (or charged) for the rest of the close.
+    fn drop_receive_state(&mut self) {
+        for ch in &mut self.recv_channels {
+            ch.held = VecDeque::new();
+            ch.assembly = None;
+        }
+        self.budget.held = 0;
+        self.budget.assembling = 0;
+        self.budget.assembled = 0;
+    }
+
     fn fail(&mut self, now: Instant, code: ErrorCode, events: &mut VecDeque<Event>) {
         if self.state == State::Connected {
             tracing::warn!(
@@ -885,6 +899,7 @@ impl Connection {
                 // The event is out already: closing ends silently.
                 c.report = None;
             }
+            self.drop_receive_state();
         }
     }
 
