@@ -26,6 +26,13 @@
 //!
 //! Exits 0 only if every client connected through the backend, got every echo, the servers
 //! shared the clients, and the misdirected token was refused; 1 otherwise.
+//!
+//! The backend here is a demonstration on loopback, not a service to expose: anyone who
+//! reaches its port can `REGISTER` a server of their own (its address and the key clients
+//! will pin, so the backend would sign tokens sending clients to it) or `DRAIN` a real one,
+//! and it takes lines of any length on a thread per connection. A deployed backend
+//! authenticates its servers (a shared secret or mutual TLS), bounds its connections and
+//! request lines, and is reachable by clients only for `JOIN`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};

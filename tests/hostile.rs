@@ -1511,3 +1511,116 @@ fn random_parts_and_packet_numbers_never_panic_or_exceed_the_bound() {
         tally.0, tally.1, tally.2, tally.3
     );
 }
+
+/// What the application saw, in order: `msg N` for a message of N octets, `end` for the
+/// connection's `Disconnected`.
+fn seen(raw: &Raw) -> Vec<String> {
+    raw.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message { data, .. } => Some(format!("msg {}", data.len())),
+            Event::Disconnected { .. } => Some("end".to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A cheater breaks the protocol (or sends its ERROR) and goes on sending during the close:
+/// its messages were still delivered, after the `Disconnected` event that told the
+/// application the client was gone (a game that dropped the player's state then meets
+/// messages of a client it no longer knows), and a first part still reserved 16 MiB. Once
+/// the end is reported, nothing more of the peer's is delivered or assembled; acks still
+/// work, so the close completes.
+#[test]
+fn nothing_is_delivered_after_the_end_is_reported() {
+    let total = tickwire::MAX_LARGE_MESSAGE_SIZE as u32;
+    // A protocol violation (a message on a channel this side does not have).
+    let mut raw = Raw::new(large_config());
+    let d = raw.seal(
+        TypeFields::Default,
+        &message(3, Some(0), b"before"),
+        reliable(),
+    );
+    raw.deliver(d);
+    let d = raw.seal(TypeFields::Default, &message(9, None, b"bad"), reliable());
+    raw.deliver(d);
+    assert!(violated(&raw));
+    let d = raw.seal(
+        TypeFields::Default,
+        &message(3, Some(1), b"after"),
+        reliable(),
+    );
+    raw.deliver(d);
+    let d = raw.seal(
+        TypeFields::Default,
+        &part(4, 0, total, 0, &[1; 1000]),
+        reliable(),
+    );
+    raw.deliver(d);
+    assert_eq!(seen(&raw), ["msg 6", "end"]);
+    assert_eq!(raw.conn.stats().assembling_bytes, 0);
+    // The peer's own ERROR, then more messages.
+    let mut raw = Raw::new(large_config());
+    let d = raw.seal(
+        TypeFields::Error(ErrorCode::Disconnect),
+        b"bye",
+        SendOptions::default(),
+    );
+    raw.deliver(d);
+    let d = raw.seal(
+        TypeFields::Default,
+        &message(3, Some(0), b"after"),
+        reliable(),
+    );
+    raw.deliver(d);
+    let d = raw.seal(
+        TypeFields::Default,
+        &message(0, None, b"after"),
+        SendOptions::default(),
+    );
+    raw.deliver(d);
+    assert_eq!(seen(&raw), ["end"]);
+}
+
+/// A cheater starts a large message (and leaves messages held behind a gap), then breaks the
+/// protocol: what the receive side held for it stayed allocated and charged for the rest of
+/// the close, though none of it will ever be delivered. It is dropped when the end is
+/// reported.
+#[test]
+fn a_violation_releases_what_was_held_or_assembled_for_the_peer() {
+    let total = tickwire::MAX_LARGE_MESSAGE_SIZE as u32;
+    let mut raw = Raw::new(large_config());
+    let d = raw.seal(
+        TypeFields::Default,
+        &part(4, 0, total, 0, &[1; 200_000]),
+        reliable(),
+    );
+    raw.deliver(d);
+    let d = raw.seal(
+        TypeFields::Default,
+        &message(3, Some(5), &[2; 500]),
+        reliable(),
+    );
+    raw.deliver(d);
+    let before = raw.conn.stats();
+    assert_eq!(before.assembling_bytes, u64::from(total) + 64);
+    assert!(before.receive_buffered_bytes > u64::from(total) + 500);
+    let d = raw.seal(TypeFields::Default, &message(9, None, b"bad"), reliable());
+    raw.deliver(d);
+    assert!(violated(&raw));
+    let s = raw.conn.stats();
+    assert_eq!(s.assembling_bytes, 0);
+    assert_eq!(s.receive_buffered_bytes, 0);
+    // (The 200,000 octets assembled are freed; reassembly keeps its one reusable buffer.)
+    assert!(
+        s.memory_bytes + 200_000 <= before.memory_bytes,
+        "{} then {}",
+        before.memory_bytes,
+        s.memory_bytes
+    );
+    assert!(
+        raw.conn.budget_used() < 10_000,
+        "{}",
+        raw.conn.budget_used()
+    );
+}

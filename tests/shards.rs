@@ -606,3 +606,67 @@ fn a_shard_that_panics_gives_back_what_it_held_in_the_shared_tables() {
         "one shard panicked, the other went on"
     );
 }
+
+/// A stranger sends AUTHs resuming a real client's id (ids are small and sequential: easy to
+/// guess) with a forged ticket, from many spoofed addresses. The shard that did not issue the
+/// id relays each to the one that did, which made a half-open handshake for the address (a
+/// new client: the ticket does not check out) and told the relaying shard the address was its
+/// own: that shard then kept forwarding it for good, and enough such addresses filled its
+/// forwarding map (65,536), after which every moved client's datagrams went the slow way
+/// (offered to every shard, within the trial budget). An address is claimed only for a
+/// connection or a handshake that proved its id (a valid ticket or token).
+#[test]
+fn forged_resumptions_do_not_fill_a_shards_forwarding_map() {
+    use tickwire::crypto::EphemeralKey;
+    use tickwire::endpoint::handshake;
+    let running = start(2, 8);
+    let (addr, key) = (running.handle.local_addr(), running.handle.public_key());
+    let mut driver =
+        ClientDriver::connect(ClientConfig::new(key), addr, SocketConfig::default()).unwrap();
+    let give_up = Instant::now() + WALL;
+    let id = loop {
+        assert!(Instant::now() < give_up, "no connection");
+        if let Some(Event::Connected { client }) = driver.run_until_event(Some(STEP)).unwrap() {
+            break client;
+        }
+    };
+    let mut ticket = [0xAA; handshake::TICKET_LEN];
+    ticket[..8].copy_from_slice(&id.0.to_be_bytes());
+    // 40 spoofed addresses (one per IP, so no per-IP limit stops them): about half hash to
+    // the shard that did not issue the id.
+    for i in 0..40u8 {
+        let udp =
+            std::net::UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 1, i + 1), 0)).unwrap();
+        let auth =
+            handshake::client_auth(EphemeralKey::generate().public_bytes(), &[], Some(&ticket));
+        udp.send_to(&auth, addr).unwrap();
+    }
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = running.handle.stats();
+        let offered: u64 = stats.iter().map(|s| s.info.relay.offered).sum();
+        let done: u64 = stats
+            .iter()
+            .map(|s| s.info.relay.taken + s.info.relay.refused)
+            .sum();
+        if offered > 0 && done == offered {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "relays not answered: {offered} offered, {done} done"
+        );
+        std::thread::yield_now();
+    }
+    // (Every answer's Claim is in the relaying shard's inbox before this command.)
+    let stats = running.handle.stats();
+    let offered: u64 = stats.iter().map(|s| s.info.relay.offered).sum();
+    let forwarding: u64 = stats.iter().map(|s| s.info.relay.forwarding).sum();
+    eprintln!("offered {offered}, forwarding {forwarding}");
+    assert_eq!(
+        forwarding, 0,
+        "{forwarding} forged addresses forwarded for good"
+    );
+    drop(driver);
+    running.finish();
+}

@@ -813,19 +813,24 @@ impl Connection {
                 self.state = State::Draining;
                 self.jobs.clear();
                 self.copies.clear();
+                self.drop_receive_state();
                 return;
             }
             TypeFields::Default => {}
         }
-        // Frames. A packet that opened but does not parse is a protocol violation.
+        // Frames. A packet that opened but does not parse is a protocol violation. Once this
+        // side has reported the end (a violation, the peer's ERROR), the peer's messages are
+        // no longer delivered nor assembled: the application was told the client is gone.
         let mut violation = None;
         let mut carried_message = false;
+        let ended = self.end_reported();
         for frame in Frames::new(plaintext) {
             match frame {
                 Err(e) => {
                     violation = Some(e.code);
                     break;
                 }
+                Ok(Frame::Message { .. } | Frame::MessagePart { .. }) if ended => {}
                 Ok(Frame::Message { channel, seq, data }) => {
                     carried_message = true;
                     if let Err(code) = self.deliver(channel, seq, None, data, messages, events) {
@@ -870,6 +875,30 @@ impl Connection {
         }
     }
 
+    /// Whether this side has reported the connection's end (its `Disconnected` event is out,
+    /// or the peer closed): a protocol violation, the peer's ERROR, a timeout. A close of
+    /// this side's own reports it when it completes.
+    fn end_reported(&self) -> bool {
+        match self.state {
+            State::Connected => false,
+            State::Closing { .. } => self.close.as_ref().is_none_or(|c| c.report.is_none()),
+            State::Draining | State::Closed => true,
+        }
+    }
+
+    /// Drops what the receive side holds for the peer's messages (held behind a gap, being
+    /// assembled from parts): once the end is reported none of it will be delivered, so none
+    /// of it is kept (or charged) for the rest of the close.
+    fn drop_receive_state(&mut self) {
+        for ch in &mut self.recv_channels {
+            ch.held = VecDeque::new();
+            ch.assembly = None;
+        }
+        self.budget.held = 0;
+        self.budget.assembling = 0;
+        self.budget.assembled = 0;
+    }
+
     fn fail(&mut self, now: Instant, code: ErrorCode, events: &mut VecDeque<Event>) {
         if self.state == State::Connected {
             tracing::warn!(
@@ -888,6 +917,7 @@ impl Connection {
                 // The event is out already: closing ends silently.
                 c.report = None;
             }
+            self.drop_receive_state();
         }
     }
 

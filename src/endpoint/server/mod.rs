@@ -744,8 +744,11 @@ impl Server {
     /// A datagram another shard received from `from` and could not place: handled as if it
     /// had arrived here if `from` is a known address or it is an AUTH (one resuming an id this
     /// shard issued), else tried as a migration of one of this shard's connections. Returns
-    /// whether this shard owns `from` now (its datagrams should come here); nothing is kept
-    /// for the other shards.
+    /// whether this shard owns `from` now (its datagrams should come here): a connection's
+    /// address, or a half-open handshake's whose id checked out (a valid resumption ticket or
+    /// connect token), never one that a stranger's AUTH with a forged ticket made half-open
+    /// (the relaying shard would forward that address for good). Nothing is kept for the
+    /// other shards.
     pub(crate) fn handle_relayed(
         &mut self,
         now: Instant,
@@ -759,7 +762,11 @@ impl Server {
             .is_some_and(|b| b & 0x0F == PacketType::Auth.to_bits());
         let owned = if self.knows_addr(&from) || auth {
             self.handle_datagram(now, from, datagram);
-            self.knows_addr(&from)
+            self.by_addr.contains_key(&from)
+                || self
+                    .pending
+                    .get(&from)
+                    .is_some_and(|p| p.client_id.is_some())
         } else {
             Packet::parse(datagram).is_ok_and(|p| {
                 p.header.flags.contains(Flags::ENCRYPTED) && seal::packet_number(&p.header) != 0
