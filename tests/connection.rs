@@ -1052,3 +1052,34 @@ fn grouped_fragments_are_not_taken_for_lost() {
     assert_eq!(sim.server_messages().len(), 2000);
     assert_eq!(stats.loss, 0.0, "{stats:?}");
 }
+
+/// A sender whose acknowledgements stop (every datagram to it lost) while it floods unreliable
+/// 1000 B messages does not put one packet per message offered on the wire within a resend
+/// timeout (30 ms at least): at most the 4,096 it tracks, two datagrams each. (From a fresh
+/// connection the congestion window, 32 datagrams, stops it first: about 60 datagrams.)
+#[test]
+fn unreliable_flood_without_acks_is_bounded() {
+    let mut sim = sim_with_client();
+    sim.connect_all();
+    sim.filter = Box::new(|d, _, _| {
+        if d == Dir::ToClient {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    let before = sim.clients[0].1.stats().packets_sent;
+    // 20 ms at 1,000 messages per millisecond.
+    for _ in 0..20 {
+        let now = sim.now;
+        for i in 0..1000u32 {
+            sim.clients[0]
+                .1
+                .send(now, ChannelId(0), &[i as u8; 1000])
+                .unwrap();
+        }
+        sim.run_for(Duration::from_millis(1));
+    }
+    let sent = sim.clients[0].1.stats().packets_sent - before;
+    assert!(sent <= 2 * 4096 + 64, "{sent} datagrams");
+}

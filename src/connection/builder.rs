@@ -7,6 +7,10 @@ use super::*;
 /// messages: one datagram lost in each of two runs loses two messages).
 const MAX_TAILS: usize = 16;
 
+/// Unreliable packets sent after one that went a resend timeout without acknowledgement that
+/// make it a loss (see `Connection::can_send_unreliable`).
+const STALE_LOSS_AFTER: usize = 128;
+
 /// A datagram job: the fragments of a packet still to write.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Job {
@@ -177,6 +181,19 @@ impl Connection {
             );
             return Some(n);
         }
+        if self.ping_due {
+            self.ping_due = false;
+            self.last_ping = now;
+            let micros = now.saturating_duration_since(self.epoch).as_micros() as u64;
+            let n = self.write_small(
+                now,
+                TypeFields::Heartbeat(Heartbeat::Ping),
+                &micros.to_be_bytes(),
+                scratch,
+                buf,
+            );
+            return Some(n);
+        }
         // Of the two kinds of packet, the one whose queued messages have the higher lane
         // priority goes first (reliable on a tie).
         let unreliable_first = match (self.queued_priority(true), self.queued_priority(false)) {
@@ -253,7 +270,12 @@ impl Connection {
     /// Whether unreliable data may go out now: something is queued, the window has room
     /// and the pacer tokens. Unreliable packets no acknowledgement described within the
     /// resend timeout stop counting as in flight (the peer acknowledges them only every few
-    /// packets, so the last ones of a burst may never be).
+    /// packets, so the last ones of a burst may never be). One with `STALE_LOSS_AFTER` or more
+    /// packets sent after it is a loss: any of the 16 after it would have brought an
+    /// acknowledgement describing it, so none came through (a receiver that fell behind and
+    /// drops, or refuses, everything), and a PING goes out first (`ping_due`): a receiver
+    /// refuses fragments more than 4,096 packet numbers above the newest packet it accepted,
+    /// and a single datagram brings it up to date.
     pub(super) fn can_send_unreliable(&mut self, now: Instant) -> bool {
         if !self.has_unreliable() || self.window_exhausted() {
             return false;
@@ -263,8 +285,19 @@ impl Connection {
             if now.saturating_duration_since(sent) < rto {
                 break;
             }
+            if self.unreliable_sent.len() - self.unreliable_stale > STALE_LOSS_AFTER {
+                self.cc.on_loss(now, sent);
+                self.ping_due = true;
+            }
             self.unreliable_in_flight -= u64::from(size);
             self.unreliable_stale += 1;
+        }
+        if self.unreliable_sent.len() - self.unreliable_stale >= UNRELIABLE_TRACKED {
+            // As many unacknowledged packets within the resend timeout as are tracked: more
+            // would push out records neither acknowledged nor lost, and the sender would go
+            // on blind (that is how a receiver fell more than 4,096 packet numbers behind,
+            // past which it refuses fragments). Wait for acks or the timeout.
+            return false;
         }
         self.window_open() && self.pace(now)
     }

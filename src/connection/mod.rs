@@ -83,8 +83,11 @@ const FRAGMENT_AHEAD: u32 = recv::WINDOW;
 /// Every this many unreliable data packets, the receiver sends an ACK.
 const UNRELIABLE_ACK_EVERY: u32 = 8;
 
-/// Unreliable data packets remembered for congestion control at most.
-const UNRELIABLE_TRACKED: usize = 1024;
+/// Unreliable data packets remembered for congestion control at most; with that many within
+/// the resend timeout, no more unreliable packets go out. As many as the receiver's window of
+/// plausible fragment packet numbers (`FRAGMENT_AHEAD`), so that a sender never gets that far
+/// ahead of what was acknowledged.
+const UNRELIABLE_TRACKED: usize = 4096;
 
 /// How late a packet may arrive after the one that showed it missing and still count as
 /// reordered rather than lost (for the incoming loss estimate): a sixteenth of the RTT
@@ -249,6 +252,10 @@ pub struct Connection {
     tails_draining: bool,
     /// The datagram just written is a fragment of an unreliable packet other than its last.
     wrote_leading_fragment: bool,
+    /// A PING goes out before any data: acknowledgements stopped while unreliable packets
+    /// flowed (see `Connection::can_send_unreliable`). One datagram, not fragmented, so
+    /// that a receiver that fell far behind accepts it and takes fragments again.
+    ping_due: bool,
     epoch: Instant,
     last_recv: Instant,
     last_send: Instant,
@@ -400,6 +407,7 @@ impl Connection {
             tail_read: 0,
             tails_draining: false,
             wrote_leading_fragment: false,
+            ping_due: false,
             epoch: now,
             last_recv: now,
             last_send: now,

@@ -249,6 +249,13 @@ impl Connection {
         {
             consider(sent + self.rtt.rto());
         }
+        // Unreliable data waiting because every tracked packet is within the resend timeout
+        // waits for the oldest to go stale (or an acknowledgement).
+        if self.unreliable_sent.len() - self.unreliable_stale >= UNRELIABLE_TRACKED {
+            if let Some(&(_, _, sent)) = self.unreliable_sent.get(self.unreliable_stale) {
+                consider(sent + self.rtt.rto());
+            }
+        }
         // Jobs waiting for pacing tokens wait for `paced_until` (considered above).
         if (!self.jobs.is_empty() && self.paced_until.is_none())
             || !self.tail_lens.is_empty()
