@@ -801,8 +801,12 @@ impl Connection {
                     return;
                 }
                 if let Ok(b) = <[u8; 8]>::try_from(plaintext) {
-                    let sent = self.epoch + Duration::from_micros(u64::from_be_bytes(b));
-                    if sent <= now {
+                    // The peer echoes what this side sent; a forged far-future value must not
+                    // overflow the clock (`Instant + Duration` panics on some platforms).
+                    let sent = self
+                        .epoch
+                        .checked_add(Duration::from_micros(u64::from_be_bytes(b)));
+                    if let Some(sent) = sent.filter(|&t| t <= now) {
                         self.rtt.update(now - sent);
                     }
                 }
