@@ -425,6 +425,7 @@ fn oversized_message_from_peer_is_a_protocol_error() {
         Some(DisconnectReason::ProtocolViolation(ErrorCode::Packet))
     );
     assert!(sim.server_messages().is_empty());
+    assert_eq!(sim.server.stats().protocol_violations, 1);
 }
 
 #[test]

@@ -194,6 +194,12 @@ pub struct ServerStats {
     /// AUTHs refused with ERROR 1.2 `client key invalid`, no state kept: the key is not 33
     /// octets starting 02 or 03 (a compressed SEC1 point), or not a point on P-256.
     pub refused_client_key: u64,
+    /// Connections closed because the peer broke the protocol (a malformed or forbidden frame,
+    /// a message on a channel that does not exist or over `max_message_size`, a bad part...):
+    /// the server sent the matching ERROR 3.x and reported
+    /// [`DisconnectReason::ProtocolViolation`](crate::DisconnectReason::ProtocolViolation)
+    /// (counted as the application takes the event).
+    pub protocol_violations: u64,
     /// Calls of `handle_timeout`.
     pub wakeups: u64,
     /// Connections visited by `handle_timeout`: only those whose deadline came, so this grows
@@ -892,10 +898,17 @@ impl Server {
     /// Takes the next event.
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front()?;
-        if let Event::Message { client, data, .. } = &ev {
-            if let Some(conn) = self.connections.get_mut(client) {
-                charge(&mut self.charged, conn, |c| c.release_delivered(data.len()));
+        match &ev {
+            Event::Message { client, data, .. } => {
+                if let Some(conn) = self.connections.get_mut(client) {
+                    charge(&mut self.charged, conn, |c| c.release_delivered(data.len()));
+                }
             }
+            Event::Disconnected {
+                reason: crate::DisconnectReason::ProtocolViolation(_),
+                ..
+            } => self.stats.protocol_violations += 1,
+            _ => {}
         }
         Some(ev)
     }
