@@ -193,7 +193,7 @@ impl Connection {
                 }
                 // Jobs (and messages still queued) waiting for pacing tokens wait for
                 // `paced_until`; waking at `last_send` instead would spin without progress.
-                if let Some(d) = self.paced_until {
+                if let Some(d) = self.paced_until.or(self.bulk_paced_until) {
                     consider(d);
                 } else if !self.jobs.is_empty() {
                     consider(self.last_send);
@@ -226,6 +226,9 @@ impl Connection {
         if let Some(d) = self.paced_until {
             consider(d);
         }
+        if let Some(d) = self.bulk_paced_until {
+            consider(d);
+        }
         if let Some(d) = self.reassembler.next_deadline() {
             consider(d);
         }
@@ -246,7 +249,7 @@ impl Connection {
             consider(sent + self.rtt.rto());
         }
         // Jobs waiting for pacing tokens wait for `paced_until` (considered above).
-        if (!self.jobs.is_empty() && self.paced_until.is_none())
+        if (!self.jobs.is_empty() && self.paced_until.is_none() && self.bulk_paced_until.is_none())
             || self.pong.is_some()
             || self.path_response.is_some()
             || self.resend_finished
@@ -260,7 +263,17 @@ impl Connection {
     /// intervals even while other packets flow, so both sides keep measuring the RTT.
     pub(super) fn next_ping(&self) -> Instant {
         let interval = self.config.heartbeat_interval;
-        (self.last_send + interval).min(self.last_ping + interval * 4)
+        let next = (self.last_send + interval).min(self.last_ping + interval * 4);
+        // While a less-than-best-effort lane sends, a PING every RTT (at least 10 ms apart)
+        // gives its limiter delay samples even when nothing else is acknowledged (the bulk
+        // parts are acknowledged only whole).
+        let srtt = self.rtt.srtt();
+        match self.ledbat.as_ref().and_then(|l| l.last_bulk_sent()) {
+            Some(t) if t + srtt >= self.last_send => {
+                next.min(self.last_ping + srtt.max(Duration::from_millis(10)))
+            }
+            _ => next,
+        }
     }
 
     pub(super) fn frag_ack_interval(&self) -> Duration {
