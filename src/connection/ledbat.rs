@@ -38,6 +38,10 @@ const MIN_WINDOW: f64 = 2.0 * MSS as f64;
 const MAX_WINDOW: f64 = (16 << 20) as f64;
 /// The window a transfer starts with (octets).
 const INITIAL_WINDOW: f64 = 16.0 * MSS as f64;
+/// Delivery-rate history: this many intervals of at least a base RTT (and 10 ms) each.
+const RATE_SAMPLES: usize = 8;
+/// The window's ceiling over the delivery rate times (base RTT + target).
+const RATE_HEADROOM: f64 = 1.25;
 /// Pacing bursts: at most this many octets back to back.
 const BURST: f64 = 4.0 * MSS as f64;
 
@@ -57,6 +61,10 @@ pub struct Ledbat {
     last_bulk_sent: Option<Instant>,
     tokens: f64,
     last_refill: Option<Instant>,
+    rate_start: Option<Instant>,
+    rate_octets: f64,
+    rates: [f64; RATE_SAMPLES],
+    rate_next: usize,
 }
 
 impl Ledbat {
@@ -76,6 +84,10 @@ impl Ledbat {
             last_bulk_sent: None,
             tokens: BURST,
             last_refill: None,
+            rate_start: None,
+            rate_octets: 0.0,
+            rates: [0.0; RATE_SAMPLES],
+            rate_next: 0,
         }
     }
 
@@ -128,6 +140,8 @@ impl Ledbat {
         let Some(delay) = self.queueing_delay() else {
             return;
         };
+        let base = self.base_rtt().unwrap_or(srtt);
+        self.measure_rate(now, acked, base);
         let off = (self.target.as_secs_f64() - delay.as_secs_f64()) / self.target.as_secs_f64();
         let off = off.clamp(-1.0, 1.0);
         if off > 0.0 {
@@ -151,7 +165,33 @@ impl Ledbat {
         } else {
             off * acked * MSS as f64 / self.window
         };
-        self.window = (self.window + change).clamp(MIN_WINDOW, MAX_WINDOW);
+        // The delay signal comes a round trip late (more, through the filters); the window
+        // never exceeds what the rate the path delivered would carry with the target's
+        // queue, plus a quarter: a transfer that grew too fast (or a path that got slower)
+        // overshoots the target by a quarter of base RTT + target at most, not by the queue.
+        let rate = self.rates.iter().copied().fold(0.0, f64::max);
+        let ceiling =
+            (RATE_HEADROOM * rate * (base + self.target).as_secs_f64()).max(INITIAL_WINDOW);
+        self.window = (self.window + change)
+            .min(ceiling)
+            .clamp(MIN_WINDOW, MAX_WINDOW);
+    }
+
+    /// The delivery rate: octets acknowledged over intervals of at least `base` (and 10 ms).
+    fn measure_rate(&mut self, now: Instant, acked: u64, base: Duration) {
+        let Some(start) = self.rate_start else {
+            self.rate_start = Some(now);
+            self.rate_octets = 0.0;
+            return;
+        };
+        self.rate_octets += acked as f64;
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= base.max(Duration::from_millis(10)) {
+            self.rates[self.rate_next] = self.rate_octets / elapsed.as_secs_f64();
+            self.rate_next = (self.rate_next + 1) % RATE_SAMPLES;
+            self.rate_octets = 0.0;
+            self.rate_start = Some(now);
+        }
     }
 
     /// A packet was declared lost at `now`: halve the window if the queue was filling (at
