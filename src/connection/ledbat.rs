@@ -270,12 +270,16 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Ledbat::new(ms(25));
         l.on_rtt(t0, ms(40));
-        l.on_sent(t0, 1000);
         let w0 = l.window();
-        for _ in 0..10 {
-            l.on_ack(t0, 1000, ms(40));
+        // The path delivers 1 MB/s (a 1000-octet ack each millisecond): the window grows,
+        // up to 1.25 x 1 MB/s x (40 + 25) ms.
+        for k in 0..200 {
+            l.on_sent(t0 + ms(k), 1000);
+            l.on_ack(t0 + ms(k), 1000, ms(40));
         }
         assert!(l.window() > w0);
+        assert!(l.window() <= 81_250, "{}", l.window());
+        let t0 = t0 + ms(200);
         // 60 ms of queue: above twice the target, it shrinks by a quarter octet per octet acked.
         for _ in 0..4 {
             l.on_rtt(t0, ms(100));
@@ -284,6 +288,15 @@ mod tests {
         let w1 = l.window();
         l.on_ack(t0, 1000, ms(100));
         assert_eq!(l.window(), w1 - 250);
+        // An idle lane's window does not grow.
+        for _ in 0..4 {
+            l.on_rtt(t0, ms(41));
+        }
+        l.on_ack(t0 + ms(500), 1000, ms(40));
+        assert_eq!(l.window(), w1 - 250);
+        for _ in 0..4 {
+            l.on_rtt(t0, ms(100));
+        }
         // A loss with the queue full halves it; with the queue empty, nothing.
         l.on_loss(t0, ms(100));
         assert_eq!(l.window(), (w1 - 250) / 2);
