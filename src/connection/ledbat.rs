@@ -172,9 +172,13 @@ impl Ledbat {
             self.slow_start = false;
         }
         let acked = acked as f64;
+        let rate = self.rates.iter().copied().fold(0.0, f64::max);
+        // Below the path's bandwidth-delay product (the delivery rate times the base RTT) a
+        // window cannot build a queue: it grows as in slow start (after a halving, say).
+        let below_bdp = self.window < rate * base.as_secs_f64();
         let change = if off < 0.0 {
             DECREASE * off * acked
-        } else if self.slow_start {
+        } else if self.slow_start || below_bdp {
             off * acked
         } else {
             off * acked * MSS as f64 / self.window
@@ -183,7 +187,6 @@ impl Ledbat {
         // never exceeds what the rate the path delivered would carry with the target's
         // queue, plus a quarter: a transfer that grew too fast (or a path that got slower)
         // overshoots the target by a quarter of base RTT + target at most, not by the queue.
-        let rate = self.rates.iter().copied().fold(0.0, f64::max);
         let ceiling =
             (RATE_HEADROOM * rate * (base + self.target).as_secs_f64()).max(INITIAL_WINDOW);
         self.window = (self.window + change)

@@ -263,17 +263,7 @@ impl Connection {
     /// intervals even while other packets flow, so both sides keep measuring the RTT.
     pub(super) fn next_ping(&self) -> Instant {
         let interval = self.config.heartbeat_interval;
-        let next = (self.last_send + interval).min(self.last_ping + interval * 4);
-        // While a less-than-best-effort lane sends, a PING every RTT (at least 10 ms apart)
-        // gives its limiter delay samples even when nothing else is acknowledged (the bulk
-        // parts are acknowledged only whole).
-        let srtt = self.rtt.srtt();
-        match self.ledbat.as_ref().and_then(|l| l.last_bulk_sent()) {
-            Some(t) if t + srtt >= self.last_send => {
-                next.min(self.last_ping + srtt.max(Duration::from_millis(10)))
-            }
-            _ => next,
-        }
+        (self.last_send + interval).min(self.last_ping + interval * 4)
     }
 
     pub(super) fn frag_ack_interval(&self) -> Duration {
