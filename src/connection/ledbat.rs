@@ -155,9 +155,9 @@ impl Ledbat {
 
     /// Octets `acked` of any lane were acknowledged at `now`; `srtt` is the smoothed RTT.
     pub fn on_ack(&mut self, now: Instant, acked: u64, srtt: Duration) {
-        let Some(delay) = self.queueing_delay() else {
-            return;
-        };
+        // Before any sample (none from the handshake), no queue is known of: the rate
+        // ceiling alone bounds the window.
+        let delay = self.queueing_delay().unwrap_or_default();
         let base = self.base_rtt().unwrap_or(srtt);
         self.measure_rate(now, acked, base);
         let off = (self.target.as_secs_f64() - delay.as_secs_f64()) / self.target.as_secs_f64();

@@ -372,7 +372,10 @@ impl Connection {
             rtt.update(sample);
         }
         let channel_count = config.channels.len();
-        let ledbat = config.bulk_target_delay.map(ledbat::Ledbat::new);
+        let mut ledbat = config.bulk_target_delay.map(ledbat::Ledbat::new);
+        if let (Some(l), Some(sample)) = (&mut ledbat, handshake_rtt) {
+            l.on_rtt(now, sample);
+        }
         Self {
             budget: Budget::new(config.send_queue_bytes, config.receive_buffer_bytes),
             id,
