@@ -24,7 +24,9 @@
 //! more. (With 1.25 times that, the game's p99 at 4 Mbit/s without loss was 94 ms instead of
 //! 70; over intervals of one base RTT, acknowledgements arriving in bursts, after a resend,
 //! read as a faster link: at 4 Mbit/s and 1% loss the p99 grew by 31 to 88 ms over seeds 1
-//! to 5, over four base RTTs by -4 to 16 ms.)
+//! to 5, over four base RTTs by 6 to 26 ms.) Before the first such interval ends, the
+//! current one's rate counts once it lasted a base RTT; before any RTT sample, when the base
+//! is a guess, there is no ceiling.
 //!
 //! The lane's datagrams are paced at the window per current RTT (base + queueing delay): a
 //! window too large for the link shows as delay and slows the pacing at once. Their octets in
@@ -158,8 +160,7 @@ impl Ledbat {
 
     /// Octets `acked` of any lane were acknowledged at `now`; `srtt` is the smoothed RTT.
     pub fn on_ack(&mut self, now: Instant, acked: u64, srtt: Duration) {
-        // Before any sample (none from the handshake), no queue is known of: the rate
-        // ceiling alone bounds the window.
+        // Before any sample (none from the handshake), no queue is known of.
         let delay = self.queueing_delay().unwrap_or_default();
         let base = self.base_rtt().unwrap_or(srtt);
         self.measure_rate(now, acked, base);
@@ -179,7 +180,7 @@ impl Ledbat {
             self.slow_start = false;
         }
         let acked = acked as f64;
-        let rate = self.rates.iter().copied().fold(0.0, f64::max);
+        let rate = self.delivery_rate(now, base);
         // Below the path's bandwidth-delay product (the delivery rate times the base RTT) a
         // window cannot build a queue: it grows as in slow start (after a halving, say).
         let below_bdp = self.window < rate * base.as_secs_f64();
@@ -194,14 +195,32 @@ impl Ledbat {
         // never exceeds what the rate the path delivered would carry with the target's
         // queue: a transfer that grew too fast (or a path that got slower) does not fill the
         // bottleneck's queue before the delay shows.
-        let ceiling =
-            (RATE_HEADROOM * rate * (base + self.target).as_secs_f64()).max(INITIAL_WINDOW);
+        // (Without any RTT sample the base is a guess: the loss-based window alone bounds
+        // the lane until one comes.)
+        let ceiling = if self.base_len > 0 {
+            (RATE_HEADROOM * rate * (base + self.target).as_secs_f64()).max(INITIAL_WINDOW)
+        } else {
+            MAX_WINDOW
+        };
         self.window = (self.window + change)
             .min(ceiling)
             .clamp(MIN_WINDOW, MAX_WINDOW);
     }
 
-    /// The delivery rate: octets acknowledged over intervals of at least four times `base`
+    /// The delivery rate: the largest of the last intervals', or before the first one ended,
+    /// once a base RTT passed, the current one's.
+    fn delivery_rate(&self, now: Instant, base: Duration) -> f64 {
+        let done = self.rates.iter().copied().fold(0.0, f64::max);
+        match self.rate_start {
+            Some(start) if done == 0.0 && now.saturating_duration_since(start) >= base => {
+                let elapsed = now.saturating_duration_since(start).as_secs_f64();
+                done.max(self.rate_octets / elapsed)
+            }
+            _ => done,
+        }
+    }
+
+    /// Measures the delivery rate: octets acknowledged over intervals of at least four times `base`
     /// (and 10 ms).
     fn measure_rate(&mut self, now: Instant, acked: u64, base: Duration) {
         let Some(start) = self.rate_start else {
