@@ -64,17 +64,34 @@ pub struct ChannelConfig {
     /// proportion to the others' weights (default 1, at least 1): a channel of weight 3
     /// gets three times the octets of one of weight 1 while both have messages queued.
     pub weight: u16,
+    /// Whether the channel is a less-than-best-effort lane (default off; on for the default
+    /// bulk lane, [`crate::ChannelId::BULK`]). Packets holding only such channels' messages
+    /// are limited by a second, delay-based window (after LEDBAT, RFC 6817: see
+    /// [`ConnectionConfig::bulk_target_delay`]) on top of the connection's loss-based one,
+    /// and do not count against the window the other lanes' packets fit in: a bulk transfer
+    /// then keeps the bottleneck's queue, which the game's packets share, short. Reliable
+    /// channels only (unreliable ones ignore it). A sender's choice.
+    pub less_than_best_effort: bool,
 }
 
 impl ChannelConfig {
-    /// A channel of `mode` without compression, priority 0, weight 1.
+    /// A channel of `mode` without compression, priority 0, weight 1, best effort.
     pub const fn new(mode: DeliveryMode) -> Self {
         Self {
             mode,
             compress: false,
             priority: 0,
             weight: 1,
+            less_than_best_effort: false,
         }
+    }
+
+    /// This channel as a less-than-best-effort lane (see
+    /// [`ChannelConfig::less_than_best_effort`]).
+    #[must_use]
+    pub const fn less_than_best_effort(mut self) -> Self {
+        self.less_than_best_effort = true;
+        self
     }
 
     /// This channel with compression allowed.
@@ -105,7 +122,7 @@ pub struct ConnectionConfig {
     /// The channels, indexed by [`crate::ChannelId`]; at most 256, the same on both sides.
     /// Default: 0 unreliable, 1 unreliable-sequenced, 2 reliable-unordered, 3 reliable-ordered
     /// (all priority 0), 4 the bulk lane ([`crate::ChannelId::BULK`]: reliable-ordered at
-    /// priority 255, the lowest).
+    /// priority 255, the lowest, less than best effort).
     pub channels: Vec<ChannelConfig>,
     /// The largest message `send` accepts and a peer may send: at most
     /// [`MAX_LARGE_MESSAGE_SIZE`] (16 MiB). Default 65,536 (64 KiB). A message up to
@@ -157,6 +174,15 @@ pub struct ConnectionConfig {
     /// How long a closing connection waits for its ERROR 2.x to be acknowledged (reliable
     /// messages accepted before the close go first, within this time). Default 1 s.
     pub close_timeout: Duration,
+    /// The queueing delay the less-than-best-effort lanes (the bulk lane by default: see
+    /// [`ChannelConfig::less_than_best_effort`]) aim for: their window grows while the RTT
+    /// exceeds its minimum of the last ten seconds by less than this, and shrinks in
+    /// proportion above it, so a bulk transfer through a bottleneck with a deep queue adds
+    /// about this much delay to the game's packets instead of filling the queue. Loss while
+    /// the queue is shorter than half this is taken as random (not congestion) and does not
+    /// slow them. `None`: those lanes use the loss-based window like the others. Default
+    /// 25 ms (RFC 6817's ceiling for the target is 100 ms; a game wants less).
+    pub bulk_target_delay: Option<Duration>,
 }
 
 impl Default for ConnectionConfig {
@@ -170,7 +196,9 @@ impl Default for ConnectionConfig {
                 ChannelConfig::new(DeliveryMode::UnreliableSequenced),
                 ChannelConfig::new(DeliveryMode::ReliableUnordered),
                 ChannelConfig::new(DeliveryMode::ReliableOrdered),
-                ChannelConfig::new(DeliveryMode::ReliableOrdered).with_priority(u8::MAX),
+                ChannelConfig::new(DeliveryMode::ReliableOrdered)
+                    .with_priority(u8::MAX)
+                    .less_than_best_effort(),
             ],
             max_message_size: 64 * 1024,
             heartbeat_interval: Duration::from_millis(250),
@@ -184,6 +212,7 @@ impl Default for ConnectionConfig {
             receive_buffer_bytes: 4 << 20,
             reassembly: ReassemblyConfig::default(),
             close_timeout: Duration::from_secs(1),
+            bulk_target_delay: Some(Duration::from_millis(25)),
         }
     }
 }

@@ -303,6 +303,12 @@ pub struct ConnectionStats {
     pub congestion_window: u64,
     /// The pacing rate in octets per second.
     pub send_rate: u64,
+    /// The less-than-best-effort lanes' delay-based window in octets (zero when
+    /// [`crate::ConnectionConfig::bulk_target_delay`] is `None`).
+    pub bulk_window: u64,
+    /// The queueing delay that window follows: the latest RTT samples' minimum less the
+    /// smallest of the last ten seconds (zero when off or before a sample).
+    pub queueing_delay: Duration,
     /// Messages delivered to the application.
     pub messages_received: u64,
     /// Messages accepted by `send`.

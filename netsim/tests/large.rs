@@ -219,7 +219,8 @@ fn game_beside_download(bulk: bool) -> (Option<Duration>, (u64, u64), Vec<Durati
 /// fragments, are acknowledged before a part's later fragments arrive; they must not make
 /// the part count as lost (they did: 45% of the server's datagrams were resends, and the
 /// download took 13.9 s instead of 10.3). The game's reliable-ordered round trip is printed
-/// with and without the download (the bottleneck queue fills: see the README).
+/// with and without the download (the bulk lane's delay-based limiter keeps the bottleneck
+/// queue short: see netsim/tests/queue.rs and the README).
 #[test]
 fn a_download_beside_game_traffic_resends_only_what_was_lost() {
     let p = |r: &[Duration], q: f64| r[((r.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;

@@ -100,6 +100,9 @@ impl Connection {
         if self.paced_until.is_some_and(|t| t <= now) {
             self.paced_until = None;
         }
+        if self.bulk_paced_until.is_some_and(|t| t <= now) {
+            self.bulk_paced_until = None;
+        }
         if self.resend_finished {
             self.resend_finished = false;
             if let Some(f) = &self.finished {
@@ -108,6 +111,16 @@ impl Connection {
             }
         }
         while let Some(job) = self.jobs.front().copied() {
+            let lbe = self.job_is_lbe(job);
+            if lbe {
+                // The other lanes' jobs (resends included) go before a less-than-best-effort
+                // one, which may wait long for its own pacer.
+                if let Some(k) = self.jobs.iter().position(|&j| !self.job_is_lbe(j)) {
+                    let other = self.jobs.remove(k).expect("position is in range");
+                    self.jobs.push_front(other);
+                    continue;
+                }
+            }
             if matches!(self.state, State::Connected)
                 && self.job_is_large(job)
                 && self.preempt(now, job, scratch)
@@ -122,10 +135,20 @@ impl Connection {
             {
                 break;
             }
+            if lbe && !self.pace_lbe(now) {
+                break;
+            }
             match self.run_job(now, job, scratch, buf) {
                 // A last fragment held back: the job is done, the next one is at the front.
                 Some(0) => continue,
-                Some(n) => return Some(n),
+                Some(n) => {
+                    if lbe {
+                        if let Some(l) = &mut self.ledbat {
+                            l.on_sent(now, n);
+                        }
+                    }
+                    return Some(n);
+                }
                 None => {}
             }
             self.jobs.pop_front();
@@ -253,7 +276,9 @@ impl Connection {
         if self.window_exhausted() {
             return false;
         }
-        if !self.window_open() {
+        self.game_lanes_open = self.window_open();
+        self.lbe_lanes_open = self.lbe_window_open(now);
+        if !self.game_lanes_open && !self.lbe_lanes_open {
             return false;
         }
         self.pace(now)
@@ -261,10 +286,61 @@ impl Connection {
 
     /// Whether one more datagram fits the congestion window: reliable and unreliable octets
     /// in flight count alike (a burst of unreliable data overflows a receiver's socket buffer
-    /// as surely as a reliable one), and one packet may always be in flight.
+    /// as surely as a reliable one), and one packet may always be in flight. Packets of
+    /// less-than-best-effort lanes do not count here: their own limiter keeps them within
+    /// what the path carries without a queue, and a large one (a bulk part, 250 KB) in
+    /// flight must not hold the game's packets back.
     pub(super) fn window_open(&self) -> bool {
-        let in_flight = self.in_flight + self.unreliable_in_flight;
+        let in_flight =
+            self.in_flight - self.lbe_in_flight.min(self.in_flight) + self.unreliable_in_flight;
         in_flight == 0 || in_flight + MAX_DATA as u64 <= self.cc.window()
+    }
+
+    /// Whether a new packet of less-than-best-effort lanes may be built: their limiter has
+    /// tokens, and one more datagram fits the congestion window with every octet in flight
+    /// counted, or less than two of their largest packets are in flight. (Their limiter paces
+    /// each datagram; a second bulk part goes on while the first one's last fragments and
+    /// resends are acknowledged, instead of the link idling a round trip or two per part,
+    /// which at 20 Mbit/s and 1% loss took a tenth of its rate.)
+    pub(super) fn lbe_window_open(&mut self, now: Instant) -> bool {
+        let srtt = self.rtt.srtt();
+        let Some(l) = &mut self.ledbat else {
+            return false;
+        };
+        if !l.try_pace(now, srtt) {
+            return false;
+        }
+        let in_flight = self.in_flight + self.unreliable_in_flight;
+        self.lbe_in_flight < 2 * crate::wire::MAX_PAYLOAD as u64
+            || in_flight + MAX_DATA as u64 <= self.cc.window()
+    }
+
+    /// Whether a job writes a packet of less-than-best-effort lanes only.
+    pub(super) fn job_is_lbe(&self, job: Job) -> bool {
+        match job {
+            Job::Reliable { pn, .. } => self
+                .sent
+                .binary_search_by_key(&pn, |p| p.pn)
+                .is_ok_and(|i| self.sent[i].lbe),
+            _ => false,
+        }
+    }
+
+    /// Takes the less-than-best-effort pacer's tokens for one datagram, or records when they
+    /// will be there.
+    pub(super) fn pace_lbe(&mut self, now: Instant) -> bool {
+        let srtt = self.rtt.srtt();
+        let Some(l) = &mut self.ledbat else {
+            return true;
+        };
+        if l.try_pace(now, srtt) {
+            self.bulk_paced_until = None;
+            true
+        } else {
+            let at = l.pace_deadline(srtt).unwrap_or(now);
+            self.bulk_paced_until = Some(at.max(now + Duration::from_micros(100)));
+            false
+        }
     }
 
     /// Whether unreliable data may go out now: something is queued, the window has room
@@ -428,8 +504,22 @@ impl Connection {
         ordered.clear();
         let mut any = false;
         let mut priority = u8::MAX;
-        // Channels skipped for this packet: their ordered window is full.
+        let mut lbe = true;
+        // Channels skipped for this packet: their ordered window is full, or their kind of
+        // lane (less than best effort or not) may not send now.
         let mut blocked = [0u64; 4];
+        if reliable && !(self.game_lanes_open && self.lbe_lanes_open) {
+            for (i, ch) in self.send_channels.iter().enumerate() {
+                let open = if ch.lbe {
+                    self.lbe_lanes_open
+                } else {
+                    self.game_lanes_open
+                };
+                if !open {
+                    blocked[i / 64] |= 1 << (i % 64);
+                }
+            }
+        }
         while let Some(ci) = self.next_lane(reliable, &blocked) {
             let ch = &mut self.send_channels[ci];
             let q = ch
@@ -477,6 +567,7 @@ impl Connection {
             }
             any = true;
             priority = priority.min(ch.priority);
+            lbe &= ch.lbe;
             compress &= ch.compress;
             if reliable {
                 message_bytes += cost;
@@ -546,6 +637,10 @@ impl Connection {
             packet.message_bytes = message_bytes;
             packet.ordered = ordered;
             packet.priority = priority;
+            packet.lbe = lbe;
+            if lbe {
+                self.lbe_in_flight += size;
+            }
             self.sent.push_back(packet);
             self.jobs.push_back(Job::Reliable { pn, next: 0 });
         } else {

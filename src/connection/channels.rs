@@ -52,6 +52,8 @@ pub(super) struct SendChannel {
     /// Lane priority (0 highest) and weight, from the channel's config.
     pub(super) priority: u8,
     pub(super) weight: u16,
+    /// A less-than-best-effort lane (limited by `Connection::ledbat`).
+    pub(super) lbe: bool,
     /// Weighted fair queueing among channels of one priority: the virtual time at which
     /// this channel's next message would finish (octets served / weight, scaled).
     pub(super) lane_finish: u64,

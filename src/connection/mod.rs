@@ -11,12 +11,13 @@
 //! packets in flight, acknowledgements and loss detection; `path` path validation; `timers`
 //! every deadline; `builder` the send path and datagram writing; `budget` memory accounting
 //! and the limits; `recv` the replay window and owed acks; `congestion` and `rtt` the
-//! controller and estimator. The frames inside sealed packets are in [`crate::wire::frame`].
+//! controller and estimator, `ledbat` the bulk lane's delay-based limiter. The frames inside sealed packets are in [`crate::wire::frame`].
 
 pub mod budget;
 mod builder;
 mod channels;
 pub mod congestion;
+pub mod ledbat;
 mod loss;
 mod path;
 pub mod recv;
@@ -225,6 +226,17 @@ pub struct Connection {
     /// One info line per interval for notable drops.
     log_limit: crate::log::LogLimit,
     cc: Congestion,
+    /// The less-than-best-effort lanes' delay-based limiter (`None`: off).
+    ledbat: Option<ledbat::Ledbat>,
+    /// Octets of `in_flight` in packets of less-than-best-effort lanes only (not counted
+    /// against the window other lanes' packets fit in).
+    lbe_in_flight: u64,
+    /// Set by `can_send_reliable` for the packet built next: whether lanes that are not (and
+    /// that are) less than best effort may send.
+    game_lanes_open: bool,
+    lbe_lanes_open: bool,
+    /// When the less-than-best-effort pacer has tokens again, while a job waits for them.
+    bulk_paced_until: Option<Instant>,
     send_channels: Vec<SendChannel>,
     recv_channels: Vec<RecvChannel>,
     sent: VecDeque<SentPacket>,
@@ -352,6 +364,9 @@ impl Connection {
                 window_limit: ordered_window_limit,
                 priority: c.priority,
                 weight: c.weight.max(1),
+                lbe: c.less_than_best_effort
+                    && c.mode.is_reliable()
+                    && config.bulk_target_delay.is_some(),
                 lane_finish: 0,
             })
             .collect();
@@ -377,6 +392,10 @@ impl Connection {
             rtt.update(sample);
         }
         let channel_count = config.channels.len();
+        let mut ledbat = config.bulk_target_delay.map(ledbat::Ledbat::new);
+        if let (Some(l), Some(sample)) = (&mut ledbat, handshake_rtt) {
+            l.on_rtt(now, sample);
+        }
         Self {
             budget: Budget::new(config.send_queue_bytes, config.receive_buffer_bytes),
             id,
@@ -392,6 +411,11 @@ impl Connection {
             next_pn: 1,
             receiver,
             cc: Congestion::new(),
+            ledbat,
+            lbe_in_flight: 0,
+            game_lanes_open: true,
+            lbe_lanes_open: true,
+            bulk_paced_until: None,
             send_channels,
             recv_channels,
             sent: VecDeque::new(),
@@ -494,6 +518,10 @@ impl Connection {
         s.in_flight_bytes = self.in_flight + self.unreliable_in_flight;
         s.congestion_window = self.cc.window();
         s.send_rate = self.cc.pacing_rate(self.rtt.srtt());
+        if let Some(l) = &self.ledbat {
+            s.bulk_window = l.window();
+            s.queueing_delay = l.queueing_delay().unwrap_or_default();
+        }
         s.memory_bytes = self.memory_bytes() as u64;
         s.receive_buffered_bytes = (self.budget.received(self.reassembler.reserved_bytes())
             + self.budget.assembling) as u64;
@@ -808,6 +836,9 @@ impl Connection {
                         .checked_add(Duration::from_micros(u64::from_be_bytes(b)));
                     if let Some(sent) = sent.filter(|&t| t <= now) {
                         self.rtt.update(now - sent);
+                        if let Some(l) = &mut self.ledbat {
+                            l.on_rtt(now, now - sent);
+                        }
                     }
                 }
                 return;

@@ -29,6 +29,8 @@ pub(super) struct SentPacket {
     pub(super) last_report: Option<Instant>,
     /// The highest lane priority (lowest number) among its messages.
     pub(super) priority: u8,
+    /// Whether it holds only less-than-best-effort lanes' messages.
+    pub(super) lbe: bool,
     /// Whether its latest transmission is sent twice (a small reliable packet while loss
     /// lasts): its fate then says little of the path's loss and is not counted.
     pub(super) copy_planned: bool,
@@ -78,6 +80,7 @@ impl SentPacket {
             last_index: 0,
             last_report: None,
             priority: 0,
+            lbe: false,
             copy_planned: false,
             judge_from_pn: pn.saturating_add(1),
             judge_until_pn: u32::MAX,
@@ -118,7 +121,11 @@ impl Connection {
             newest_sent = newest_sent.max(Some(sent));
         }
         if let Some(sent) = newest_sent {
-            self.rtt.update_acked(now.saturating_duration_since(sent));
+            let sample = now.saturating_duration_since(sent);
+            self.rtt.update_acked(sample);
+            if let Some(l) = &mut self.ledbat {
+                l.on_rtt(now, sample.saturating_sub(self.config.ack_delay));
+            }
         }
         self.detect_losses(now);
     }
@@ -215,7 +222,17 @@ impl Connection {
         let packet = self.sent.remove(i).expect("index from binary search");
         let sample = (packet.resends == 0).then_some(packet.first_sent);
         self.in_flight = self.in_flight.saturating_sub(packet.size);
+        if packet.lbe {
+            self.lbe_in_flight = self.lbe_in_flight.saturating_sub(packet.size);
+        }
         self.cc.on_ack(packet.size, packet.first_sent);
+        if packet.header.fragment.is_none() {
+            // (A fragmented packet's octets were counted as its fragments were reported held.)
+            let srtt = self.rtt.srtt();
+            if let Some(l) = &mut self.ledbat {
+                l.on_ack(self.last_recv, packet.size, srtt);
+            }
+        }
         self.budget.queued = self.budget.queued.saturating_sub(packet.message_bytes);
         for r in &packet.ordered {
             let ch = &mut self.send_channels[usize::from(r.channel)];
@@ -267,6 +284,10 @@ impl Connection {
         packet.last_report = Some(now);
         let gained = packet.held.count_ones().saturating_sub(before);
         self.cc.on_ack((gained * MAX_DATA) as u64, sent_at);
+        let srtt = self.rtt.srtt();
+        if let Some(l) = &mut self.ledbat {
+            l.on_ack(now, (gained * MAX_DATA) as u64, srtt);
+        }
         // Fragments missing below the last one the receiver holds of this transmission are
         // lost (the fragment-level packet threshold): resend them now rather than at the
         // resend timeout. A report that arrives while the packet is being (re)sent, or
@@ -325,6 +346,10 @@ impl Connection {
         };
         let sent_at = self.sent[i].last_sent;
         self.cc.on_loss(now, sent_at);
+        let srtt = self.rtt.srtt();
+        if let Some(l) = &mut self.ledbat {
+            l.on_loss(now, srtt);
+        }
         self.stats.packets_lost += 1;
         if !self
             .jobs

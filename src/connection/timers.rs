@@ -197,7 +197,7 @@ impl Connection {
                 }
                 // Jobs (and messages still queued) waiting for pacing tokens wait for
                 // `paced_until`; waking at `last_send` instead would spin without progress.
-                if let Some(d) = self.paced_until {
+                if let Some(d) = self.paced_until.or(self.bulk_paced_until) {
                     consider(d);
                 } else if !self.jobs.is_empty() {
                     consider(self.last_send);
@@ -230,6 +230,9 @@ impl Connection {
         if let Some(d) = self.paced_until {
             consider(d);
         }
+        if let Some(d) = self.bulk_paced_until {
+            consider(d);
+        }
         if let Some(d) = self.reassembler.next_deadline() {
             consider(d);
         }
@@ -257,7 +260,7 @@ impl Connection {
             }
         }
         // Jobs waiting for pacing tokens wait for `paced_until` (considered above).
-        if (!self.jobs.is_empty() && self.paced_until.is_none())
+        if (!self.jobs.is_empty() && self.paced_until.is_none() && self.bulk_paced_until.is_none())
             || !self.tail_lens.is_empty()
             || self.pong.is_some()
             || self.path_response.is_some()
