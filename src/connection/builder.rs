@@ -300,8 +300,11 @@ impl Connection {
     /// tokens, and one more datagram fits the congestion window with every octet in flight
     /// counted, or less than two of their largest packets are in flight. (Their limiter paces
     /// each datagram; a second bulk part goes on while the first one's last fragments and
-    /// resends are acknowledged, instead of the link idling a round trip or two per part,
-    /// which at 20 Mbit/s and 1% loss took a tenth of its rate.)
+    /// resends are acknowledged, instead of the link idling a round trip or two per part:
+    /// at 20 Mbit/s and 1% loss, 9.4 to 10.0 Mbit/s of goodput over five seeds with one part
+    /// in flight, 12.9 to 13.4 with two. The cost: a part's resends wait behind the next
+    /// part's fragments, so more go twice; 16 MiB at 5% loss resends 14% of its datagrams,
+    /// 6.6% with one part.)
     pub(super) fn lbe_window_open(&mut self, now: Instant) -> bool {
         let srtt = self.rtt.srtt();
         let Some(l) = &mut self.ledbat else {
