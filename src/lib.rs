@@ -22,12 +22,13 @@
 //! - `pipeline`: the flag pipeline (checksum → LZ4 → AES-GCM → fragmentation) and reassembly.
 //! - `crypto`: the handshake's key exchange, certificate and key schedule.
 //! - `connection`: one peer's state after the handshake, one concern per file (channels,
-//!   packets in flight and loss detection, path validation, timers, the send path, the memory
-//!   budget).
+//!   packets in flight and loss detection, the loss estimates, path validation, timers, the
+//!   send path, the memory budget, congestion control and the bulk lane's delay-based limiter).
 //! - `endpoint`: the sans-IO [`Server`] (connection table, admission with per-IP limits and
 //!   stateless retries, a deadline heap so a wake-up costs the same with 10 or 10,000
 //!   connections) and [`Client`].
-//! - [`io`]: the only code that touches sockets and the clock: a mio driver around the endpoints.
+//! - [`io`]: the only code that touches sockets and the clock: a mio driver around the endpoints,
+//!   and [`io::ShardedServer`], one server per core on one address (SO_REUSEPORT).
 //!
 //! Every byte held for a peer is charged to its connection's budget, and every limit has a
 //! default and a counter: see `docs/LIMITS.md` in the repository.
