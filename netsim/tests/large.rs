@@ -11,18 +11,8 @@ use tickwire::{
     MAX_MESSAGE_SIZE,
 };
 
-/// A seeded pattern: octet i of message `seed`.
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
+mod common;
+use common::pattern;
 
 /// One client over `link` both ways, both sides allowing 16 MiB messages (the send budget
 /// holds one; the receive budget stays at its default 4 MiB).
@@ -174,44 +164,10 @@ fn game_beside_download(bulk: bool) -> (Option<Duration>, (u64, u64), Vec<Durati
         .with_queue_bytes(256 * 1024)
         .with_loss(0.01);
     let mut sim = sim(link, 1);
-    let id = sim.server().clients()[0].id;
     let message = pattern(4 << 20, 4);
-    let start = sim.now();
-    if bulk {
-        sim.server_mut()
-            .send(start, id, ChannelId::BULK, &message)
-            .unwrap();
-    }
-    let mut took = None;
-    let mut rtts = Vec::new();
-    for ms in 0..12_000u32 {
-        if ms % 33 == 0 {
-            let now = sim.now();
-            for ch in 0..4u8 {
-                let mut m = vec![ch; 64];
-                m[..4].copy_from_slice(&ms.to_be_bytes());
-                sim.client_mut(0).send(now, ChannelId(ch), &m).unwrap();
-            }
-        }
-        sim.run_for(Duration::from_millis(1)).unwrap();
-        for (_, ch, data) in sim.take_server_messages() {
-            let now = sim.now();
-            sim.server_mut()
-                .send(now, id, ChannelId(ch), &data)
-                .unwrap();
-        }
-        for (ch, data) in sim.take_client_messages(0) {
-            if ch == ChannelId::BULK.0 {
-                assert!(data == message, "the download arrived altered");
-                took = Some(sim.now() - start);
-            } else if ch == ChannelId::RELIABLE_ORDERED.0 {
-                let sent = u32::from_be_bytes(data[..4].try_into().unwrap());
-                rtts.push(sim.now() - start - Duration::from_millis(u64::from(sent)));
-            }
-        }
-    }
+    let (took, rtts) = common::game_beside_download(&mut sim, bulk.then_some(&message[..]), 12_000);
+    let id = sim.server().clients()[0].id;
     let s = sim.server().client_stats(id).unwrap();
-    rtts.sort();
     (took, (s.packets_sent, s.packets_resent), rtts)
 }
 

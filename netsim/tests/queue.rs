@@ -7,20 +7,10 @@ use std::time::Duration;
 
 use netsim::model::LinkConfig;
 use netsim::sim::Simulation;
-use tickwire::{ChannelId, ClientConfig, ServerConfig, ServerIdentity};
+use tickwire::{ClientConfig, ServerConfig, ServerIdentity};
 
-/// A seeded pattern: octet i of message `seed`.
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
+mod common;
+use common::{game_beside_download, pattern};
 
 const DOWNLOAD: usize = 4 << 20;
 
@@ -62,44 +52,8 @@ fn run(rate: u64, loss: f64, bulk: bool, target: Option<Duration>, secs: u32, se
     let mut sim = Simulation::empty(server_config, seed);
     sim.add_client(client_config, link.clone(), link);
     sim.run_until_connected(Duration::from_secs(10)).unwrap();
-    let id = sim.server().clients()[0].id;
     let message = pattern(DOWNLOAD, 4);
-    let start = sim.now();
-    if bulk {
-        sim.server_mut()
-            .send(start, id, ChannelId::BULK, &message)
-            .unwrap();
-    }
-    let mut took = None;
-    let mut rtts = Vec::new();
-    for ms in 0..secs * 1000 {
-        if ms % 33 == 0 {
-            let now = sim.now();
-            for ch in 0..4u8 {
-                let mut m = vec![ch; 64];
-                m[..4].copy_from_slice(&ms.to_be_bytes());
-                sim.client_mut(0).send(now, ChannelId(ch), &m).unwrap();
-            }
-        }
-        sim.run_for(Duration::from_millis(1)).unwrap();
-        for (_, ch, data) in sim.take_server_messages() {
-            let now = sim.now();
-            sim.server_mut()
-                .send(now, id, ChannelId(ch), &data)
-                .unwrap();
-        }
-        for (ch, data) in sim.take_client_messages(0) {
-            if ch == ChannelId::BULK.0 {
-                assert!(data == message, "the download arrived altered");
-                took = Some(sim.now() - start);
-            } else if ch == ChannelId::RELIABLE_ORDERED.0 {
-                let sent = u32::from_be_bytes(data[..4].try_into().unwrap());
-                let rtt = sim.now() - start - Duration::from_millis(u64::from(sent));
-                rtts.push(rtt);
-            }
-        }
-    }
-    rtts.sort();
+    let (took, rtts) = game_beside_download(&mut sim, bulk.then_some(&message[..]), secs * 1000);
     Run { took, rtts }
 }
 
