@@ -206,16 +206,7 @@ impl Connection {
         }
         if self.ping_due {
             self.ping_due = false;
-            self.last_ping = now;
-            let micros = now.saturating_duration_since(self.epoch).as_micros() as u64;
-            let n = self.write_small(
-                now,
-                TypeFields::Heartbeat(Heartbeat::Ping),
-                &micros.to_be_bytes(),
-                scratch,
-                buf,
-            );
-            return Some(n);
+            return Some(self.write_ping(now, scratch, buf));
         }
         // Of the two kinds of packet, the one whose queued messages have the higher lane
         // priority goes first (reliable on a tie).
@@ -236,16 +227,7 @@ impl Connection {
             return self.next_datagram(now, scratch, buf);
         }
         if now >= self.next_ping() {
-            self.last_ping = now;
-            let micros = now.saturating_duration_since(self.epoch).as_micros() as u64;
-            let n = self.write_small(
-                now,
-                TypeFields::Heartbeat(Heartbeat::Ping),
-                &micros.to_be_bytes(),
-                scratch,
-                buf,
-            );
-            return Some(n);
+            return Some(self.write_ping(now, scratch, buf));
         }
         let frag_ack_due = self
             .frag_ack_due
@@ -877,6 +859,20 @@ impl Connection {
                 Some(self.count_sent(now, n, resend))
             }
         }
+    }
+
+    /// Writes a PING carrying the microseconds since the connection's epoch (the PONG echoes
+    /// them: an RTT sample).
+    fn write_ping(&mut self, now: Instant, scratch: &mut Scratch, buf: &mut [u8]) -> usize {
+        self.last_ping = now;
+        let micros = now.saturating_duration_since(self.epoch).as_micros() as u64;
+        self.write_small(
+            now,
+            TypeFields::Heartbeat(Heartbeat::Ping),
+            &micros.to_be_bytes(),
+            scratch,
+            buf,
+        )
     }
 
     /// Writes a one-datagram unreliable packet of `fields` and `data` (a heartbeat).

@@ -149,13 +149,18 @@ impl Connection {
             enqueued: now,
             part: None,
         });
+        self.count_queued(now, channel, data.len());
+        Ok(())
+    }
+
+    /// Counts a message of `len` octets that `send` queued on `channel` at `now`.
+    fn count_queued(&mut self, now: Instant, channel: ChannelId, len: usize) {
         self.stats.messages_sent += 1;
         let c = &mut self.channel_stats[usize::from(channel.0)];
         c.messages_sent += 1;
-        c.bytes_sent += data.len() as u64;
+        c.bytes_sent += len as u64;
         self.last_data = now;
         self.trimmed = false;
-        Ok(())
     }
 
     /// Queues a reliable-ordered message too large for one packet as parts of up to
@@ -188,12 +193,7 @@ impl Connection {
                 }),
             });
         }
-        self.stats.messages_sent += 1;
-        let c = &mut self.channel_stats[usize::from(channel.0)];
-        c.messages_sent += 1;
-        c.bytes_sent += data.len() as u64;
-        self.last_data = now;
-        self.trimmed = false;
+        self.count_queued(now, channel, data.len());
         Ok(())
     }
 
