@@ -78,16 +78,12 @@ impl Server {
                 return;
             }
         }
+        // First this server's own half-open handshakes from the IP, without a lock.
         let ip = ip_key(from.ip());
-        let use_ = self.ip_use(ip);
         let has_pending = self.pending.contains_key(&from);
-        if !has_pending && use_.pending as usize >= self.config.max_pending_per_ip {
-            self.expire_pending(now);
-            let use_ = self.ip_use(ip);
-            if use_.pending as usize >= self.config.max_pending_per_ip {
-                self.stats.handshakes_dropped_ip += 1;
-                return;
-            }
+        if !has_pending && self.at_ip_limit(now, ip, false) {
+            self.stats.handshakes_dropped_ip += 1;
+            return;
         }
         // Handshake demand: AUTHs that got this far, per second.
         let second = self.clock_secs(now);
@@ -116,6 +112,13 @@ impl Server {
                 }
                 return;
             }
+        }
+        // The shared per-IP count sits behind a lock the shards share: an AUTH meets it only
+        // once it proved its address (a valid cookie, when retries are asked for), so a
+        // spoofed AUTH flood costs each shard a MAC and no contention.
+        if !has_pending && self.at_ip_limit(now, ip, true) {
+            self.stats.handshakes_dropped_ip += 1;
+            return;
         }
         let mut client_id = None;
         if let Some(ticket) = hello.ticket {
@@ -229,6 +232,23 @@ impl Server {
         true
     }
 
+    /// Whether the IP holds `max_pending_per_ip` half-open handshakes, after forgetting the
+    /// expired ones: counting this server's own (no lock) or all the shards' (`shared`).
+    fn at_ip_limit(&mut self, now: Instant, ip: u128, shared: bool) -> bool {
+        let count = |s: &Self| {
+            if shared {
+                s.ip_use(ip).pending as usize
+            } else {
+                s.pending_by_ip.get(&ip).copied().unwrap_or(0) as usize
+            }
+        };
+        if count(self) < self.config.max_pending_per_ip {
+            return false;
+        }
+        self.expire_pending(now);
+        count(self) >= self.config.max_pending_per_ip
+    }
+
     /// Seconds of the server's clock (from its first datagram), for cookies and rates.
     pub(super) fn clock_secs(&mut self, now: Instant) -> u64 {
         let epoch = *self.epoch.get_or_insert(now);
@@ -267,6 +287,7 @@ impl Server {
     pub(super) fn insert_pending(&mut self, from: SocketAddr, p: Pending) {
         self.pending_expiry.push_back((p.deadline, from));
         if self.pending.insert(from, p).is_none() {
+            *self.pending_by_ip.entry(ip_key(from.ip())).or_default() += 1;
             self.shared
                 .by_ip()
                 .entry(ip_key(from.ip()))
@@ -277,6 +298,13 @@ impl Server {
 
     pub(super) fn remove_pending(&mut self, from: &SocketAddr) -> Option<Pending> {
         let p = self.pending.remove(from)?;
+        let ip = ip_key(from.ip());
+        if let Some(n) = self.pending_by_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending_by_ip.remove(&ip);
+            }
+        }
         self.release_ip(from.ip(), |u| u.pending = u.pending.saturating_sub(1));
         Some(p)
     }

@@ -127,18 +127,33 @@ impl Default for SharedAdmission {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// The shared locks this thread took (the tests show which datagrams take none).
+    pub(crate) static ADMISSION_LOCKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts a shared lock taken, in tests.
+fn count_lock() {
+    #[cfg(test)]
+    ADMISSION_LOCKS.with(|c| c.set(c.get() + 1));
+}
+
 impl SharedAdmission {
     pub(crate) fn by_ip(&self) -> MutexGuard<'_, HashMap<u128, IpUse>> {
+        count_lock();
         self.by_ip.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn token_uses(&self) -> MutexGuard<'_, HashMap<[u8; 32], (SocketAddr, u64)>> {
+        count_lock();
         self.token_uses
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn tickets(&self) -> MutexGuard<'_, HashMap<ClientId, usize>> {
+        count_lock();
         self.tickets.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -236,6 +251,9 @@ pub struct Server {
     connections: IdMap<ClientId, Connection>,
     by_addr: HashMap<SocketAddr, ClientId>,
     pending: HashMap<SocketAddr, Pending>,
+    /// This server's own half-open handshakes per IP (`ip_key`): the shared count without its
+    /// lock, for the check an AUTH meets before its cookie is verified.
+    pending_by_ip: HashMap<u128, u32>,
     /// Whether [`Server::shutdown`] was called.
     shut_down: bool,
     /// Whether [`Server::drain`] was called: new handshakes are refused.
@@ -338,6 +356,7 @@ impl Server {
             connections: IdMap::default(),
             by_addr: HashMap::new(),
             pending: HashMap::new(),
+            pending_by_ip: HashMap::new(),
             shut_down: false,
             draining: false,
             shared,

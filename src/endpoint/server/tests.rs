@@ -214,3 +214,46 @@ fn a_client_moved_to_another_shard_is_relayed_and_loses_nothing() {
     assert_eq!(b.client_count(), 0);
     assert_eq!(a.clients()[0].addr, new);
 }
+
+/// Under `RetryPolicy::Always`, a flood of AUTHs from spoofed addresses (no cookie) gets
+/// stateless retries and takes none of the locks the shards share; an AUTH with its valid
+/// cookie then takes them (the per-IP count) and opens a handshake.
+#[test]
+fn a_spoofed_auth_flood_takes_no_shared_lock() {
+    use crate::crypto::EphemeralKey;
+    use crate::endpoint::handshake::{client_auth, client_auth_with_cookie};
+    use crate::wire::{Body, Packet};
+    let mut config = ServerConfig::new(ServerIdentity::generate());
+    config.retry = crate::RetryPolicy::Always;
+    let mut server = Server::new(config).unwrap();
+    let now = Instant::now();
+    let locks = || ADMISSION_LOCKS.with(|c| c.get());
+    let key = EphemeralKey::generate();
+    let auth = client_auth(key.public_bytes(), &[], None);
+    let before = locks();
+    let mut buf = vec![0u8; 1500];
+    for i in 0..1000u32 {
+        let from = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 5000));
+        server.handle_datagram(now, from, &mut auth.clone());
+        while server.poll_transmit(now, &mut buf).is_some() {}
+    }
+    assert_eq!(locks(), before, "a spoofed AUTH took a shared lock");
+    assert_eq!(server.stats().retries_sent, 1000);
+    assert_eq!(server.pending.len(), 0);
+    // The client that owns its address answers the retry with the cookie.
+    let from = SocketAddr::from(([10, 2, 0, 1], 5000));
+    server.handle_datagram(now, from, &mut auth.clone());
+    let t = server.poll_transmit(now, &mut buf).expect("a retry");
+    let retry = buf[..t.len].to_vec();
+    let packet = Packet::parse(&retry).unwrap();
+    let Body::Auth(f) = packet.body else {
+        panic!("not a retry: {packet:?}")
+    };
+    let cookie: [u8; crate::endpoint::handshake::COOKIE_LEN] =
+        f.certificate.unwrap().try_into().unwrap();
+    let with_cookie = client_auth_with_cookie(key.public_bytes(), &[], None, Some(&cookie));
+    let before = locks();
+    server.handle_datagram(now, from, &mut with_cookie.clone());
+    assert!(locks() > before, "the per-IP count was not taken");
+    assert_eq!(server.pending.len(), 1);
+}
