@@ -80,12 +80,8 @@ use clap::Parser;
 use rand_core::{OsRng, RngCore};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tickwire::connection::PACKET_PLAINTEXT;
-use tickwire::crypto::{
-    derive_session_keys, macs_equal, transcript_hash, EphemeralKey, FINISHED_LEN, PUBLIC_KEY_LEN,
-};
-use tickwire::endpoint::handshake::{
-    auth_datagram, client_auth, finished_datagram, MIN_CLIENT_AUTH, SERVER_FINISHED_DATA,
-};
+use tickwire::crypto::EphemeralKey;
+use tickwire::endpoint::handshake::client_auth;
 use tickwire::io::{ClientDriver, SocketConfig};
 use tickwire::pipeline::fragment::write_datagram;
 use tickwire::pipeline::seal::packet_number;
@@ -95,6 +91,9 @@ use tickwire::wire::{
     Body, ErrorCode, Flags, Heartbeat, Packet, PacketType, TypeFields, MAX_DATA_DATAGRAM,
 };
 use tickwire::{ChannelId, ClientConfig, DisconnectReason, Event, ServerKey};
+
+#[path = "common/raw.rs"]
+mod raw;
 
 /// Memory growth above which an attack counts as a success against the server.
 const RSS_FAILURE_MIB: u64 = 32;
@@ -112,7 +111,6 @@ const COOLDOWN: Duration = Duration::from_secs(11);
 /// The channel the probes echo on (reliable-unordered in the default configuration).
 const PROBE_CHANNEL: ChannelId = ChannelId(2);
 /// Length of the stateless retry's cookie.
-const COOKIE_LEN: usize = 20;
 /// P-256 keys pre-generated for the floods (prime, so that no address repeats its key).
 const FLOOD_KEYS: usize = 509;
 
@@ -954,34 +952,6 @@ fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
 // A cheater's raw session: its own handshake, then sealed packets with packet numbers it
 // chooses; it acknowledges nothing
 
-/// The client AUTH that answers a stateless retry: the same ephemeral key, and the cookie in
-/// the hello (`u16 token length || token || ticket length (0: none) || cookie length ||
-/// cookie || zero padding` to a 160-octet datagram). Without a cookie it is the AUTH that
-/// `client_auth` writes.
-fn auth_with_cookie(public_key: &[u8; PUBLIC_KEY_LEN], token: &[u8], cookie: &[u8]) -> Vec<u8> {
-    let mut hello = Vec::with_capacity(MIN_CLIENT_AUTH);
-    hello.extend_from_slice(&(token.len() as u16).to_be_bytes());
-    hello.extend_from_slice(token);
-    hello.push(0); // no ticket
-    if !cookie.is_empty() {
-        hello.push(cookie.len() as u8);
-        hello.extend_from_slice(cookie);
-    }
-    let fixed = 4 + 2 + PUBLIC_KEY_LEN + 2;
-    if fixed + hello.len() < MIN_CLIENT_AUTH {
-        hello.resize(MIN_CLIENT_AUTH - fixed, 0);
-    }
-    auth_datagram(public_key, &hello)
-}
-
-/// Waits for one datagram on a connected socket until `until`.
-fn recv_until(sock: &UdpSocket, until: Instant, buf: &mut [u8]) -> Option<usize> {
-    let wait = until.saturating_duration_since(Instant::now());
-    sock.set_read_timeout(Some(wait.max(Duration::from_millis(1))))
-        .ok()?;
-    sock.recv(buf).ok()
-}
-
 struct RawSession {
     sock: UdpSocket,
     c2s: PacketKey,
@@ -1008,131 +978,24 @@ impl RawSession {
     /// Runs the handshake of `docs/PROTOCOL.md` §3 with the server at `target`, whose key is
     /// `key`, from a socket bound to `ip`.
     fn connect(ip: Ipv4Addr, target: SocketAddr, key: &ServerKey) -> Result<Self, String> {
-        let sock = UdpSocket::bind((ip, 0)).map_err(|e| format!("bind {ip}: {e}"))?;
-        sock.connect(target).map_err(|e| format!("connect: {e}"))?;
-        let started = Instant::now();
-        let deadline = started + Duration::from_secs(10);
-        let ephemeral = EphemeralKey::generate();
-        let mut auth = client_auth(ephemeral.public_bytes(), &[], None);
-        debug_assert_eq!(auth, auth_with_cookie(ephemeral.public_bytes(), &[], &[]));
-        let (mut sends, mut sent, mut received, mut retries) = (0u64, 0u64, 0u64, 0u32);
-        let mut buf = vec![0u8; 2048];
-        let mut interval = Duration::from_millis(250);
-        // The AUTH exchange, with the stateless retry.
-        let keys = 'auth: loop {
-            if Instant::now() >= deadline {
-                return Err("no server AUTH within 10 s".into());
-            }
-            sent += sock.send(&auth).map_err(|e| format!("send: {e}"))? as u64;
-            sends += 1;
-            let resend_at = (Instant::now() + interval).min(deadline);
-            interval = (interval * 2).min(Duration::from_secs(1));
-            while let Some(n) = recv_until(&sock, resend_at, &mut buf) {
-                received += n as u64;
-                let Ok(packet) = Packet::parse(&buf[..n]) else {
-                    continue;
-                };
-                match packet.body {
-                    Body::Auth(f) if f.public_key.is_empty() => {
-                        let cookie = f.certificate.unwrap_or(&[]);
-                        if cookie.len() == COOKIE_LEN && retries < 8 {
-                            auth = auth_with_cookie(ephemeral.public_bytes(), &[], cookie);
-                            retries += 1;
-                            interval = Duration::from_millis(250);
-                            continue 'auth;
-                        }
-                    }
-                    Body::Auth(f) => {
-                        let cert = f.certificate.unwrap_or(&[]);
-                        key.verify_certificate(cert, ephemeral.public_bytes(), f.public_key)
-                            .map_err(|_| "the server's certificate does not verify")?;
-                        let shared = ephemeral
-                            .shared_secret(f.public_key)
-                            .map_err(|_| "the server's key is not a P-256 point")?;
-                        // The transcript covers the AUTH that was answered (with its cookie).
-                        let transcript = transcript_hash(&auth, &buf[..n]);
-                        break 'auth derive_session_keys(&shared, &transcript);
-                    }
-                    Body::Data {
-                        fields: TypeFields::Error(code),
-                        data,
-                    } if !packet.header.flags.contains(Flags::ENCRYPTED) => {
-                        return Err(format!(
-                            "refused with {code}: {}",
-                            String::from_utf8_lossy(data)
-                        ));
-                    }
-                    _ => {}
-                }
-            }
-        };
-        // The finished exchange.
-        let finished = finished_datagram(&keys.client_to_server, &keys.client_finished);
-        let mut interval = Duration::from_millis(250);
-        let id = 'finished: loop {
-            if Instant::now() >= deadline {
-                return Err("no server finished within 10 s".into());
-            }
-            sent += sock.send(&finished).map_err(|e| format!("send: {e}"))? as u64;
-            sends += 1;
-            let resend_at = (Instant::now() + interval).min(deadline);
-            interval = (interval * 2).min(Duration::from_secs(1));
-            while let Some(n) = recv_until(&sock, resend_at, &mut buf) {
-                received += n as u64;
-                let Ok(packet) = Packet::parse(&buf[..n]) else {
-                    continue;
-                };
-                let Body::Data { fields, data } = packet.body else {
-                    continue;
-                };
-                if let TypeFields::Error(code) = fields {
-                    if !packet.header.flags.contains(Flags::ENCRYPTED) {
-                        return Err(format!(
-                            "refused with {code}: {}",
-                            String::from_utf8_lossy(data)
-                        ));
-                    }
-                }
-                let is_finished = packet.header.packet_type == PacketType::Ack
-                    && packet.header.flags == Flags::ENCRYPTED
-                    && packet_number(&packet.header) == 0
-                    && data.len() == SERVER_FINISHED_DATA + 16;
-                if !is_finished {
-                    continue;
-                }
-                let mut sealed = data.to_vec();
-                let mut decoder = Decoder::with_limit(0);
-                let Ok(opened) = decoder.open(
-                    &packet.header,
-                    &fields,
-                    &mut sealed,
-                    Some(&keys.server_to_client),
-                ) else {
-                    continue;
-                };
-                let (mac, id) = opened.plaintext.split_at(FINISHED_LEN);
-                if !macs_equal(mac, &keys.server_finished) {
-                    return Err("the server's finished MAC is wrong".into());
-                }
-                break 'finished u64::from_be_bytes(id.try_into().expect("8 octets"));
-            }
-        };
-        sock.set_nonblocking(true)
+        let h = raw::handshake(ip, target, key)?;
+        h.sock
+            .set_nonblocking(true)
             .map_err(|e| format!("nonblocking: {e}"))?;
         Ok(Self {
-            sock,
-            c2s: keys.client_to_server,
-            s2c: keys.server_to_client,
-            id,
+            sock: h.sock,
+            c2s: h.keys.client_to_server,
+            s2c: h.keys.server_to_client,
+            id: h.id,
             next_pn: 1,
             largest_seen: Some(0),
-            started,
+            started: h.started,
             compressed: Vec::new(),
             payload: Vec::new(),
-            datagrams_sent: sends,
-            bytes_sent: sent,
-            bytes_received: received,
-            retries,
+            datagrams_sent: h.sends,
+            bytes_sent: h.sent,
+            bytes_received: h.received,
+            retries: h.retries,
             acked: None,
             closed_by_server: None,
         })
@@ -2122,7 +1985,10 @@ fn slot_hog(ctx: &Ctx<'_>, out: &mut Outcome) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use super::raw::auth_with_cookie;
     use super::*;
+    use tickwire::crypto::PUBLIC_KEY_LEN;
+    use tickwire::endpoint::handshake::{COOKIE_LEN, MIN_CLIENT_AUTH};
     use tickwire::io::ServerDriver;
     use tickwire::{ServerConfig, ServerIdentity};
 
