@@ -28,7 +28,23 @@
 //!
 //! The clients need CPU too: on a machine with as many cores as shards, the clients take part
 //! of the cores the shards would use, so the gain of a second shard is bounded by what the
-//! clients leave (see the README's "Multi-core: shards" for the figures and what they mean).
+//! clients leave (see the README's "Shards" for the figures and what they mean).
+//!
+//! `--load raw` replaces the `Client`s with a cheap generator written against
+//! `docs/PROTOCOL.md` (`examples/common/raw.rs` does the handshake): each of the 1,000 clients
+//! seals packets of as many reliable-ordered MESSAGE_SEQ frames as one packet holds (13 of 64
+//! octets), keeps `--window` of them unacknowledged (refilling once half are acknowledged, in
+//! one GSO call), reads only the ACK fields of what the server sends back (no decryption), and
+//! resends a packet unacknowledged for max(250 ms, 3 x the smoothed time to its ack), the same
+//! octets; all clients together keep at most `--in-flight` packets per shard unacknowledged,
+//! what the server's socket buffer holds. It costs a fraction of a `Client`'s CPU per message,
+//! but on loopback the sender's system calls also do the receiving kernel's work (a NIC and the
+//! server's kernel would do it on a real network), so on two cores it still takes most of the
+//! second core when the server does nothing but count.
+//!
+//! ```text
+//! cargo run --release --example shard_bench -- --load raw --rounds 3 --work-us 2
+//! ```
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -78,7 +94,31 @@ struct Args {
     /// Microseconds of work (a spin) per message on the server, for its game logic.
     #[arg(long, default_value_t = 0.0)]
     work_us: f64,
+    /// What sends the messages: `clients`, the crate's `Client`s; `raw`, a cheap generator
+    /// of sealed packets written against the protocol (see the module docs).
+    #[arg(long, value_enum, default_value_t = Load::Clients)]
+    load: Load,
+    /// With `--load raw`: packets each client keeps unacknowledged.
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+    /// With `--load raw`: packets unacknowledged over all clients, per shard (each shard's
+    /// socket has its own receive buffer, which holds about 1,500 of these packets; more in
+    /// flight would only be dropped there and sent again).
+    #[arg(long, default_value_t = 1024)]
+    in_flight: usize,
 }
+
+/// What sends the messages.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Load {
+    /// The crate's sans-IO `Client`s (as a game's clients are).
+    Clients,
+    /// A generator of sealed packets with little work per message (`raw` module).
+    Raw,
+}
+
+#[path = "common/raw.rs"]
+mod raw;
 
 fn connection_config() -> ConnectionConfig {
     ConnectionConfig {
@@ -253,8 +293,13 @@ fn run(args: &Args, shards: usize) -> Result<RunResult, Box<dyn std::error::Erro
             Arc::clone(&client_tids),
         );
         let (addr, key, size) = (handle.local_addr(), handle.public_key(), args.size);
-        clients.push(std::thread::spawn(move || {
-            drive_clients(addr, key, n, size, &stop, &connected, &failed, &tids)
+        let (load, window) = (args.load, args.window);
+        let cap = (args.in_flight * shards).div_ceil(args.client_threads);
+        clients.push(std::thread::spawn(move || match load {
+            Load::Clients => drive_clients(addr, key, n, size, &stop, &connected, &failed, &tids),
+            Load::Raw => drive_raw(
+                addr, &key, n, size, window, cap, &stop, &connected, &failed, &tids,
+            ),
         }));
     }
     let connecting = Instant::now();
@@ -469,6 +514,318 @@ fn drive_clients(
             }
         }
     }
+    Ok(())
+}
+
+/// The shortest resend timeout of the raw generator's packets; it is otherwise three times
+/// the smoothed time to an acknowledgement. On loopback a packet is lost only when a socket
+/// buffer overflows, which the in-flight cap keeps rare, while the time to an acknowledgement
+/// varies a lot (a server reads a batch, then works through its messages): a short timeout
+/// resends what is merely queued.
+const RAW_MIN_RTO: Duration = Duration::from_millis(250);
+
+/// A packet the raw generator sent and the server has not acknowledged.
+struct InFlight {
+    pn: u32,
+    sent: Instant,
+    acked: bool,
+    /// Sent more than once (its acknowledgement then gives no RTT sample).
+    again: bool,
+    datagram: Vec<u8>,
+}
+
+/// One client of the raw generator: the session keys of a real handshake, and packets of
+/// reliable-ordered MESSAGE_SEQ frames, as many as one unfragmented packet holds, sealed
+/// here and sent `window` at a time with one GSO call (they are all the same length). It
+/// reads only the ACK fields of what the server sends (no decryption): acknowledged packets
+/// free the window, and a packet unacknowledged after `RAW_RTO` goes again, the same octets
+/// (its packet number was never received, or the server drops the copy and acknowledges it
+/// again), so every message is delivered once and in order.
+struct RawClient {
+    sock: mio::net::UdpSocket,
+    state: quinn_udp::UdpSocketState,
+    key: tickwire::pipeline::PacketKey,
+    next_pn: u32,
+    next_seq: u16,
+    /// The newest packet number the server sent (what this side's ACK fields name).
+    server_pn: u32,
+    in_flight: std::collections::VecDeque<InFlight>,
+    spare: Vec<Vec<u8>>,
+    /// Datagrams sent, and of those sent again.
+    sent: u64,
+    resent: u64,
+}
+
+impl RawClient {
+    fn unacked(&self) -> usize {
+        self.in_flight.iter().filter(|p| !p.acked).count()
+    }
+
+    /// Seals the next packet: `per_packet` messages of `message`, each its sequence number.
+    fn seal_next(
+        &mut self,
+        message: &[u8],
+        per_packet: usize,
+        scratch: &mut (Vec<u8>, Vec<u8>, Vec<u8>),
+    ) {
+        use tickwire::pipeline::{encode_into, Seal, SendOptions};
+        use tickwire::wire::{frame, AckFields, TypeFields};
+        let (plain, compressed, payload) = scratch;
+        plain.clear();
+        for _ in 0..per_packet {
+            frame::put_message(plain, RELIABLE_ORDERED.0, Some(self.next_seq), message);
+            self.next_seq = self.next_seq.wrapping_add(1);
+        }
+        let fields = TypeFields::Ack(AckFields {
+            ack_id: self.server_pn as u16,
+            ack_bits: 0,
+        });
+        let pn = self.next_pn;
+        self.next_pn += 1;
+        let opts = SendOptions {
+            reliable: true,
+            ..SendOptions::default()
+        };
+        let seal = Seal::Sealed {
+            key: &self.key,
+            packet_number: pn,
+        };
+        let header = encode_into(compressed, fields, plain, opts, seal, payload)
+            .expect("one packet's worth of messages");
+        let mut datagram = self.spare.pop().unwrap_or_default();
+        datagram.resize(tickwire::wire::MAX_DATA_DATAGRAM, 0);
+        let n = tickwire::pipeline::fragment::write_datagram(
+            &header,
+            &fields,
+            payload,
+            0,
+            &mut datagram,
+        )
+        .expect("an unfragmented packet");
+        datagram.truncate(n);
+        self.in_flight.push_back(InFlight {
+            pn,
+            sent: Instant::now(),
+            acked: false,
+            again: false,
+            datagram,
+        });
+    }
+
+    /// Takes the ACK fields of a datagram from the server; returns how many packets they
+    /// acknowledged first. Updates `srtt` from those sent once.
+    fn on_datagram(&mut self, datagram: &[u8], now: Instant, srtt: &mut Duration) -> usize {
+        use tickwire::pipeline::seal::packet_number;
+        use tickwire::wire::{Body, Packet, TypeFields};
+        let Ok(packet) = Packet::parse(datagram) else {
+            return 0;
+        };
+        self.server_pn = self.server_pn.max(packet_number(&packet.header));
+        let Body::Data {
+            fields: TypeFields::Ack(ack),
+            ..
+        } = packet.body
+        else {
+            return 0;
+        };
+        // The 16-bit ACK ID names the newest of this side's packet numbers it can.
+        let newest = self.next_pn - 1;
+        let Some(p) = newest.checked_sub(u32::from((newest as u16).wrapping_sub(ack.ack_id)))
+        else {
+            return 0;
+        };
+        let mut newly = 0;
+        for f in &mut self.in_flight {
+            let back = p.wrapping_sub(f.pn);
+            let named =
+                back == 0 || (1..=16).contains(&back) && ack.ack_bits & (0x8000 >> (back - 1)) != 0;
+            if named && !f.acked {
+                f.acked = true;
+                newly += 1;
+                if !f.again {
+                    *srtt = (*srtt * 7 + now.saturating_duration_since(f.sent)) / 8;
+                }
+            }
+        }
+        while self.in_flight.front().is_some_and(|f| f.acked) {
+            let f = self.in_flight.pop_front().expect("a front");
+            self.spare.push(f.datagram);
+        }
+        newly
+    }
+
+    /// Sends the unacknowledged datagrams from `from` on, those of one length in one GSO
+    /// call.
+    fn send_from(&mut self, from: usize, batch: &mut Vec<u8>) {
+        let mut i = from;
+        while i < self.in_flight.len() {
+            if self.in_flight[i].acked {
+                i += 1;
+                continue;
+            }
+            let len = self.in_flight[i].datagram.len();
+            batch.clear();
+            while i < self.in_flight.len()
+                && self.in_flight[i].datagram.len() == len
+                && batch.len() + len <= 64_000
+            {
+                if !self.in_flight[i].acked {
+                    batch.extend_from_slice(&self.in_flight[i].datagram);
+                }
+                i += 1;
+            }
+            let t = quinn_udp::Transmit {
+                destination: self.sock.peer_addr().expect("connected"),
+                ecn: None,
+                contents: batch,
+                segment_size: (batch.len() > len).then_some(len),
+                src_ip: None,
+            };
+            // A datagram the socket would not take goes again at its resend timeout.
+            let _ = self.state.try_send((&self.sock).into(), &t);
+            self.sent += (batch.len() / len.max(1)) as u64;
+        }
+    }
+}
+
+/// Drives `n` raw clients on one thread until `stop` (`--load raw`).
+#[allow(clippy::too_many_arguments)]
+fn drive_raw(
+    server: SocketAddr,
+    key: &ServerKey,
+    n: usize,
+    size: usize,
+    window: usize,
+    in_flight_cap: usize,
+    stop: &AtomicBool,
+    connected: &AtomicUsize,
+    failed: &AtomicUsize,
+    tids: &Tids,
+) -> std::io::Result<()> {
+    use tickwire::connection::PACKET_PLAINTEXT;
+    use tickwire::wire::frame;
+    tids.add();
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(1024);
+    let message = vec![0x5a; size];
+    // As many MESSAGE_SEQ frames as one packet holds.
+    let mut probe = Vec::new();
+    frame::put_message(&mut probe, RELIABLE_ORDERED.0, Some(0), &message);
+    let per_packet = (PACKET_PLAINTEXT / probe.len()).max(1);
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        match raw::handshake(std::net::Ipv4Addr::LOCALHOST, server, key) {
+            Ok(h) => {
+                h.sock.set_nonblocking(true)?;
+                let state = quinn_udp::UdpSocketState::new((&h.sock).into())?;
+                let mut sock = mio::net::UdpSocket::from_std(h.sock);
+                poll.registry()
+                    .register(&mut sock, Token(clients.len()), Interest::READABLE)?;
+                clients.push(RawClient {
+                    sock,
+                    state,
+                    key: h.keys.client_to_server,
+                    next_pn: 1,
+                    next_seq: 0,
+                    server_pn: 0,
+                    in_flight: std::collections::VecDeque::with_capacity(2 * window),
+                    spare: Vec::new(),
+                    sent: 0,
+                    resent: 0,
+                });
+                connected.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                failed.fetch_add(1, Ordering::Relaxed);
+                eprintln!("note: raw client {i} did not connect: {e}");
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+    }
+    let mut scratch = (Vec::new(), Vec::new(), Vec::new());
+    let mut batch = Vec::with_capacity(64_000);
+    let mut buf = vec![0u8; 2048];
+    // Clients with room in their window: all, at first.
+    let mut active: Vec<usize> = (0..clients.len()).collect();
+    let mut queued = vec![true; clients.len()];
+    let mut next_scan = Instant::now();
+    // Packets unacknowledged over all this thread's clients, at most `in_flight_cap` (more
+    // than the server's socket buffer holds would only be dropped there and sent again).
+    let mut unacked = 0usize;
+    let mut srtt = RAW_MIN_RTO;
+    let mut waiting = std::collections::VecDeque::<usize>::new();
+    while !stop.load(Ordering::Relaxed) {
+        let wait = if active.is_empty() {
+            Duration::from_millis(1)
+        } else {
+            Duration::ZERO
+        };
+        poll.poll(&mut events, Some(wait))?;
+        let now = Instant::now();
+        for ev in &events {
+            let i = ev.token().0;
+            while let Ok(len) = clients[i].sock.recv(&mut buf) {
+                unacked -= clients[i].on_datagram(&buf[..len], now, &mut srtt);
+            }
+            if !queued[i] {
+                queued[i] = true;
+                active.push(i);
+            }
+        }
+        // Clients that waited for the generator's budget, first come first served.
+        while unacked < in_flight_cap && !waiting.is_empty() {
+            let i = waiting.pop_front().expect("a waiting client");
+            if !queued[i] {
+                queued[i] = true;
+                active.push(i);
+            }
+        }
+        if now >= next_scan {
+            // Resends, every 10 ms: the packets unacknowledged for the resend timeout.
+            next_scan = now + Duration::from_millis(10);
+            let rto = (srtt * 3).max(RAW_MIN_RTO);
+            for c in &mut clients {
+                let due = c
+                    .in_flight
+                    .iter()
+                    .position(|f| !f.acked && now.saturating_duration_since(f.sent) >= rto);
+                if let Some(first) = due {
+                    for f in c.in_flight.iter_mut().skip(first) {
+                        f.sent = now;
+                        f.again = true;
+                    }
+                    c.resent += (c.in_flight.len() - first) as u64;
+                    c.send_from(first, &mut batch);
+                }
+            }
+        }
+        for i in std::mem::take(&mut active) {
+            queued[i] = false;
+            let c = &mut clients[i];
+            let from = c.in_flight.len();
+            // New packets once half the window is free (so that each GSO call carries
+            // several), while the window has room and the ordered window is far.
+            if c.unacked() > window / 2 {
+                continue;
+            }
+            while c.unacked() < window && c.in_flight.len() < 2 * window {
+                if unacked >= in_flight_cap {
+                    waiting.push_back(i);
+                    break;
+                }
+                c.seal_next(&message, per_packet, &mut scratch);
+                unacked += 1;
+            }
+            if c.in_flight.len() > from {
+                c.send_from(from, &mut batch);
+            }
+        }
+    }
+    let sent: u64 = clients.iter().map(|c| c.sent).sum();
+    let resent: u64 = clients.iter().map(|c| c.resent).sum();
+    eprintln!("  (raw generator: {sent} datagrams sent, {resent} of them again)");
     Ok(())
 }
 

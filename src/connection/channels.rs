@@ -275,24 +275,9 @@ impl Connection {
         seq: Option<u16>,
         part: Option<Part>,
         data: &[u8],
-        messages: &mut Vec<Vec<u8>>,
+        messages: &mut super::MessagePool,
         events: &mut VecDeque<Event>,
     ) -> Result<(), ErrorCode> {
-        // A reused buffer much larger than the message is left in the pool: a received
-        // message is charged its length + MESSAGE_OVERHEAD, and holds at most about twice that.
-        let mut take_buf = |data: &[u8]| {
-            let mut buf = match messages.pop() {
-                Some(b) if b.capacity() <= 2 * data.len() + budget::MESSAGE_OVERHEAD => b,
-                Some(b) => {
-                    messages.push(b);
-                    Vec::with_capacity(data.len())
-                }
-                None => Vec::with_capacity(data.len()),
-            };
-            buf.clear();
-            buf.extend_from_slice(data);
-            buf
-        };
         if data.len() > self.config.max_message_size {
             return Err(ErrorCode::Packet);
         }
@@ -366,7 +351,7 @@ impl Connection {
                         ch.held.resize_with(offset + 1, || None);
                     }
                     if ch.held[offset].is_none() {
-                        let buf = take_buf(data);
+                        let buf = messages.take(data);
                         self.budget.held += message_cost(buf.len(), 0);
                         ch.held[offset] = Some(Held { data: buf, part });
                     }
@@ -381,7 +366,7 @@ impl Connection {
                     client,
                     channel,
                 };
-                let buf = take_buf(data);
+                let buf = messages.take(data);
                 out.emit(&mut ch.assembly, buf, part, false)?;
                 let mut next = next.wrapping_add(1);
                 if !ch.held.is_empty() {
@@ -397,7 +382,7 @@ impl Connection {
             }
             _ => {}
         }
-        let buf = take_buf(data);
+        let buf = messages.take(data);
         self.budget.undelivered += message_cost(buf.len(), 0);
         self.stats.messages_received += 1;
         count_received(&mut self.channel_stats, channel, buf.len());

@@ -189,7 +189,52 @@ pub struct Scratch {
     compressed: Vec<u8>,
     decoder: Decoder,
     /// Message buffers handed back by the application, reused for delivery.
-    pub(crate) messages: Vec<Vec<u8>>,
+    pub(crate) messages: MessagePool,
+}
+
+/// Message buffers the application handed back (`recycle`), for the next deliveries: at most
+/// [`MessagePool::MAX_BUFFERS`] buffers and [`MessagePool::MAX_BYTES`] octets of capacity,
+/// so that a burst of deliveries (a batch of datagrams read at once can hold thousands of
+/// small messages) is served without allocating once the application recycles.
+#[derive(Debug, Default)]
+pub(crate) struct MessagePool {
+    bufs: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl MessagePool {
+    /// Buffers kept at most.
+    pub(crate) const MAX_BUFFERS: usize = 4096;
+    /// Octets of capacity kept at most.
+    pub(crate) const MAX_BYTES: usize = 1 << 20;
+
+    /// A buffer holding `data`: the newest pooled one unless it is much larger than `data`
+    /// (a received message is charged its length + `MESSAGE_OVERHEAD`, and holds at most
+    /// about twice that), else a new one.
+    pub(crate) fn take(&mut self, data: &[u8]) -> Vec<u8> {
+        let fits = |b: &Vec<u8>| b.capacity() <= 2 * data.len() + budget::MESSAGE_OVERHEAD;
+        let mut buf = match self.bufs.last() {
+            Some(b) if fits(b) => {
+                let b = self.bufs.pop().expect("a last buffer");
+                self.bytes -= b.capacity();
+                b
+            }
+            _ => Vec::with_capacity(data.len()),
+        };
+        buf.clear();
+        buf.extend_from_slice(data);
+        buf
+    }
+
+    /// Keeps `buf` for reuse if the pool has room.
+    pub(crate) fn give(&mut self, mut buf: Vec<u8>) {
+        let cap = buf.capacity();
+        if cap > 0 && self.bufs.len() < Self::MAX_BUFFERS && self.bytes + cap <= Self::MAX_BYTES {
+            buf.clear();
+            self.bytes += cap;
+            self.bufs.push(buf);
+        }
+    }
 }
 
 impl std::fmt::Debug for Scratch {
@@ -205,7 +250,7 @@ impl Scratch {
             plain: Vec::with_capacity(MAX_PAYLOAD),
             compressed: Vec::new(),
             decoder: Decoder::with_limit(limit),
-            messages: Vec::new(),
+            messages: MessagePool::default(),
         }
     }
 }

@@ -285,12 +285,11 @@ impl Client {
         }
     }
 
-    /// Hands a message buffer from [`Event::Message`] back for reuse.
-    pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.scratch.messages.len() < 256 {
-            buf.clear();
-            self.scratch.messages.push(buf);
-        }
+    /// Hands a message buffer from [`Event::Message`] back for reuse: the next deliveries
+    /// take it instead of allocating. Kept while the pool holds under 4,096 buffers and 1 MiB
+    /// of capacity (beyond that it is freed).
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.scratch.messages.give(buf);
     }
 
     /// Takes one datagram that arrived from `from` at `now`.

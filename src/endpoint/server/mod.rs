@@ -591,12 +591,11 @@ impl Server {
         self.connections.is_empty() && self.handshake_out.is_empty()
     }
 
-    /// Hands a message buffer from [`Event::Message`] back for reuse.
-    pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.scratch.messages.len() < 256 {
-            buf.clear();
-            self.scratch.messages.push(buf);
-        }
+    /// Hands a message buffer from [`Event::Message`] back for reuse: the next deliveries
+    /// take it instead of allocating. Kept while the pool holds under 4,096 buffers and 1 MiB
+    /// of capacity (beyond that it is freed).
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.scratch.messages.give(buf);
     }
 
     /// Closes `client`'s connection with ERROR 2.0 and `reason` (a kick): the client sees
