@@ -142,8 +142,10 @@ pub struct ConnectionConfig {
     pub timeout: Duration,
     /// The send budget: octets of reliable messages that may wait to be sent or acknowledged,
     /// each charged its buffer plus 64 octets (so empty messages are not free); `send` beyond
-    /// it returns [`crate::SendError::QueueFull`]. Also bounds each unreliable channel's queue
-    /// (the oldest messages make room). Default 4 MiB.
+    /// it returns [`crate::SendError::QueueFull`]. Also the most each unreliable channel's
+    /// queue holds, which is otherwise what the path sends within `unreliable_deadline`
+    /// (at least 64 KiB; past it `send` refuses the message with `QueueFull` too).
+    /// Default 4 MiB.
     pub send_queue_bytes: usize,
     /// An unreliable message not sent within this time is dropped and counted
     /// (`ConnectionStats::unreliable_dropped`), never sent late. Default 200 ms.

@@ -186,7 +186,12 @@ pub enum SendError {
         /// The limit.
         limit: usize,
     },
-    /// The reliable send queue is full: try again after acknowledgements arrive.
+    /// The send queue is full, and the message was not queued. On a reliable channel: the
+    /// send budget (`send_queue_bytes`) is spent; try again after acknowledgements arrive. On
+    /// an unreliable one: the channel already holds what the path can send within
+    /// `unreliable_deadline` (at least 64 KiB, see `docs/LIMITS.md`); drop the message, or
+    /// send fresher state at the next tick. What `send` accepted goes out, so a game that
+    /// keeps within [`crate::SendBudget`] never sees this.
     QueueFull,
     /// The channel is not configured.
     UnknownChannel(ChannelId),
@@ -350,7 +355,8 @@ pub struct ConnectionStats {
     /// Incomplete packets dropped from reassembly to make room for a new one (the least
     /// complete, longest idle first).
     pub reassembly_evictions: u64,
-    /// `send` calls refused with `SendError::QueueFull` (the send budget was spent).
+    /// `send` calls refused with `SendError::QueueFull` (the send budget was spent, or an
+    /// unreliable channel held what the path sends within `unreliable_deadline`).
     pub queue_full: u64,
     /// Times fragment reports were cut short because their allowance (3 × the fragment octets
     /// received since the last report) was spent.

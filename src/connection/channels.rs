@@ -77,6 +77,10 @@ pub(super) struct SeqRange {
     pub(super) count: u16,
 }
 
+/// The least an unreliable channel's queue may hold (octets, each message charged its length
+/// plus `MESSAGE_OVERHEAD`), whatever the path's rate: 64 KiB.
+pub const UNRELIABLE_QUEUE_MIN: usize = 64 << 10;
+
 impl Connection {
     /// Queues a message.
     ///
@@ -119,30 +123,26 @@ impl Connection {
         buf.clear();
         buf.extend_from_slice(data);
         let cost = message_cost(buf.len(), buf.capacity());
-        if reliable && !self.budget.can_queue(cost) {
+        let room = if reliable {
+            self.budget.can_queue(cost)
+        } else {
+            // An unreliable message is refused, not queued to be dropped later: a channel
+            // holds what the path can send within `unreliable_deadline`, so what `send`
+            // accepts goes out (unless the path itself shrinks).
+            let queued = self.send_channels[usize::from(channel.0)].queued;
+            queued == 0 || queued + cost <= self.unreliable_queue_limit()
+        };
+        if !room {
             if self.pool.len() < POOL_LIMIT {
                 self.pool.push(buf);
             }
             self.stats.queue_full += 1;
             return Err(SendError::QueueFull);
         }
-        let ch = &mut self.send_channels[usize::from(channel.0)];
         if reliable {
             self.budget.queued += cost;
-        } else {
-            // Unreliable messages never block the sender: the oldest make room.
-            while ch.queued + cost > self.config.send_queue_bytes {
-                let Some(old) = ch.queue.pop_front() else {
-                    break;
-                };
-                ch.queued -= message_cost(old.data.len(), old.data.capacity());
-                self.stats.unreliable_dropped += 1;
-                self.channel_stats[usize::from(channel.0)].dropped_unsent += 1;
-                if self.pool.len() < POOL_LIMIT {
-                    self.pool.push(old.data);
-                }
-            }
         }
+        let ch = &mut self.send_channels[usize::from(channel.0)];
         ch.queued += cost;
         ch.queue.push_back(Queued {
             data: buf,
@@ -151,6 +151,22 @@ impl Connection {
         });
         self.count_queued(now, channel, data.len());
         Ok(())
+    }
+
+    /// Octets an unreliable channel's queue may hold: what the path sends within
+    /// `unreliable_deadline` at its rate as [`Connection::send_budget`] reports it (window per
+    /// smoothed RTT, at most the pacing rate), at least [`UNRELIABLE_QUEUE_MIN`] and at most
+    /// `send_queue_bytes`. After the first loss, 70% of that: the window's cut at a loss, so
+    /// that a full queue still drains in time after one; before it, twice that (in slow start
+    /// the window doubles every round trip).
+    pub(crate) fn unreliable_queue_limit(&self) -> usize {
+        let srtt = self.rtt.srtt();
+        let per_rtt = self.cc.window() as f64 / srtt.as_secs_f64().max(0.001);
+        let rate = per_rtt.min(self.cc.pacing_rate(srtt) as f64);
+        let growth = if self.cc.in_slow_start() { 2.0 } else { 0.7 };
+        let bytes = growth * rate * self.config.unreliable_deadline.as_secs_f64();
+        let max = self.config.send_queue_bytes;
+        (bytes as usize).clamp(UNRELIABLE_QUEUE_MIN.min(max), max)
     }
 
     /// Counts a message of `len` octets that `send` queued on `channel` at `now`.

@@ -54,6 +54,12 @@ impl Congestion {
         self.window
     }
 
+    /// Whether no loss was seen yet: the window doubles every round trip, so what the path
+    /// carries is not known yet (the window is a lower bound).
+    pub fn in_slow_start(&self) -> bool {
+        self.ssthresh == u64::MAX
+    }
+
     /// Octets `acked` were acknowledged for a packet sent at `sent`.
     pub fn on_ack(&mut self, acked: u64, sent: Instant) {
         if self.recovery_start.is_some_and(|r| sent <= r) {
