@@ -111,6 +111,15 @@ impl Connection {
             }
             return self.send_parts(now, channel, data);
         }
+        if !reliable {
+            // Refused before the copy: a game that offers more than the path takes pays little
+            // for what is refused (the charge is at least the message's length).
+            let queued = self.send_channels[usize::from(channel.0)].queued;
+            if queued > 0 && queued + message_cost(data.len(), 0) > self.unreliable_queue_limit() {
+                self.stats.queue_full += 1;
+                return Err(SendError::QueueFull);
+            }
+        }
         // A pooled buffer much larger than the message would be charged (and held) whole.
         let mut buf = match self.pool.pop() {
             Some(b) if b.capacity() <= 2 * data.len() + MAX_DATA => b,
