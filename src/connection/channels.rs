@@ -115,7 +115,9 @@ impl Connection {
             // Refused before the copy: a game that offers more than the path takes pays little
             // for what is refused (the charge is at least the message's length).
             let queued = self.send_channels[usize::from(channel.0)].queued;
-            if queued > 0 && queued + message_cost(data.len(), 0) > self.unreliable_queue_limit() {
+            let after = queued + message_cost(data.len(), 0);
+            // Within the least limit there is nothing to work out.
+            if queued > 0 && after > UNRELIABLE_QUEUE_MIN && after > self.unreliable_queue_limit() {
                 self.stats.queue_full += 1;
                 return Err(SendError::QueueFull);
             }
@@ -139,7 +141,9 @@ impl Connection {
             // holds what the path can send within `unreliable_deadline`, so what `send`
             // accepts goes out (unless the path itself shrinks).
             let queued = self.send_channels[usize::from(channel.0)].queued;
-            queued == 0 || queued + cost <= self.unreliable_queue_limit()
+            queued == 0
+                || queued + cost <= UNRELIABLE_QUEUE_MIN.min(self.config.send_queue_bytes)
+                || queued + cost <= self.unreliable_queue_limit()
         };
         if !room {
             if self.pool.len() < POOL_LIMIT {
