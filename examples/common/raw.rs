@@ -45,112 +45,90 @@ pub fn handshake(ip: Ipv4Addr, target: SocketAddr, key: &ServerKey) -> Result<Ha
     let sock = UdpSocket::bind((ip, 0)).map_err(|e| format!("bind {ip}: {e}"))?;
     sock.connect(target).map_err(|e| format!("connect: {e}"))?;
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(10);
+    let mut ex = Exchange {
+        sock: &sock,
+        deadline: started + Duration::from_secs(10),
+        sends: 0,
+        sent: 0,
+        received: 0,
+    };
     let ephemeral = EphemeralKey::generate();
-    let mut auth = client_auth(ephemeral.public_bytes(), &[], None);
-    debug_assert_eq!(auth, auth_with_cookie(ephemeral.public_bytes(), &[], &[]));
-    let (mut sends, mut sent, mut received, mut retries) = (0u64, 0u64, 0u64, 0u32);
-    let mut buf = vec![0u8; 2048];
-    let mut interval = Duration::from_millis(250);
+    let first = client_auth(ephemeral.public_bytes(), &[], None);
+    debug_assert_eq!(first, auth_with_cookie(ephemeral.public_bytes(), &[], &[]));
     // The AUTH exchange, with the stateless retry.
-    let keys = 'auth: loop {
-        if Instant::now() >= deadline {
-            return Err("no server AUTH within 10 s".into());
-        }
-        sent += sock.send(&auth).map_err(|e| format!("send: {e}"))? as u64;
-        sends += 1;
-        let resend_at = (Instant::now() + interval).min(deadline);
-        interval = (interval * 2).min(Duration::from_secs(1));
-        while let Some(n) = recv_until(&sock, resend_at, &mut buf) {
-            received += n as u64;
-            let Ok(packet) = Packet::parse(&buf[..n]) else {
-                continue;
-            };
-            match packet.body {
-                Body::Auth(f) if f.public_key.is_empty() => {
-                    let cookie = f.certificate.unwrap_or(&[]);
-                    if cookie.len() == COOKIE_LEN && retries < 8 {
-                        auth = auth_with_cookie(ephemeral.public_bytes(), &[], cookie);
-                        retries += 1;
-                        interval = Duration::from_millis(250);
-                        continue 'auth;
-                    }
-                }
-                Body::Auth(f) => {
-                    let cert = f.certificate.unwrap_or(&[]);
-                    key.verify_certificate(cert, ephemeral.public_bytes(), f.public_key)
-                        .map_err(|_| "the server's certificate does not verify")?;
-                    let shared = ephemeral
-                        .shared_secret(f.public_key)
-                        .map_err(|_| "the server's key is not a P-256 point")?;
-                    // The transcript covers the AUTH that was answered (with its cookie).
-                    let transcript = transcript_hash(&auth, &buf[..n]);
-                    break 'auth derive_session_keys(&shared, &transcript);
-                }
-                Body::Data {
-                    fields: TypeFields::Error(code),
-                    data,
-                } if !packet.header.flags.contains(Flags::ENCRYPTED) => {
-                    return Err(format!(
-                        "refused with {code}: {}",
-                        String::from_utf8_lossy(data)
+    let mut retries = 0u32;
+    let keys = ex.run(first, "server AUTH", |auth, reply| {
+        let packet = Packet::parse(reply).ok()?;
+        match packet.body {
+            Body::Auth(f) if f.public_key.is_empty() => {
+                let cookie = f.certificate.unwrap_or(&[]);
+                (cookie.len() == COOKIE_LEN && retries < 8).then(|| {
+                    retries += 1;
+                    Step::Resend(auth_with_cookie(ephemeral.public_bytes(), &[], cookie))
+                })
+            }
+            Body::Auth(f) => {
+                let cert = f.certificate.unwrap_or(&[]);
+                if key
+                    .verify_certificate(cert, ephemeral.public_bytes(), f.public_key)
+                    .is_err()
+                {
+                    return Some(Step::Fail(
+                        "the server's certificate does not verify".into(),
                     ));
                 }
-                _ => {}
+                let Ok(shared) = ephemeral.shared_secret(f.public_key) else {
+                    return Some(Step::Fail("the server's key is not a P-256 point".into()));
+                };
+                // The transcript covers the AUTH that was answered (with its cookie).
+                let transcript = transcript_hash(auth, reply);
+                Some(Step::Done(derive_session_keys(&shared, &transcript)))
             }
+            Body::Data {
+                fields: TypeFields::Error(code),
+                data,
+            } if !packet.header.flags.contains(Flags::ENCRYPTED) => Some(refused(code, data)),
+            _ => None,
         }
-    };
+    })?;
     // The finished exchange.
     let finished = finished_datagram(&keys.client_to_server, &keys.client_finished);
-    let mut interval = Duration::from_millis(250);
-    let id = 'finished: loop {
-        if Instant::now() >= deadline {
-            return Err("no server finished within 10 s".into());
+    let id = ex.run(finished, "server finished", |_, reply| {
+        let packet = Packet::parse(reply).ok()?;
+        let Body::Data { fields, data } = packet.body else {
+            return None;
+        };
+        if let TypeFields::Error(code) = fields {
+            if !packet.header.flags.contains(Flags::ENCRYPTED) {
+                return Some(refused(code, data));
+            }
         }
-        sent += sock.send(&finished).map_err(|e| format!("send: {e}"))? as u64;
-        sends += 1;
-        let resend_at = (Instant::now() + interval).min(deadline);
-        interval = (interval * 2).min(Duration::from_secs(1));
-        while let Some(n) = recv_until(&sock, resend_at, &mut buf) {
-            received += n as u64;
-            let Ok(packet) = Packet::parse(&buf[..n]) else {
-                continue;
-            };
-            let Body::Data { fields, data } = packet.body else {
-                continue;
-            };
-            if let TypeFields::Error(code) = fields {
-                if !packet.header.flags.contains(Flags::ENCRYPTED) {
-                    return Err(format!(
-                        "refused with {code}: {}",
-                        String::from_utf8_lossy(data)
-                    ));
-                }
-            }
-            let is_finished = packet.header.packet_type == PacketType::Ack
-                && packet.header.flags == Flags::ENCRYPTED
-                && packet_number(&packet.header) == 0
-                && data.len() == SERVER_FINISHED_DATA + 16;
-            if !is_finished {
-                continue;
-            }
-            let mut sealed = data.to_vec();
-            let mut decoder = Decoder::with_limit(0);
-            let Ok(opened) = decoder.open(
+        let is_finished = packet.header.packet_type == PacketType::Ack
+            && packet.header.flags == Flags::ENCRYPTED
+            && packet_number(&packet.header) == 0
+            && data.len() == SERVER_FINISHED_DATA + 16;
+        if !is_finished {
+            return None;
+        }
+        let mut sealed = data.to_vec();
+        let mut decoder = Decoder::with_limit(0);
+        let opened = decoder
+            .open(
                 &packet.header,
                 &fields,
                 &mut sealed,
                 Some(&keys.server_to_client),
-            ) else {
-                continue;
-            };
-            let (mac, id) = opened.plaintext.split_at(FINISHED_LEN);
-            if !macs_equal(mac, &keys.server_finished) {
-                return Err("the server's finished MAC is wrong".into());
-            }
-            break 'finished u64::from_be_bytes(id.try_into().expect("8 octets"));
+            )
+            .ok()?;
+        let (mac, id) = opened.plaintext.split_at(FINISHED_LEN);
+        if !macs_equal(mac, &keys.server_finished) {
+            return Some(Step::Fail("the server's finished MAC is wrong".into()));
         }
-    };
+        Some(Step::Done(u64::from_be_bytes(
+            id.try_into().expect("8 octets"),
+        )))
+    })?;
+    let (sends, sent, received) = (ex.sends, ex.sent, ex.received);
     Ok(Handshake {
         sock,
         keys,
@@ -161,6 +139,73 @@ pub fn handshake(ip: Ipv4Addr, target: SocketAddr, key: &ServerKey) -> Result<Ha
         received,
         retries,
     })
+}
+
+/// What a reply to a handshake datagram leads to.
+enum Step<T> {
+    /// Send this datagram instead, from now on (the backoff starts again).
+    Resend(Vec<u8>),
+    /// The exchange is over.
+    Done(T),
+    /// The handshake failed.
+    Fail(String),
+}
+
+/// The answer to an unsealed ERROR: the server refused the handshake.
+fn refused<T>(code: impl std::fmt::Display, data: &[u8]) -> Step<T> {
+    Step::Fail(format!(
+        "refused with {code}: {}",
+        String::from_utf8_lossy(data)
+    ))
+}
+
+/// One step of the handshake: a datagram sent until a reply settles it, 250 ms then doubling
+/// up to 1 s between sends, until the handshake's deadline; counts what it sends and reads.
+struct Exchange<'a> {
+    sock: &'a UdpSocket,
+    deadline: Instant,
+    sends: u64,
+    sent: u64,
+    received: u64,
+}
+
+impl Exchange<'_> {
+    /// Sends `datagram` and hands every reply to `on` (with the datagram it answers) until
+    /// `on` says what follows; `None` from `on` ignores the reply.
+    fn run<T>(
+        &mut self,
+        mut datagram: Vec<u8>,
+        what: &str,
+        mut on: impl FnMut(&[u8], &[u8]) -> Option<Step<T>>,
+    ) -> Result<T, String> {
+        let mut buf = vec![0u8; 2048];
+        let mut interval = Duration::from_millis(250);
+        'send: loop {
+            if Instant::now() >= self.deadline {
+                return Err(format!("no {what} within 10 s"));
+            }
+            self.sent += self
+                .sock
+                .send(&datagram)
+                .map_err(|e| format!("send: {e}"))? as u64;
+            self.sends += 1;
+            let resend_at = (Instant::now() + interval).min(self.deadline);
+            interval = (interval * 2).min(Duration::from_secs(1));
+            while let Some(n) = recv_until(self.sock, resend_at, &mut buf) {
+                self.received += n as u64;
+                match on(&datagram, &buf[..n]) {
+                    None => {}
+                    Some(Step::Resend(d)) => {
+                        datagram = d;
+                        interval = Duration::from_millis(250);
+                        continue 'send;
+                    }
+                    Some(Step::Done(t)) => return Ok(t),
+                    Some(Step::Fail(why)) => return Err(why),
+                }
+            }
+        }
+    }
 }
 
 /// The client AUTH that answers a stateless retry: the same ephemeral key, and the cookie in
