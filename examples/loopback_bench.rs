@@ -17,10 +17,11 @@
 //!   call per datagram), unless `--offload` picks one: a [`ClientDriver`] thread sends messages
 //!   as fast as it can and a [`ServerDriver`] thread counts the [`Event::Message`]s delivered.
 //!   Reliable sends that meet [`SendError::QueueFull`] wait in `run_until_event` (which pumps
-//!   the socket) and try again. Unreliable sends never meet a full queue (the oldest unsent
-//!   messages make room), so the client keeps at most `--window` messages sent but neither
-//!   delivered nor dropped by the endpoint, as a game would not produce faster than its
-//!   transport carries; `--open-loop` removes that limit (and shows what overproducing costs).
+//!   the socket) and try again. Unreliable sends are refused with `QueueFull` once the channel
+//!   holds what the path sends within `unreliable_deadline`; besides, the client keeps at most
+//!   `--window` messages sent but neither delivered nor dropped by the endpoint, as a game
+//!   would not produce faster than its transport carries; `--open-loop` removes that limit
+//!   (and shows what overproducing costs: the refusals).
 //!   A window that makes no progress for 20 ms is written off, so that kernel drops cannot
 //!   stall the sender.
 //!

@@ -655,8 +655,10 @@ impl RawClient {
     }
 
     /// Sends the unacknowledged datagrams from `from` on, those of one length in one GSO
-    /// call.
-    fn send_from(&mut self, from: usize, batch: &mut Vec<u8>) {
+    /// call (as many as the socket's GSO takes); returns how many went.
+    fn send_from(&mut self, from: usize, batch: &mut Vec<u8>) -> u64 {
+        let max_segments = self.state.max_gso_segments().max(1);
+        let mut sent = 0;
         let mut i = from;
         while i < self.in_flight.len() {
             if self.in_flight[i].acked {
@@ -668,6 +670,7 @@ impl RawClient {
             while i < self.in_flight.len()
                 && self.in_flight[i].datagram.len() == len
                 && batch.len() + len <= 64_000
+                && batch.len() / len < max_segments
             {
                 if !self.in_flight[i].acked {
                     batch.extend_from_slice(&self.in_flight[i].datagram);
@@ -682,9 +685,12 @@ impl RawClient {
                 src_ip: None,
             };
             // A datagram the socket would not take goes again at its resend timeout.
-            let _ = self.state.try_send((&self.sock).into(), &t);
-            self.sent += (batch.len() / len.max(1)) as u64;
+            if self.state.try_send((&self.sock).into(), &t).is_ok() {
+                sent += (batch.len() / len.max(1)) as u64;
+            }
         }
+        self.sent += sent;
+        sent
     }
 }
 
@@ -796,8 +802,7 @@ fn drive_raw(
                         f.sent = now;
                         f.again = true;
                     }
-                    c.resent += (c.in_flight.len() - first) as u64;
-                    c.send_from(first, &mut batch);
+                    c.resent += c.send_from(first, &mut batch);
                 }
             }
         }

@@ -188,10 +188,11 @@ pub enum SendError {
     },
     /// The send queue is full, and the message was not queued. On a reliable channel: the
     /// send budget (`send_queue_bytes`) is spent; try again after acknowledgements arrive. On
-    /// an unreliable one: the channel already holds what the path can send within
+    /// an unreliable one: the unreliable channels already hold what the path can send within
     /// `unreliable_deadline` (at least 64 KiB, see `docs/LIMITS.md`); drop the message, or
-    /// send fresher state at the next tick. What `send` accepted goes out, so a game that
-    /// keeps within [`crate::SendBudget`] never sees this.
+    /// send fresher state at the next tick. What `send` accepted goes out unless the path
+    /// slows after (or is slower than 64 KiB per deadline); a game that keeps within
+    /// [`crate::SendBudget`] never sees this.
     QueueFull,
     /// The channel is not configured.
     UnknownChannel(ChannelId),
@@ -379,8 +380,9 @@ pub struct ChannelStats {
     pub messages_received: u64,
     /// Octets of the messages delivered.
     pub bytes_received: u64,
-    /// Unreliable messages dropped before they went out: past
-    /// `ConnectionConfig::unreliable_deadline`, pushed out of a full queue, or at close.
+    /// Unreliable messages `send` accepted and dropped before they went out: past
+    /// `ConnectionConfig::unreliable_deadline` (the path slowed after they were accepted), or
+    /// at close.
     pub dropped_unsent: u64,
     /// Sequenced messages dropped on arrival because a newer one was delivered.
     pub dropped_stale: u64,

@@ -111,25 +111,17 @@ impl Connection {
             }
             return self.send_parts(now, channel, data);
         }
-        if !reliable {
-            // Refused before the copy: a game that offers more than the path takes pays little
-            // for what is refused (the charge is at least the message's length).
-            let queued = self.send_channels[usize::from(channel.0)].queued;
-            let after = queued + message_cost(data.len(), 0);
-            // Within the least limit there is nothing to work out.
-            if queued > 0 && after > UNRELIABLE_QUEUE_MIN && after > self.unreliable_queue_limit() {
-                self.stats.queue_full += 1;
-                return Err(SendError::QueueFull);
-            }
+        // Refused before the copy: a game that offers more than the path takes pays little for
+        // what is refused (the charge is at least the message's length).
+        if !reliable && !self.unreliable_room(channel, message_cost(data.len(), 0)) {
+            self.stats.queue_full += 1;
+            return Err(SendError::QueueFull);
         }
         // A pooled buffer much larger than the message would be charged (and held) whole.
+        // One that does not fit is freed (left on top, it would block the pool).
         let mut buf = match self.pool.pop() {
             Some(b) if b.capacity() <= 2 * data.len() + MAX_DATA => b,
-            Some(b) => {
-                self.pool.push(b);
-                Vec::new()
-            }
-            None => Vec::new(),
+            Some(_) | None => Vec::new(),
         };
         buf.clear();
         buf.extend_from_slice(data);
@@ -137,13 +129,10 @@ impl Connection {
         let room = if reliable {
             self.budget.can_queue(cost)
         } else {
-            // An unreliable message is refused, not queued to be dropped later: a channel
-            // holds what the path can send within `unreliable_deadline`, so what `send`
-            // accepts goes out (unless the path itself shrinks).
-            let queued = self.send_channels[usize::from(channel.0)].queued;
-            queued == 0
-                || queued + cost <= UNRELIABLE_QUEUE_MIN.min(self.config.send_queue_bytes)
-                || queued + cost <= self.unreliable_queue_limit()
+            // An unreliable message is refused, not queued to be dropped later: the unreliable
+            // channels hold what the path can send within `unreliable_deadline`, so what
+            // `send` accepts goes out (unless the path itself shrinks).
+            self.unreliable_room(channel, cost)
         };
         if !room {
             if self.pool.len() < POOL_LIMIT {
@@ -166,7 +155,26 @@ impl Connection {
         Ok(())
     }
 
-    /// Octets an unreliable channel's queue may hold: what the path sends within
+    /// Whether unreliable `channel` may queue a message charged `cost`: its queue is empty
+    /// (one message always fits), or all unreliable channels' queues together stay within
+    /// [`Connection::unreliable_queue_limit`].
+    fn unreliable_room(&self, channel: ChannelId, cost: usize) -> bool {
+        if self.send_channels[usize::from(channel.0)].queued == 0 {
+            return true;
+        }
+        let queued: usize = self
+            .send_channels
+            .iter()
+            .filter(|c| !c.mode.is_reliable())
+            .map(|c| c.queued)
+            .sum();
+        let after = queued + cost;
+        // Within the least limit there is nothing to work out.
+        after <= UNRELIABLE_QUEUE_MIN.min(self.config.send_queue_bytes)
+            || after <= self.unreliable_queue_limit()
+    }
+
+    /// Octets the unreliable channels' queues may hold together: what the path sends within
     /// `unreliable_deadline` at its rate as [`Connection::send_budget`] reports it (window per
     /// smoothed RTT, at most the pacing rate), at least [`UNRELIABLE_QUEUE_MIN`] and at most
     /// `send_queue_bytes`. After the first loss, 70% of that: the window's cut at a loss, so

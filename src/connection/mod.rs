@@ -193,7 +193,8 @@ pub struct Scratch {
 }
 
 /// Message buffers the application handed back (`recycle`), for the next deliveries: at most
-/// [`MessagePool::MAX_BUFFERS`] buffers and [`MessagePool::MAX_BYTES`] octets of capacity,
+/// [`MessagePool::MAX_BUFFERS`] buffers of at most [`MessagePool::MAX_BUFFER`] octets, and
+/// [`MessagePool::MAX_BYTES`] octets of capacity,
 /// so that a burst of deliveries (a batch of datagrams read at once can hold thousands of
 /// small messages) is served without allocating once the application recycles.
 #[derive(Debug, Default)]
@@ -207,19 +208,24 @@ impl MessagePool {
     pub(crate) const MAX_BUFFERS: usize = 4096;
     /// Octets of capacity kept at most.
     pub(crate) const MAX_BYTES: usize = 1 << 20;
+    /// The largest buffer kept (the default `max_message_size`): a larger one is freed.
+    pub(crate) const MAX_BUFFER: usize = 64 << 10;
 
     /// A buffer holding `data`: the newest pooled one unless it is much larger than `data`
     /// (a received message is charged its length + `MESSAGE_OVERHEAD`, and holds at most
-    /// about twice that), else a new one.
+    /// about twice that; such a buffer is freed, so that it does not stay on top), else a new
+    /// one.
     pub(crate) fn take(&mut self, data: &[u8]) -> Vec<u8> {
-        let fits = |b: &Vec<u8>| b.capacity() <= 2 * data.len() + budget::MESSAGE_OVERHEAD;
-        let mut buf = match self.bufs.last() {
-            Some(b) if fits(b) => {
-                let b = self.bufs.pop().expect("a last buffer");
+        let mut buf = match self.bufs.pop() {
+            Some(b) => {
                 self.bytes -= b.capacity();
-                b
+                if b.capacity() <= 2 * data.len() + budget::MESSAGE_OVERHEAD {
+                    b
+                } else {
+                    Vec::with_capacity(data.len())
+                }
             }
-            _ => Vec::with_capacity(data.len()),
+            None => Vec::with_capacity(data.len()),
         };
         buf.clear();
         buf.extend_from_slice(data);
@@ -229,7 +235,11 @@ impl MessagePool {
     /// Keeps `buf` for reuse if the pool has room.
     pub(crate) fn give(&mut self, mut buf: Vec<u8>) {
         let cap = buf.capacity();
-        if cap > 0 && self.bufs.len() < Self::MAX_BUFFERS && self.bytes + cap <= Self::MAX_BYTES {
+        if cap > 0
+            && cap <= Self::MAX_BUFFER
+            && self.bufs.len() < Self::MAX_BUFFERS
+            && self.bytes + cap <= Self::MAX_BYTES
+        {
             buf.clear();
             self.bytes += cap;
             self.bufs.push(buf);
@@ -1037,5 +1047,36 @@ impl Connection {
     fn drop_wire(&mut self, e: WireError) {
         self.stats.datagrams_dropped += 1;
         tracing::debug!(client = self.id.0, code = %e.code, reason = e.reason, "datagram dropped");
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::MessagePool;
+
+    /// A large buffer neither switches the pool off nor stays on top of it: one above
+    /// `MAX_BUFFER` is freed when given, one that is too large for the next message is freed
+    /// when that message takes from the pool, and small buffers are reused after either.
+    #[test]
+    fn large_buffers_do_not_block_the_pool() {
+        let mut pool = MessagePool::default();
+        pool.give(vec![0; 1 << 20]);
+        assert_eq!(pool.bytes, 0, "a 1 MiB buffer was kept");
+        pool.give(Vec::with_capacity(60 << 10));
+        let small = pool.take(&[1; 64]);
+        assert!(
+            small.capacity() < 1024,
+            "a 60 KiB buffer served a 64 B message"
+        );
+        assert_eq!(pool.bytes, 0, "the misfit was kept");
+        pool.give(small);
+        let again = pool.take(&[2; 64]);
+        assert_eq!(again, vec![2; 64]);
+        assert_eq!(pool.bufs.len(), 0);
+        for _ in 0..MessagePool::MAX_BUFFERS + 10 {
+            pool.give(Vec::with_capacity(128));
+        }
+        assert_eq!(pool.bufs.len(), MessagePool::MAX_BUFFERS);
+        assert!(pool.bytes <= MessagePool::MAX_BYTES);
     }
 }

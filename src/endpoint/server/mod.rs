@@ -593,7 +593,7 @@ impl Server {
 
     /// Hands a message buffer from [`Event::Message`] back for reuse: the next deliveries
     /// take it instead of allocating. Kept while the pool holds under 4,096 buffers and 1 MiB
-    /// of capacity (beyond that it is freed).
+    /// of capacity, and if it holds at most 64 KiB (otherwise it is freed).
     pub fn recycle(&mut self, buf: Vec<u8>) {
         self.scratch.messages.give(buf);
     }
