@@ -286,20 +286,18 @@ fn run(args: &Args, shards: usize) -> Result<RunResult, Box<dyn std::error::Erro
     while left > 0 {
         let n = per_thread.min(left);
         left -= n;
-        let (stop, connected, failed, tids) = (
-            Arc::clone(&stop),
-            Arc::clone(&connected),
-            Arc::clone(&failed),
-            Arc::clone(&client_tids),
-        );
+        let progress = Progress {
+            stop: Arc::clone(&stop),
+            connected: Arc::clone(&connected),
+            failed: Arc::clone(&failed),
+            tids: Arc::clone(&client_tids),
+        };
         let (addr, key, size) = (handle.local_addr(), handle.public_key(), args.size);
         let (load, window) = (args.load, args.window);
         let cap = (args.in_flight * shards).div_ceil(args.client_threads);
         clients.push(std::thread::spawn(move || match load {
-            Load::Clients => drive_clients(addr, key, n, size, &stop, &connected, &failed, &tids),
-            Load::Raw => drive_raw(
-                addr, &key, n, size, window, cap, &stop, &connected, &failed, &tids,
-            ),
+            Load::Clients => drive_clients(addr, key, n, size, &progress),
+            Load::Raw => drive_raw(addr, &key, n, size, window, cap, &progress),
         }));
     }
     let connecting = Instant::now();
@@ -396,18 +394,23 @@ fn serve(
 }
 
 /// Drives `n` clients on one thread until `stop`.
-#[allow(clippy::too_many_arguments)]
+/// What a client thread shares with the controller: when to stop, how many of its clients
+/// connected or failed, and its thread id (for its CPU time).
+struct Progress {
+    stop: Arc<AtomicBool>,
+    connected: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    tids: Arc<Tids>,
+}
+
 fn drive_clients(
     server: SocketAddr,
     key: ServerKey,
     n: usize,
     size: usize,
-    stop: &AtomicBool,
-    connected: &AtomicUsize,
-    failed: &AtomicUsize,
-    tids: &Tids,
+    progress: &Progress,
 ) -> std::io::Result<()> {
-    tids.add();
+    progress.tids.add();
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(1024);
     let socket_config = SocketConfig {
@@ -437,7 +440,7 @@ fn drive_clients(
     // Clients whose send queue was full: offered nothing until a datagram (an ack) arrives.
     let mut blocked = vec![false; n];
     let mut next_scan = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    while !progress.stop.load(Ordering::Relaxed) {
         let wait = if active.is_empty() {
             Some(Duration::from_millis(1))
         } else {
@@ -493,14 +496,14 @@ fn drive_clients(
                 match ev {
                     Event::Connected { .. } => {
                         up[i] = true;
-                        connected.fetch_add(1, Ordering::Relaxed);
+                        progress.connected.fetch_add(1, Ordering::Relaxed);
                     }
                     Event::Disconnected { reason, .. } => {
                         if up[i] {
-                            connected.fetch_sub(1, Ordering::Relaxed);
+                            progress.connected.fetch_sub(1, Ordering::Relaxed);
                         }
                         up[i] = false;
-                        failed.fetch_add(1, Ordering::Relaxed);
+                        progress.failed.fetch_add(1, Ordering::Relaxed);
                         eprintln!("note: client disconnected: {reason}");
                     }
                     Event::Message { data, .. } => client.recycle(data),
@@ -551,16 +554,14 @@ struct RawClient {
     server_pn: u32,
     in_flight: std::collections::VecDeque<InFlight>,
     spare: Vec<Vec<u8>>,
+    /// Packets in `in_flight` not acknowledged yet.
+    unacked: usize,
     /// Datagrams sent, and of those sent again.
     sent: u64,
     resent: u64,
 }
 
 impl RawClient {
-    fn unacked(&self) -> usize {
-        self.in_flight.iter().filter(|p| !p.acked).count()
-    }
-
     /// Seals the next packet: `per_packet` messages of `message`, each its sequence number.
     fn seal_next(
         &mut self,
@@ -603,6 +604,7 @@ impl RawClient {
         )
         .expect("an unfragmented packet");
         datagram.truncate(n);
+        self.unacked += 1;
         self.in_flight.push_back(InFlight {
             pn,
             sent: Instant::now(),
@@ -642,6 +644,7 @@ impl RawClient {
             if named && !f.acked {
                 f.acked = true;
                 newly += 1;
+                self.unacked -= 1;
                 if !f.again {
                     *srtt = (*srtt * 7 + now.saturating_duration_since(f.sent)) / 8;
                 }
@@ -695,7 +698,6 @@ impl RawClient {
 }
 
 /// Drives `n` raw clients on one thread until `stop` (`--load raw`).
-#[allow(clippy::too_many_arguments)]
 fn drive_raw(
     server: SocketAddr,
     key: &ServerKey,
@@ -703,14 +705,11 @@ fn drive_raw(
     size: usize,
     window: usize,
     in_flight_cap: usize,
-    stop: &AtomicBool,
-    connected: &AtomicUsize,
-    failed: &AtomicUsize,
-    tids: &Tids,
+    progress: &Progress,
 ) -> std::io::Result<()> {
     use tickwire::connection::PACKET_PLAINTEXT;
     use tickwire::wire::frame;
-    tids.add();
+    progress.tids.add();
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(1024);
     let message = vec![0x5a; size];
@@ -736,17 +735,18 @@ fn drive_raw(
                     server_pn: 0,
                     in_flight: std::collections::VecDeque::with_capacity(2 * window),
                     spare: Vec::new(),
+                    unacked: 0,
                     sent: 0,
                     resent: 0,
                 });
-                connected.fetch_add(1, Ordering::Relaxed);
+                progress.connected.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                failed.fetch_add(1, Ordering::Relaxed);
+                progress.failed.fetch_add(1, Ordering::Relaxed);
                 eprintln!("note: raw client {i} did not connect: {e}");
             }
         }
-        if stop.load(Ordering::Relaxed) {
+        if progress.stop.load(Ordering::Relaxed) {
             return Ok(());
         }
     }
@@ -762,7 +762,7 @@ fn drive_raw(
     let mut unacked = 0usize;
     let mut srtt = RAW_MIN_RTO;
     let mut waiting = std::collections::VecDeque::<usize>::new();
-    while !stop.load(Ordering::Relaxed) {
+    while !progress.stop.load(Ordering::Relaxed) {
         let wait = if active.is_empty() {
             Duration::from_millis(1)
         } else {
@@ -812,10 +812,10 @@ fn drive_raw(
             let from = c.in_flight.len();
             // New packets once half the window is free (so that each GSO call carries
             // several), while the window has room and the ordered window is far.
-            if c.unacked() > window / 2 {
+            if c.unacked > window / 2 {
                 continue;
             }
-            while c.unacked() < window && c.in_flight.len() < 2 * window {
+            while c.unacked < window && c.in_flight.len() < 2 * window {
                 if unacked >= in_flight_cap {
                     waiting.push_back(i);
                     break;

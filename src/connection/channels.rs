@@ -113,7 +113,8 @@ impl Connection {
         }
         // Refused before the copy: a game that offers more than the path takes pays little for
         // what is refused (the charge is at least the message's length).
-        if !reliable && !self.unreliable_room(channel, message_cost(data.len(), 0)) {
+        let least_cost = message_cost(data.len(), 0);
+        if !reliable && !self.unreliable_room(channel, least_cost) {
             self.stats.queue_full += 1;
             return Err(SendError::QueueFull);
         }
@@ -131,8 +132,9 @@ impl Connection {
         } else {
             // An unreliable message is refused, not queued to be dropped later: the unreliable
             // channels hold what the path can send within `unreliable_deadline`, so what
-            // `send` accepts goes out (unless the path itself shrinks).
-            self.unreliable_room(channel, cost)
+            // `send` accepts goes out (unless the path itself shrinks). Checked above already
+            // unless the buffer is charged more than the message's length.
+            cost == least_cost || self.unreliable_room(channel, cost)
         };
         if !room {
             if self.pool.len() < POOL_LIMIT {

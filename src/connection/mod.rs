@@ -216,17 +216,12 @@ impl MessagePool {
     /// about twice that; such a buffer is freed, so that it does not stay on top), else a new
     /// one.
     pub(crate) fn take(&mut self, data: &[u8]) -> Vec<u8> {
-        let mut buf = match self.bufs.pop() {
-            Some(b) => {
-                self.bytes -= b.capacity();
-                if b.capacity() <= 2 * data.len() + budget::MESSAGE_OVERHEAD {
-                    b
-                } else {
-                    Vec::with_capacity(data.len())
-                }
-            }
-            None => Vec::with_capacity(data.len()),
-        };
+        let mut buf = self
+            .bufs
+            .pop()
+            .inspect(|b| self.bytes -= b.capacity())
+            .filter(|b| b.capacity() <= 2 * data.len() + budget::MESSAGE_OVERHEAD)
+            .unwrap_or_else(|| Vec::with_capacity(data.len()));
         buf.clear();
         buf.extend_from_slice(data);
         buf
