@@ -245,11 +245,7 @@ impl Connection {
     }
 
     pub(super) fn can_send_reliable(&mut self, now: Instant) -> bool {
-        if !self
-            .send_channels
-            .iter()
-            .any(|c| c.mode.is_reliable() && !c.queue.is_empty())
-        {
+        if !self.has_queued(true) {
             return false;
         }
         if self.sent.len() >= MAX_IN_FLIGHT_PACKETS {
@@ -382,6 +378,9 @@ impl Connection {
     /// The channel whose message goes next into a packet of this kind (reliable or not):
     /// the highest priority with messages queued, then the earliest weighted finish time.
     pub(super) fn next_lane(&self, reliable: bool, blocked: &[u64; 4]) -> Option<usize> {
+        if !self.has_queued(reliable) {
+            return None;
+        }
         let clock = self.lane_clock;
         self.send_channels
             .iter()
@@ -397,6 +396,9 @@ impl Connection {
 
     /// The highest lane priority among channels of this kind with messages queued.
     pub(super) fn queued_priority(&self, reliable: bool) -> Option<u8> {
+        if !self.has_queued(reliable) {
+            return None;
+        }
         self.send_channels
             .iter()
             .filter(|c| c.mode.is_reliable() == reliable && !c.queue.is_empty())
@@ -516,6 +518,7 @@ impl Connection {
             {
                 // Past its deadline (the timer that drops it has not run yet): never sent late.
                 let q = ch.queue.pop_front().expect("front checked");
+                self.queued_messages[0] -= 1;
                 ch.queued -= message_cost(q.data.len(), q.data.capacity());
                 self.stats.unreliable_dropped += 1;
                 self.channel_stats[ci].dropped_unsent += 1;
@@ -542,6 +545,7 @@ impl Connection {
                 continue;
             }
             let q = ch.queue.pop_front().expect("front checked");
+            self.queued_messages[usize::from(reliable)] -= 1;
             let cost = message_cost(q.data.len(), q.data.capacity());
             ch.queued -= cost;
             match (q.part, seq) {

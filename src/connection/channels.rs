@@ -148,6 +148,7 @@ impl Connection {
         }
         let ch = &mut self.send_channels[usize::from(channel.0)];
         ch.queued += cost;
+        self.queued_messages[usize::from(reliable)] += 1;
         ch.queue.push_back(Queued {
             data: buf,
             enqueued: now,
@@ -223,6 +224,7 @@ impl Connection {
             let cost = message_cost(buf.len(), buf.capacity());
             self.budget.queued += cost;
             ch.queued += cost;
+            self.queued_messages[1] += 1;
             ch.queue.push_back(Queued {
                 data: buf,
                 enqueued: now,
@@ -434,9 +436,7 @@ impl Connection {
     }
 
     pub(super) fn has_unreliable(&self) -> bool {
-        self.send_channels
-            .iter()
-            .any(|c| !c.mode.is_reliable() && !c.queue.is_empty())
+        self.has_queued(false)
     }
 }
 

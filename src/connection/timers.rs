@@ -65,7 +65,12 @@ impl Connection {
         }
         // Unreliable messages that could not go out in time.
         let deadline = self.config.unreliable_deadline;
-        for (i, ch) in self.send_channels.iter_mut().enumerate() {
+        let channels = if self.has_queued(false) {
+            &mut self.send_channels[..]
+        } else {
+            &mut []
+        };
+        for (i, ch) in channels.iter_mut().enumerate() {
             if ch.mode.is_reliable() {
                 continue;
             }
@@ -75,6 +80,7 @@ impl Connection {
                 .is_some_and(|q| now.saturating_duration_since(q.enqueued) >= deadline)
             {
                 let q = ch.queue.pop_front().expect("front checked");
+                self.queued_messages[0] -= 1;
                 ch.queued -= message_cost(q.data.len(), q.data.capacity());
                 self.stats.unreliable_dropped += 1;
                 self.channel_stats[i].dropped_unsent += 1;
@@ -135,7 +141,7 @@ impl Connection {
         let idle = self.sent.is_empty()
             && self.jobs.is_empty()
             && self.reassembler.is_empty()
-            && self.send_channels.iter().all(|c| c.queue.is_empty())
+            && self.queued_messages == [0, 0]
             && self.recv_channels.iter().all(|c| c.held.is_empty());
         if !idle {
             return;
@@ -220,7 +226,12 @@ impl Connection {
         for p in &self.sent {
             consider(p.timer_base() + self.rtt.backoff_rto(p.resends));
         }
-        for ch in &self.send_channels {
+        let channels = if self.has_queued(false) {
+            &self.send_channels[..]
+        } else {
+            &[]
+        };
+        for ch in channels {
             if let Some(q) = ch.queue.front() {
                 if !ch.mode.is_reliable() {
                     consider(q.enqueued + self.config.unreliable_deadline);
