@@ -276,7 +276,7 @@ impl Server {
             self.charged,
             self.connections
                 .values()
-                .map(Connection::budget_used)
+                .map(|c| c.budget_used())
                 .sum::<usize>()
         );
         self.charged
@@ -419,7 +419,7 @@ impl Server {
         conn.inherit_undelivered(inherited);
         self.timers.schedule(id, conn.poll_timeout());
         self.charged += conn.budget_used();
-        self.connections.insert(id, conn);
+        self.connections.insert(id, Box::new(conn));
         self.by_addr.insert(from, id);
         self.shared
             .by_ip()

@@ -22,7 +22,7 @@ impl Server {
     }
 
     /// Removes connection `id` from the table and the address maps; returns it.
-    pub(super) fn remove_connection(&mut self, id: ClientId) -> Option<Connection> {
+    pub(super) fn remove_connection(&mut self, id: ClientId) -> Option<Box<Connection>> {
         let conn = self.connections.remove(&id)?;
         self.charged -= conn.budget_used();
         if let Some(r) = self.resumable.get_mut(&id) {
@@ -129,7 +129,7 @@ impl Server {
         if self.by_addr.get(&old) == Some(&id) {
             self.by_addr.remove(&old);
         }
-        if let Some(new) = self.connections.get(&id).map(Connection::addr) {
+        if let Some(new) = self.connections.get(&id).map(|c| c.addr()) {
             self.by_addr.insert(new, id);
             self.release_ip(old.ip(), |u| {
                 u.connections = u.connections.saturating_sub(1)
@@ -153,7 +153,7 @@ impl Server {
 
     /// Re-reads connection `id`'s next deadline after it ran.
     pub(super) fn reschedule(&mut self, id: ClientId) {
-        let t = self.connections.get(&id).and_then(Connection::poll_timeout);
+        let t = self.connections.get(&id).and_then(|c| c.poll_timeout());
         self.timers.schedule(id, t);
     }
 

@@ -30,7 +30,7 @@ fn server_with(n: usize, t0: Instant) -> Server {
         );
         server.timers.schedule(id, conn.poll_timeout());
         server.charged += conn.budget_used();
-        server.connections.insert(id, conn);
+        server.connections.insert(id, Box::new(conn));
         server.by_addr.insert(addr, id);
     }
     server
