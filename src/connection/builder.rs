@@ -255,7 +255,8 @@ impl Connection {
             return false;
         }
         self.game_lanes_open = self.window_open();
-        self.lbe_lanes_open = self.lbe_window_open(now);
+        // The bulk lanes' limiter is asked only when they have something to send.
+        self.lbe_lanes_open = self.queued_messages[2] > 0 && self.lbe_window_open(now);
         if !self.game_lanes_open && !self.lbe_lanes_open {
             return false;
         }
@@ -495,7 +496,9 @@ impl Connection {
         // Channels skipped for this packet: their ordered window is full, or their kind of
         // lane (less than best effort or not) may not send now.
         let mut blocked = [0u64; 4];
-        if reliable && !(self.game_lanes_open && self.lbe_lanes_open) {
+        if reliable
+            && !(self.game_lanes_open && (self.lbe_lanes_open || self.queued_messages[2] == 0))
+        {
             for (i, ch) in self.send_channels.iter().enumerate() {
                 let open = if ch.lbe {
                     self.lbe_lanes_open
@@ -546,6 +549,7 @@ impl Connection {
             }
             let q = ch.queue.pop_front().expect("front checked");
             self.queued_messages[usize::from(reliable)] -= 1;
+            self.queued_messages[2] -= u32::from(ch.lbe);
             let cost = message_cost(q.data.len(), q.data.capacity());
             ch.queued -= cost;
             match (q.part, seq) {

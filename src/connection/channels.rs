@@ -149,6 +149,7 @@ impl Connection {
         let ch = &mut self.send_channels[usize::from(channel.0)];
         ch.queued += cost;
         self.queued_messages[usize::from(reliable)] += 1;
+        self.queued_messages[2] += u32::from(ch.lbe);
         ch.queue.push_back(Queued {
             data: buf,
             enqueued: now,
@@ -225,6 +226,7 @@ impl Connection {
             self.budget.queued += cost;
             ch.queued += cost;
             self.queued_messages[1] += 1;
+            self.queued_messages[2] += u32::from(ch.lbe);
             ch.queue.push_back(Queued {
                 data: buf,
                 enqueued: now,

@@ -288,10 +288,11 @@ pub struct Connection {
     /// When the less-than-best-effort pacer has tokens again, while a job waits for them.
     bulk_paced_until: Option<Instant>,
     send_channels: Vec<SendChannel>,
-    /// Messages queued in `send_channels`: [unreliable, reliable]. Read instead of a scan
-    /// over every channel by the builder and the timers (the channels are a heap allocation
-    /// of their own, a cache miss per connection on a server with many).
-    queued_messages: [u32; 2],
+    /// Messages queued in `send_channels`: [unreliable, reliable, of which in
+    /// less-than-best-effort lanes]. Read instead of a scan over every channel by the builder
+    /// and the timers (the channels are a heap allocation of their own, a cache miss per
+    /// connection on a server with many).
+    queued_messages: [u32; 3],
     recv_channels: Vec<RecvChannel>,
     sent: VecDeque<SentPacket>,
     in_flight: u64,
@@ -471,7 +472,7 @@ impl Connection {
             lbe_lanes_open: true,
             bulk_paced_until: None,
             send_channels,
-            queued_messages: [0, 0],
+            queued_messages: [0; 3],
             recv_channels,
             sent: VecDeque::new(),
             in_flight: 0,
@@ -671,6 +672,15 @@ impl Connection {
                 .map(|c| c.queue.len())
                 .sum::<usize>(),
             "queued_messages out of step with the channels"
+        );
+        debug_assert_eq!(
+            self.queued_messages[2] as usize,
+            self.send_channels
+                .iter()
+                .filter(|c| c.lbe)
+                .map(|c| c.queue.len())
+                .sum::<usize>(),
+            "queued_messages out of step with the bulk lanes"
         );
         self.queued_messages[usize::from(reliable)] > 0
     }

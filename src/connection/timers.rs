@@ -141,7 +141,7 @@ impl Connection {
         let idle = self.sent.is_empty()
             && self.jobs.is_empty()
             && self.reassembler.is_empty()
-            && self.queued_messages == [0, 0]
+            && self.queued_messages == [0; 3]
             && self.recv_channels.iter().all(|c| c.held.is_empty());
         if !idle {
             return;
