@@ -102,10 +102,33 @@ impl Connection {
         // One RTT sample per ACK, from the newest packet it newly acknowledges (sent once):
         // older ones waited longer in the peer's ack delay and would read high.
         let mut newest_sent: Option<Instant> = None;
-        for back in 0..=16u32 {
-            let Some(pn) = ack_pn.checked_sub(back) else {
+        // The ACK describes `ack_pn` and the 16 before it. Only packets still in flight (and
+        // a close's packet) have anything to learn from it: they are found with one search
+        // instead of one per packet number described, newest first.
+        let oldest = ack_pn.saturating_sub(16);
+        let mut pns = [0u32; 18];
+        let mut n = 0;
+        let start = self.sent.partition_point(|p| p.pn < oldest);
+        for p in self.sent.range(start..) {
+            if p.pn > ack_pn {
                 break;
-            };
+            }
+            pns[n] = p.pn;
+            n += 1;
+        }
+        if let Some(Closing {
+            packet: Some(close),
+            ..
+        }) = &self.close
+        {
+            if (oldest..=ack_pn).contains(&close.pn) && !pns[..n].contains(&close.pn) {
+                pns[n] = close.pn;
+                n += 1;
+                pns[..n].sort_unstable();
+            }
+        }
+        for &pn in pns[..n].iter().rev() {
+            let back = ack_pn - pn;
             if back > 0 && ack.ack_bits & (0x8000 >> (back - 1)) == 0 {
                 self.judge_missing(pn, ack_pn);
                 continue;
