@@ -95,7 +95,8 @@ impl World {
     fn round<const MEASURED: bool>(&mut self, msg: &[u8]) {
         let now = self.now;
         for (_, c) in &mut self.clients {
-            c.send(now, ChannelId(3), msg).expect("room for one message");
+            c.send(now, ChannelId(3), msg)
+                .expect("room for one message");
         }
         self.tick::<MEASURED>(Duration::from_millis(33));
     }
@@ -159,7 +160,11 @@ impl World {
                 self.server.poll_transmit(now, &mut slot.1)
             };
             let Some(t) = t else { break };
-            slot.0 = self.index.get(&t.destination).copied().unwrap_or(usize::MAX);
+            slot.0 = self
+                .index
+                .get(&t.destination)
+                .copied()
+                .unwrap_or(usize::MAX);
             slot.2 = t.len;
             n += 1;
         }
@@ -206,7 +211,13 @@ fn measured_event(s: &mut Server) -> Option<Event> {
 }
 
 #[inline(never)]
-fn measured_echo(s: &mut Server, now: Instant, client: ClientId, channel: ChannelId, data: Vec<u8>) {
+fn measured_echo(
+    s: &mut Server,
+    now: Instant,
+    client: ClientId,
+    channel: ChannelId,
+    data: Vec<u8>,
+) {
     let _ = s.send(now, client, channel, &data);
     s.recycle(data);
 }
