@@ -3,11 +3,10 @@
 //! network after a warm-up.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tickwire::{ChannelId, Client, ClientConfig, Event, Server, ServerConfig, ServerIdentity};
+use tickwire::ChannelId;
 
 struct Counting;
 
@@ -36,98 +35,53 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-struct Pair {
-    now: Instant,
-    server: Server,
-    client: Client,
-    buf: Vec<u8>,
-    server_addr: SocketAddr,
-    client_addr: SocketAddr,
-    delivered: usize,
+#[path = "../examples/common/world.rs"]
+mod world;
+use world::World;
+
+/// A server and a client over a perfect in-memory network (the benches' harness), after the
+/// handshake and 50 ticks of 1 ms.
+fn connected() -> World {
+    let mut w = World::new(1);
+    for _ in 0..50 {
+        tick(&mut w);
+    }
+    w
 }
 
-impl Pair {
-    /// A server and a client over a perfect in-memory network, after the handshake.
-    fn connected() -> Self {
-        let now = Instant::now();
-        let server = Server::new(ServerConfig::new(ServerIdentity::generate())).unwrap();
-        let server_addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let client =
-            Client::connect(ClientConfig::new(server.public_key()), server_addr, now).unwrap();
-        let mut p = Pair {
-            now,
-            server,
-            client,
-            buf: vec![0; 1500],
-            server_addr,
-            client_addr: "127.0.0.1:5000".parse().unwrap(),
-            delivered: 0,
-        };
-        for _ in 0..50 {
-            p.tick();
-        }
-        p
-    }
+/// One tick of 1 ms: both sides send what they have, the other side receives it, events are
+/// drained and their buffers recycled.
+fn tick(w: &mut World) {
+    w.tick::<false>(Duration::from_millis(1));
+}
 
-    /// One tick: both sides send what they have, the other side receives it, events are
-    /// drained and their buffers recycled.
-    fn tick(&mut self) {
-        let now = self.now;
-        while let Some(t) = self.client.poll_transmit(now, &mut self.buf) {
-            let (d, _) = self.buf.split_at_mut(t.len);
-            self.server.handle_datagram(now, self.client_addr, d);
-        }
-        while let Some(t) = self.server.poll_transmit(now, &mut self.buf) {
-            let (d, _) = self.buf.split_at_mut(t.len);
-            self.client.handle_datagram(now, self.server_addr, d);
-        }
-        while let Some(e) = self.server.poll_event() {
-            if let Event::Message { data, .. } = e {
-                self.delivered += 1;
-                self.server.recycle(data);
-            }
-        }
-        while let Some(e) = self.client.poll_event() {
-            if let Event::Message { data, .. } = e {
-                self.delivered += 1;
-                self.client.recycle(data);
-            }
-        }
-        self.now += Duration::from_millis(1);
-        if self.server.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.server.handle_timeout(self.now);
-        }
-        if self.client.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.client.handle_timeout(self.now);
-        }
-    }
-
-    fn send_all(&mut self, msg: &[u8]) {
-        let now = self.now;
-        let id = self.client.id().unwrap();
-        for ch in 0..4 {
-            self.client.send(now, ChannelId(ch), msg).unwrap();
-            self.server.send(now, id, ChannelId(ch), msg).unwrap();
-        }
+/// One message on each of the four channels, each way.
+fn send_all(w: &mut World, msg: &[u8]) {
+    let now = w.now;
+    let client = &mut w.clients[0].1;
+    let id = client.id().unwrap();
+    for ch in 0..4 {
+        client.send(now, ChannelId(ch), msg).unwrap();
+        w.server.send(now, id, ChannelId(ch), msg).unwrap();
     }
 }
 
 #[test]
 fn steady_state_send_and_receive_do_not_allocate() {
-    let mut p = Pair::connected();
-    assert!(p.client.is_connected());
+    let mut p = connected();
+    assert!(p.clients[0].1.is_connected());
     let msg = [7u8; 100];
     // Warm-up: pools, queues and windows reach their working size.
     for _ in 0..2000 {
-        p.send_all(&msg);
-        p.tick();
+        send_all(&mut p, &msg);
+        tick(&mut p);
     }
     ALLOCATIONS.store(0, Ordering::Relaxed);
     let before = p.delivered;
     COUNTING.store(true, Ordering::Relaxed);
     for _ in 0..1000 {
-        p.send_all(&msg);
-        p.tick();
+        send_all(&mut p, &msg);
+        tick(&mut p);
     }
     COUNTING.store(false, Ordering::Relaxed);
     let delivered = p.delivered - before;
@@ -141,16 +95,16 @@ fn steady_state_send_and_receive_do_not_allocate() {
 /// traffic that grew its buffers has stopped.
 #[test]
 fn idle_connection_holds_at_most_8_kib() {
-    let mut p = Pair::connected();
+    let mut p = connected();
     for _ in 0..100 {
-        p.send_all(&[1u8; 100]);
-        p.tick();
+        send_all(&mut p, &[1u8; 100]);
+        tick(&mut p);
     }
     for _ in 0..5000 {
-        p.tick();
+        tick(&mut p);
     }
     let server_side = p.server.clients()[0].stats.memory_bytes;
-    let client_side = p.client.stats().memory_bytes;
+    let client_side = p.clients[0].1.stats().memory_bytes;
     println!("idle connection: server side {server_side} octets, client side {client_side}");
     assert!(server_side <= 8192, "server side holds {server_side}");
     assert!(client_side <= 8192, "client side holds {client_side}");

@@ -2,6 +2,8 @@
 //! a time: the workload of `benches/core` and `examples/server_cost`, which share it. The
 //! server's calls of a measured tick go through the `measured_*` functions (never inlined),
 //! so that callgrind's `--toggle-collect='*measured_*'` counts the server alone.
+//! `tests/alloc.rs` runs its no-allocation and idle-memory checks over it too.
+#![allow(dead_code)] // each user takes part of it
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -24,6 +26,8 @@ pub struct World {
     pub server_time: Duration,
     /// Whether the server echoes every message back on its channel (default false).
     pub echo: bool,
+    /// Messages delivered, at the server and at the clients.
+    pub delivered: u64,
 }
 
 impl World {
@@ -54,6 +58,7 @@ impl World {
             batch: Vec::new(),
             server_time: Duration::ZERO,
             echo: false,
+            delivered: 0,
         };
         for _ in 0..5000 {
             w.tick::<false>(Duration::from_millis(1));
@@ -120,6 +125,7 @@ impl World {
                 data,
             } = e
             {
+                self.delivered += 1;
                 if MEASURED {
                     measured_echo(&mut self.server, now, client, channel, data, self.echo);
                 } else {
@@ -159,6 +165,7 @@ impl World {
         for (_, c) in &mut self.clients {
             while let Some(e) = c.poll_event() {
                 if let Event::Message { data, .. } = e {
+                    self.delivered += 1;
                     c.recycle(data);
                 }
             }
