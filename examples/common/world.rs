@@ -2,7 +2,8 @@
 //! a time: the workload of `benches/core` and `examples/server_cost`, which share it. The
 //! server's calls of a measured tick go through the `measured_*` functions (never inlined),
 //! so that callgrind's `--toggle-collect='*measured_*'` counts the server alone.
-//! `tests/alloc.rs` runs its no-allocation and idle-memory checks over it too.
+//! `tests/alloc.rs` runs its no-allocation and idle-memory checks over it too, and
+//! `tests/endpoint_props.rs` its arbitrary and altered datagrams (`captured`, `server_messages`).
 #![allow(dead_code)] // each user takes part of it
 
 use std::net::SocketAddr;
@@ -28,11 +29,23 @@ pub struct World {
     pub echo: bool,
     /// Messages delivered, at the server and at the clients.
     pub delivered: u64,
+    /// When set, a copy of every datagram the clients send, taken before the server opens it
+    /// in place (for tests that replay or alter genuine datagrams).
+    pub captured: Option<Vec<Vec<u8>>>,
+    /// When set, the messages the server receives are kept here instead of recycled.
+    pub server_messages: Option<Vec<Vec<u8>>>,
 }
 
 impl World {
     /// A server and `n` clients, connected (every handshake in the same millisecond).
     pub fn new(n: usize) -> Self {
+        let mut w = Self::unconnected(n);
+        w.connect();
+        w
+    }
+
+    /// A server and `n` clients that have sent nothing yet.
+    pub fn unconnected(n: usize) -> Self {
         let mut config = ServerConfig::new(ServerIdentity::generate());
         config.max_clients = n.max(1);
         config.max_pending = n.max(1);
@@ -49,7 +62,7 @@ impl World {
             })
             .collect();
         let index = clients.iter().enumerate().map(|(i, c)| (c.0, i)).collect();
-        let mut w = Self {
+        Self {
             now,
             server,
             server_addr,
@@ -59,11 +72,17 @@ impl World {
             server_time: Duration::ZERO,
             echo: false,
             delivered: 0,
-        };
+            captured: None,
+            server_messages: None,
+        }
+    }
+
+    /// Ticks of 1 ms until every client is connected (panics after 5,000).
+    pub fn connect(&mut self) {
         for _ in 0..5000 {
-            w.tick::<false>(Duration::from_millis(1));
-            if w.clients.iter().all(|c| c.1.is_connected()) {
-                return w;
+            self.tick::<false>(Duration::from_millis(1));
+            if self.clients.iter().all(|c| c.1.is_connected()) {
+                return;
             }
         }
         panic!("clients did not connect");
@@ -100,6 +119,9 @@ impl World {
                 };
                 slot.0 = i;
                 slot.2 = t.len;
+                if let Some(c) = &mut self.captured {
+                    c.push(slot.1[..t.len].to_vec());
+                }
                 n += 1;
             }
         }
@@ -126,7 +148,9 @@ impl World {
             } = e
             {
                 self.delivered += 1;
-                if MEASURED {
+                if let Some(kept) = &mut self.server_messages {
+                    kept.push(data);
+                } else if MEASURED {
                     measured_echo(&mut self.server, now, client, channel, data, self.echo);
                 } else {
                     if self.echo {
