@@ -16,7 +16,7 @@
 //! ```
 //!
 //! counts the instructions (`Ir`) and the misses of a 1 MiB last-level cache (`DLmr`, `DLmw`:
-//! this machine's L2) of the server alone; divide by clients × ticks × rounds for a message.
+//! about this machine's L2, 512 KiB a core) of the server alone; divide by clients × ticks × rounds for a message.
 
 use clap::Parser;
 
