@@ -11,12 +11,14 @@
 //! ```text
 //! cargo build --release --example server_cost
 //! valgrind --tool=callgrind --cache-sim=yes --LL=1048576,16,64 --collect-atstart=no \
-//!     --toggle-collect='*measured_*' target/release/examples/server_cost --clients 1000 --ticks 12 --rounds 1
+//!     --toggle-collect='*measured_*' target/release/examples/server_cost \
+//!     --clients 1000 --ticks 12 --rounds 1
 //! callgrind_annotate callgrind.out.<pid> | head -20
 //! ```
 //!
 //! counts the instructions (`Ir`) and the misses of a 1 MiB last-level cache (`DLmr`, `DLmw`:
-//! about this machine's L2, 512 KiB a core) of the server alone; divide by clients × ticks × rounds for a message.
+//! about this machine's L2, 512 KiB a core) of the server alone; divide by clients × ticks ×
+//! rounds for a message.
 
 use clap::Parser;
 
