@@ -335,7 +335,7 @@ impl Connection {
     /// refuses fragments more than 4,096 packet numbers above the newest packet it accepted,
     /// and a single datagram brings it up to date.
     pub(super) fn can_send_unreliable(&mut self, now: Instant) -> bool {
-        if !self.has_unreliable() || self.window_exhausted() {
+        if !self.has_queued(false) || self.window_exhausted() {
             return false;
         }
         let rto = self.rtt.rto();
@@ -520,14 +520,7 @@ impl Connection {
                 && now.saturating_duration_since(q.enqueued) >= self.config.unreliable_deadline
             {
                 // Past its deadline (the timer that drops it has not run yet): never sent late.
-                let q = ch.queue.pop_front().expect("front checked");
-                self.queued_messages[0] -= 1;
-                ch.queued -= message_cost(q.data.len(), q.data.capacity());
-                self.stats.unreliable_dropped += 1;
-                self.channel_stats[ci].dropped_unsent += 1;
-                if self.pool.len() < POOL_LIMIT {
-                    self.pool.push(q.data);
-                }
+                self.drop_unsent(ci);
                 continue;
             }
             let seq = ch.mode.is_sequenced().then_some(ch.next_seq);

@@ -436,10 +436,6 @@ impl Connection {
         });
         Ok(())
     }
-
-    pub(super) fn has_unreliable(&self) -> bool {
-        self.has_queued(false)
-    }
 }
 
 /// Where in-order messages of a reliable-ordered channel go: whole ones to the events, parts

@@ -66,27 +66,20 @@ impl Connection {
         // Unreliable messages that could not go out in time.
         let deadline = self.config.unreliable_deadline;
         let channels = if self.has_queued(false) {
-            &mut self.send_channels[..]
+            self.send_channels.len()
         } else {
-            &mut []
+            0
         };
-        for (i, ch) in channels.iter_mut().enumerate() {
-            if ch.mode.is_reliable() {
+        for i in 0..channels {
+            if self.send_channels[i].mode.is_reliable() {
                 continue;
             }
-            while ch
+            while self.send_channels[i]
                 .queue
                 .front()
                 .is_some_and(|q| now.saturating_duration_since(q.enqueued) >= deadline)
             {
-                let q = ch.queue.pop_front().expect("front checked");
-                self.queued_messages[0] -= 1;
-                ch.queued -= message_cost(q.data.len(), q.data.capacity());
-                self.stats.unreliable_dropped += 1;
-                self.channel_stats[i].dropped_unsent += 1;
-                if self.pool.len() < POOL_LIMIT {
-                    self.pool.push(q.data);
-                }
+                self.drop_unsent(i);
             }
         }
         // Resend timeouts.
@@ -132,6 +125,22 @@ impl Connection {
         }
         if !self.trimmed && now.saturating_duration_since(self.last_data) >= IDLE_TRIM {
             self.trim_when_idle();
+        }
+    }
+
+    /// Drops the oldest message queued on unreliable channel `ci`, unsent (its deadline
+    /// passed), and counts it.
+    pub(super) fn drop_unsent(&mut self, ci: usize) {
+        let ch = &mut self.send_channels[ci];
+        let Some(q) = ch.queue.pop_front() else {
+            return;
+        };
+        self.queued_messages[0] -= 1;
+        ch.queued -= message_cost(q.data.len(), q.data.capacity());
+        self.stats.unreliable_dropped += 1;
+        self.channel_stats[ci].dropped_unsent += 1;
+        if self.pool.len() < POOL_LIMIT {
+            self.pool.push(q.data);
         }
     }
 
