@@ -393,7 +393,6 @@ fn serve(
     Ok(())
 }
 
-/// Drives `n` clients on one thread until `stop`.
 /// What a client thread shares with the controller: when to stop, how many of its clients
 /// connected or failed, and its thread id (for its CPU time).
 struct Progress {
@@ -403,6 +402,7 @@ struct Progress {
     tids: Arc<Tids>,
 }
 
+/// Drives `n` clients on one thread until `progress.stop`.
 fn drive_clients(
     server: SocketAddr,
     key: ServerKey,
@@ -697,7 +697,7 @@ impl RawClient {
     }
 }
 
-/// Drives `n` raw clients on one thread until `stop` (`--load raw`).
+/// Drives `n` raw clients on one thread until `progress.stop` (`--load raw`).
 fn drive_raw(
     server: SocketAddr,
     key: &ServerKey,
