@@ -383,16 +383,12 @@ impl Connection {
             return None;
         }
         let clock = self.lane_clock;
-        self.send_channels
-            .iter()
-            .enumerate()
-            .filter(|(i, c)| {
-                c.mode.is_reliable() == reliable
-                    && !c.queue.is_empty()
-                    && blocked[i / 64] & (1 << (i % 64)) == 0
+        self.queued_channels[usize::from(reliable)]
+            .iter_except(*blocked)
+            .min_by_key(|&i| {
+                let c = &self.send_channels[i];
+                (c.priority, c.lane_finish.max(clock), i)
             })
-            .min_by_key(|(i, c)| (c.priority, c.lane_finish.max(clock), *i))
-            .map(|(i, _)| i)
     }
 
     /// The highest lane priority among channels of this kind with messages queued.
@@ -400,10 +396,9 @@ impl Connection {
         if !self.has_queued(reliable) {
             return None;
         }
-        self.send_channels
+        self.queued_channels[usize::from(reliable)]
             .iter()
-            .filter(|c| c.mode.is_reliable() == reliable && !c.queue.is_empty())
-            .map(|c| c.priority)
+            .map(|i| self.send_channels[i].priority)
             .min()
     }
 
@@ -543,6 +538,9 @@ impl Connection {
             let q = ch.queue.pop_front().expect("front checked");
             self.queued_messages[usize::from(reliable)] -= 1;
             self.queued_messages[2] -= u32::from(ch.lbe);
+            if ch.queue.is_empty() {
+                self.queued_channels[usize::from(reliable)].remove(ci);
+            }
             let cost = message_cost(q.data.len(), q.data.capacity());
             ch.queued -= cost;
             match (q.part, seq) {

@@ -49,7 +49,7 @@ use crate::wire::{
 };
 use budget::{message_cost, Admit, Budget, Incoming};
 use builder::Job;
-use channels::{Part, Queued, RecvChannel, SendChannel, SeqRange};
+use channels::{ChannelSet, Part, Queued, RecvChannel, SendChannel, SeqRange};
 use congestion::Congestion;
 use path::{Challenge, PATH_CHALLENGE};
 use recv::{Receiver, Seen};
@@ -293,6 +293,8 @@ pub struct Connection {
     /// and the timers (the channels are a heap allocation of their own, a cache miss per
     /// connection on a server with many).
     queued_messages: [u32; 3],
+    /// The channels with messages queued: [unreliable, reliable].
+    queued_channels: [ChannelSet; 2],
     recv_channels: Vec<RecvChannel>,
     sent: VecDeque<SentPacket>,
     in_flight: u64,
@@ -473,6 +475,7 @@ impl Connection {
             bulk_paced_until: None,
             send_channels,
             queued_messages: [0; 3],
+            queued_channels: [ChannelSet::default(); 2],
             recv_channels,
             sent: VecDeque::new(),
             in_flight: 0,
@@ -638,14 +641,13 @@ impl Connection {
             packet: None,
             report: Some(DisconnectReason::Local { code }),
         });
-        for (i, ch) in self.send_channels.iter_mut().enumerate() {
-            if !ch.mode.is_reliable() {
-                self.stats.unreliable_dropped += ch.queue.len() as u64;
-                self.channel_stats[i].dropped_unsent += ch.queue.len() as u64;
-                self.queued_messages[0] -= ch.queue.len() as u32;
-                ch.queue.clear();
-                ch.queued = 0;
-            }
+        for i in std::mem::take(&mut self.queued_channels[0]).iter() {
+            let ch = &mut self.send_channels[i];
+            self.stats.unreliable_dropped += ch.queue.len() as u64;
+            self.channel_stats[i].dropped_unsent += ch.queue.len() as u64;
+            self.queued_messages[0] -= ch.queue.len() as u32;
+            ch.queue.clear();
+            ch.queued = 0;
         }
         if !flush {
             self.jobs.clear();
@@ -681,6 +683,15 @@ impl Connection {
                 .map(|c| c.queue.len())
                 .sum::<usize>(),
             "queued_messages out of step with the bulk lanes"
+        );
+        debug_assert!(
+            self.send_channels.iter().enumerate().all(|(i, c)| {
+                let kind = usize::from(c.mode.is_reliable());
+                let listed = self.queued_channels[kind].iter().any(|j| j == i);
+                let elsewhere = self.queued_channels[1 - kind].iter().any(|j| j == i);
+                listed != c.queue.is_empty() && !elsewhere
+            }),
+            "queued_channels out of step with the channels"
         );
         self.queued_messages[usize::from(reliable)] > 0
     }

@@ -65,15 +65,7 @@ impl Connection {
         }
         // Unreliable messages that could not go out in time.
         let deadline = self.config.unreliable_deadline;
-        let channels = if self.has_queued(false) {
-            self.send_channels.len()
-        } else {
-            0
-        };
-        for i in 0..channels {
-            if self.send_channels[i].mode.is_reliable() {
-                continue;
-            }
+        for i in self.queued_channels[0].iter() {
             while self.send_channels[i]
                 .queue
                 .front()
@@ -136,6 +128,9 @@ impl Connection {
             return;
         };
         self.queued_messages[0] -= 1;
+        if ch.queue.is_empty() {
+            self.queued_channels[0].remove(ci);
+        }
         ch.queued -= message_cost(q.data.len(), q.data.capacity());
         self.stats.unreliable_dropped += 1;
         self.channel_stats[ci].dropped_unsent += 1;
@@ -235,16 +230,9 @@ impl Connection {
         for p in &self.sent {
             consider(p.timer_base() + self.rtt.backoff_rto(p.resends));
         }
-        let channels = if self.has_queued(false) {
-            &self.send_channels[..]
-        } else {
-            &[]
-        };
-        for ch in channels {
-            if let Some(q) = ch.queue.front() {
-                if !ch.mode.is_reliable() {
-                    consider(q.enqueued + self.config.unreliable_deadline);
-                }
+        for i in self.queued_channels[0].iter() {
+            if let Some(q) = self.send_channels[i].queue.front() {
+                consider(q.enqueued + self.config.unreliable_deadline);
             }
         }
         if let Some(d) = self.paced_until {
