@@ -576,9 +576,7 @@ impl Connection {
             let start = ch.lane_finish.max(self.lane_clock);
             ch.lane_finish = start + (frame_len as u64 * 1024) / u64::from(ch.weight);
             self.lane_clock = start;
-            if self.pool.len() < POOL_LIMIT {
-                self.pool.push(q.data);
-            }
+            self.pool_buffer(q.data);
             if alone {
                 break;
             }

@@ -193,9 +193,7 @@ impl Connection {
             cost == least_cost || self.unreliable_room(channel, cost)
         };
         if !room {
-            if self.pool.len() < POOL_LIMIT {
-                self.pool.push(buf);
-            }
+            self.pool_buffer(buf);
             self.stats.queue_full += 1;
             return Err(SendError::QueueFull);
         }

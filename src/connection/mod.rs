@@ -108,8 +108,13 @@ const REDUNDANT_MAX: usize = 600;
 /// twice.
 const REDUNDANCY_LOSS: f64 = 0.02;
 
-/// Buffers kept for reuse per connection.
+/// Buffers kept for reuse per connection (message buffers, and the payloads of acknowledged
+/// packets).
 const POOL_LIMIT: usize = 64;
+/// The largest buffer kept for reuse: a packet of four datagrams. (A packet's payload grows
+/// past its message while it is sealed, so a two-datagram packet's buffer can hold about 2 KiB;
+/// a smaller limit freed it at every acknowledgement, and the next packet allocated.)
+const POOLED_MAX: usize = 4 * MAX_DATA;
 
 /// The most plaintext a peer's sealed packet may carry after decompression with this
 /// configuration: one packet of coalesced messages and frames, or fragment reports and one
@@ -653,6 +658,14 @@ impl Connection {
             self.jobs.clear();
             self.copies.clear();
             self.jobs.push_back(Job::Close);
+        }
+    }
+
+    /// Keeps a buffer for reuse by `send` and the builder, if the pool has room and it is not
+    /// large.
+    pub(super) fn pool_buffer(&mut self, buf: Vec<u8>) {
+        if self.pool.len() < POOL_LIMIT && (1..=POOLED_MAX).contains(&buf.capacity()) {
+            self.pool.push(buf);
         }
     }
 

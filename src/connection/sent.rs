@@ -276,9 +276,7 @@ impl Connection {
     }
 
     pub(super) fn recycle_sent(&mut self, packet: SentPacket) {
-        if self.pool.len() < POOL_LIMIT && packet.payload.capacity() <= 2 * MAX_DATA {
-            self.pool.push(packet.payload);
-        }
+        self.pool_buffer(packet.payload);
         if self.range_pool.len() < POOL_LIMIT && packet.ordered.capacity() > 0 {
             self.range_pool.push(packet.ordered);
         }

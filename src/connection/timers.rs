@@ -134,9 +134,7 @@ impl Connection {
         ch.queued -= message_cost(q.data.len(), q.data.capacity());
         self.stats.unreliable_dropped += 1;
         self.channel_stats[ci].dropped_unsent += 1;
-        if self.pool.len() < POOL_LIMIT {
-            self.pool.push(q.data);
-        }
+        self.pool_buffer(q.data);
     }
 
     /// With nothing queued, in flight or in reassembly, gives back the buffers that traffic

@@ -13,8 +13,15 @@ use crate::wire::{
     MAX_FRAGMENTS,
 };
 
-/// Buffers a reassembler keeps for reuse.
-const POOL_LIMIT: usize = 2;
+/// Buffers a reassembler keeps for reuse: as many as the packets a sender writes the first
+/// fragments of before their last ones (a frame's worth of two-fragment packets, see the
+/// builder's held-back last fragments), so that a steady stream of fragmented packets
+/// allocates nothing.
+pub const POOL_BUFFERS: usize = 16;
+/// Octets of capacity a reassembler keeps for reuse at most (16 two-fragment packets' worth);
+/// a larger buffer, or one past this, is freed. Held while the connection is active, given
+/// back when it goes idle.
+pub const POOL_BYTES: usize = 32 << 10;
 
 /// Which fragments of a packet are held: bit *i* (MSB first) for fragment *i*.
 pub type FragmentBitmap = BitArray<[u8; 32], Msb0>;
@@ -147,6 +154,8 @@ pub struct Reassembler {
     slots: Vec<Slot>,
     reserved: usize,
     pool: Vec<Vec<u8>>,
+    /// Capacity of the buffers in `pool`.
+    pool_bytes: usize,
     completed: Vec<u8>,
     evictions: u64,
 }
@@ -168,6 +177,7 @@ impl Reassembler {
             slots: Vec::new(),
             reserved: 0,
             pool: Vec::new(),
+            pool_bytes: 0,
             completed: Vec::new(),
             evictions: 0,
         }
@@ -289,8 +299,11 @@ impl Reassembler {
                         return Ok(Reassembly::Refused);
                     }
                 }
+                // A reused buffer is not cleared first: every octet of the payload handed out
+                // is written by its packet's fragments (all but the last fill their 988), so
+                // only a shorter buffer's tail is zeroed.
                 let mut buf = self.pool.pop().unwrap_or_default();
-                buf.clear();
+                self.pool_bytes -= buf.capacity();
                 buf.resize(reserve, 0);
                 self.reserved += reserve;
                 self.slots.push(Slot {
@@ -325,9 +338,7 @@ impl Reassembler {
         self.reserved -= slot.reserved;
         let len = (usize::from(slot.count) - 1) * MAX_DATA + slot.last_len;
         let old = std::mem::replace(&mut self.completed, slot.buf);
-        if self.pool.len() < POOL_LIMIT {
-            self.pool.push(old);
-        }
+        self.recycle(old);
         let mut header = slot.header;
         header.fragment = Some(FragmentFields {
             id,
@@ -365,9 +376,7 @@ impl Reassembler {
     fn drop_slot(&mut self, i: usize) {
         let slot = self.slots.swap_remove(i);
         self.reserved -= slot.reserved;
-        if self.pool.len() < POOL_LIMIT {
-            self.pool.push(slot.buf);
-        }
+        self.recycle(slot.buf);
     }
 
     /// Incomplete packets dropped so far to make room for new ones.
@@ -378,6 +387,7 @@ impl Reassembler {
     /// Gives back the buffers kept for reuse (when the connection goes idle).
     pub fn trim(&mut self) {
         self.pool.clear();
+        self.pool_bytes = 0;
         self.completed = Vec::new();
         if self.slots.is_empty() {
             self.slots = Vec::new();
@@ -393,7 +403,11 @@ impl Reassembler {
 
     /// Gives a buffer back for reuse.
     pub fn recycle(&mut self, buf: Vec<u8>) {
-        if self.pool.len() < POOL_LIMIT {
+        // The empty buffer `take_completed` left behind is not kept: it would take a slot of
+        // the pool, and a full pool of them allocates for every packet.
+        let cap = buf.capacity();
+        if cap > 0 && self.pool.len() < POOL_BUFFERS && self.pool_bytes + cap <= POOL_BYTES {
+            self.pool_bytes += cap;
             self.pool.push(buf);
         }
     }
@@ -421,9 +435,7 @@ impl Reassembler {
             if self.slots[i].deadline <= now {
                 let slot = self.slots.swap_remove(i);
                 self.reserved -= slot.reserved;
-                if self.pool.len() < POOL_LIMIT {
-                    self.pool.push(slot.buf);
-                }
+                self.recycle(slot.buf);
             } else {
                 i += 1;
             }
