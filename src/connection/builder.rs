@@ -477,8 +477,15 @@ impl Connection {
         reliable: bool,
         scratch: &mut Scratch,
     ) -> bool {
-        let plain = &mut scratch.plain;
-        plain.clear();
+        // The frames are written straight into the buffer the packet is kept in (the sent
+        // packet's, or the unreliable packet's) and sealed there.
+        let mut out = if reliable {
+            self.pool.pop().unwrap_or_default()
+        } else {
+            std::mem::take(&mut self.unreliable_payload)
+        };
+        out.clear();
+        let plain = &mut out;
         let frag_ack_due = self.frag_ack_due;
         self.put_fragment_acks(plain, PACKET_PLAINTEXT / 4);
         let mut compress = true;
@@ -584,6 +591,12 @@ impl Connection {
         if !any {
             self.range_pool.push(ordered);
             self.frag_ack_due = frag_ack_due;
+            out.clear();
+            if reliable {
+                self.pool_buffer(out);
+            } else {
+                self.unreliable_payload = out;
+            }
             return false;
         }
         let fields = self.ack_fields();
@@ -593,15 +606,9 @@ impl Connection {
             checksum: false,
             compress,
         };
-        let mut out = if reliable {
-            self.pool.pop().unwrap_or_default()
-        } else {
-            std::mem::take(&mut self.unreliable_payload)
-        };
-        let header = encode_into(
+        let header = encode_in_place(
             &mut scratch.compressed,
             fields,
-            &scratch.plain,
             opts,
             Seal::Sealed {
                 key: &self.send_key,

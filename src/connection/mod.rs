@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::{ConnectionConfig, DeliveryMode, MAX_MESSAGE_SIZE};
 use crate::pipeline::{
-    encode_into, fragment, seal, Decoder, FragmentBitmap, PacketKey, Reassembler, Reassembly, Seal,
-    SendOptions,
+    encode_in_place, encode_into, fragment, seal, Decoder, FragmentBitmap, PacketKey, Reassembler,
+    Reassembly, Seal, SendOptions,
 };
 use crate::types::{
     ChannelId, ChannelStats, ClientId, ConnectionStats, DisconnectReason, Event, SendBudget,

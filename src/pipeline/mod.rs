@@ -173,6 +173,28 @@ pub fn encode_into(
         // The receiver refuses to decompress past MAX_PAYLOAD: never send what cannot open.
         return Err(EncodeError::TooLarge { len: data.len() });
     }
+    out.extend_from_slice(data);
+    encode_in_place(compressed, fields, opts, seal, out)
+}
+
+/// [`encode_into`] with the plaintext already in `buf`, which it turns into the processed
+/// payload in place (a copy only when LZ4 makes it shorter): the send path writes its frames
+/// straight into the buffer the packet is kept in.
+///
+/// # Errors
+/// As [`encode_into`]; `buf` is then empty.
+pub fn encode_in_place(
+    compressed: &mut Vec<u8>,
+    fields: TypeFields,
+    opts: SendOptions,
+    seal: Seal<'_>,
+    buf: &mut Vec<u8>,
+) -> Result<Header, EncodeError> {
+    if buf.len() > MAX_PAYLOAD {
+        let len = buf.len();
+        buf.clear();
+        return Err(EncodeError::TooLarge { len });
+    }
     let sealed = matches!(seal, Seal::Sealed { .. });
     let (sequence, init_vector) = match seal {
         Seal::Plain { sequence } => (sequence, None),
@@ -184,19 +206,18 @@ pub fn encode_into(
     if opts.reliable {
         flags = flags | Flags::RELIABLE;
     }
-    let checksum = (opts.checksum && !sealed).then(|| checksum16(data));
+    let checksum = (opts.checksum && !sealed).then(|| checksum16(buf));
     if checksum.is_some() {
         flags = flags | Flags::CHECKSUM;
     }
-    let is_compressed = opts.compress && compress::compress_into(data, compressed);
-    let body: &[u8] = if is_compressed {
+    if opts.compress && compress::compress_into(buf, compressed) {
         flags = flags | Flags::COMPRESSED;
-        compressed
-    } else {
-        data
-    };
-    let processed_len = body.len() + if sealed { TAG_LEN } else { 0 };
+        buf.clear();
+        buf.extend_from_slice(compressed);
+    }
+    let processed_len = buf.len() + if sealed { TAG_LEN } else { 0 };
     if processed_len > MAX_PAYLOAD {
+        buf.clear();
         return Err(EncodeError::TooLarge { len: processed_len });
     }
     let fragment = match fragment::fragment_count(processed_len) {
@@ -218,11 +239,10 @@ pub fn encode_into(
         init_vector,
         checksum,
     };
-    out.extend_from_slice(body);
     if let Seal::Sealed { key, packet_number } = seal {
         let mut aad = [0u8; MAX_AAD];
         let aad_len = associated_data(&header, &fields, &mut aad);
-        key.seal(packet_number, &aad[..aad_len], out);
+        key.seal(packet_number, &aad[..aad_len], buf);
     }
     Ok(header)
 }
