@@ -155,7 +155,38 @@ impl Receiver {
         self.largest.map(|l| self.fields_for(l))
     }
 
+    /// The ACK fields naming `ack` (at most the largest accepted): bit *i* (MSB first) says
+    /// whether `ack - 1 - i` was accepted. Read from the window's words at once: the 16 bits
+    /// end at `ack - 1` and span at most two words.
     fn fields_for(&self, ack: u32) -> AckFields {
+        let ack_bits = match (self.largest, ack.checked_sub(1)) {
+            (Some(l), Some(e)) if ack <= l => {
+                let words = self.bits.as_raw_slice();
+                let at = (e % WINDOW) as usize;
+                let (w, b) = (at / 64, at % 64);
+                let below = words[(w + words.len() - 1) % words.len()];
+                // Bit 64 + b of `pair` is `e`'s; the 16 at and below it, MSB first, are the
+                // field.
+                let pair = (u128::from(words[w]) << 64) | u128::from(below);
+                let x = (pair >> (64 + b - 15)) as u16;
+                // Valid: packet numbers not below 0 (`i <= e`) and inside the window below the
+                // largest (`l - (e - i) < WINDOW`); a stale bit past either is masked off.
+                let valid = 16
+                    .min(e as u64 + 1)
+                    .min(u64::from(WINDOW.saturating_sub(l - e)));
+                let mask = (0xFFFF_u32 << (16 - valid)) as u16;
+                x & mask
+            }
+            _ => self.fields_one_by_one(ack),
+        };
+        AckFields {
+            ack_id: ack as u16,
+            ack_bits,
+        }
+    }
+
+    /// The ACK bits as the wire defines them, one packet number at a time.
+    fn fields_one_by_one(&self, ack: u32) -> u16 {
         let mut bits = 0u16;
         for i in 0..16u32 {
             let Some(p) = ack.checked_sub(1 + i) else {
@@ -165,10 +196,7 @@ impl Receiver {
                 bits |= 0x8000 >> i;
             }
         }
-        AckFields {
-            ack_id: ack as u16,
-            ack_bits: bits,
-        }
+        bits
     }
 
     /// ACK fields that acknowledge the oldest owed packet number and every owed one among the
@@ -197,6 +225,49 @@ impl Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ack_bits_read_from_words_match_one_by_one() {
+        let now = Instant::now();
+        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..200 {
+            let mut r = Receiver::new();
+            let mut pn = (next() % 40) as u32;
+            for _ in 0..300 {
+                // Mostly forward, with gaps, reordering, and now and then a jump past the
+                // window (stale bits below it must not show).
+                pn = match next() % 20 {
+                    0 => pn + WINDOW + (next() % 100) as u32,
+                    1..=4 => pn.saturating_sub((next() % 20) as u32),
+                    _ => pn + 1 + (next() % 3) as u32,
+                };
+                if r.check(pn) == Seen::New {
+                    r.accept(now, pn, Duration::ZERO);
+                }
+                let l = r.largest().unwrap();
+                let near_edge = l.saturating_sub(WINDOW - (next() % 40) as u32);
+                for ack in [
+                    l,
+                    l.saturating_sub((next() % 40) as u32),
+                    pn.min(l),
+                    l + 1,
+                    near_edge,
+                ] {
+                    assert_eq!(
+                        r.fields_for(ack).ack_bits,
+                        r.fields_one_by_one(ack),
+                        "round {round}, largest {l}, ack {ack}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn replay_window() {
