@@ -33,6 +33,13 @@ const MAX_SEGMENTS: usize = 64;
 const MAX_RUN_BYTES: usize = 60_000;
 /// Datagrams read in one go before the timers and the outgoing side get a turn.
 const READ_BATCH: usize = 1024;
+/// Whether a batch read that fills fewer buffers than it offered ends the read, as
+/// `WouldBlock` does. On Linux `recvmmsg` on a non-blocking socket returns fewer only when the
+/// queue ran empty or an error stopped it after some datagrams (the driver's sockets are not
+/// connected and do not ask for ICMP errors, so none is reported), and every datagram queued
+/// after that wakes an edge-triggered epoll (each arrival calls the socket's wake-up);
+/// elsewhere the read goes on to `WouldBlock`.
+const SHORT_READ_DRAINS: bool = cfg!(target_os = "linux");
 /// Datagrams fed to the endpoint at most before its output is drained, when one call read
 /// more. One acknowledgement covers the newest packet and the 16 before it, and the endpoint
 /// sends the newest first: had more than 17 reliable packets arrived since the last drain,
@@ -81,6 +88,12 @@ pub struct IoStats {
     /// Wake-ups without readiness of the socket (a deadline, the caller's limit), which
     /// therefore did not try to read it.
     pub reads_skipped: u64,
+    /// Reads that ended after a batch call filled fewer buffers than it offered (the queue
+    /// was empty: Linux only), instead of one more call to find `WouldBlock`.
+    pub reads_short: u64,
+    /// Precise waits whose deadline was the one the timer was already set for, so it was not
+    /// set again (a system call saved).
+    pub timer_kept: u64,
     /// Waits for an endpoint deadline that was already due when the last pass ran its timers
     /// (then the wait is at least a millisecond, so that such a deadline cannot make the loop
     /// spin). Non-zero while the send queue is full is expected; otherwise it points at an
@@ -315,7 +328,9 @@ impl Io {
             if needs_timer(t) {
                 // mio would round this wait up to the next millisecond; the timer ends it on
                 // time (mio's timeout stays as the upper bound).
-                timer.arm(t)?;
+                if !timer.arm(now, t)? {
+                    self.stats.timer_kept += 1;
+                }
                 self.stats.precise_waits += 1;
             }
         }
@@ -352,6 +367,8 @@ impl Io {
             if read >= READ_BATCH {
                 break;
             }
+            // The buffers this call offers (a batch read may add one for the next call).
+            let offered = self.recv_bufs.len().min(quinn_udp::BATCH_SIZE);
             let got = if self.offload.is_some() {
                 self.recv_batch()
             } else {
@@ -361,6 +378,14 @@ impl Io {
                 Ok(filled) => {
                     self.stats.recv_calls += 1;
                     read += self.feed(endpoint, filled)?;
+                    if SHORT_READ_DRAINS && self.offload.is_some() && filled < offered {
+                        // `recvmmsg` stopped short of its buffers: the socket's queue was
+                        // empty. Another call would only find `WouldBlock` (half the reads
+                        // of a game loop's receiver); a datagram arriving from now on raises
+                        // a new edge, as after `WouldBlock`.
+                        self.stats.reads_short += 1;
+                        return Ok(());
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

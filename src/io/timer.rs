@@ -8,7 +8,7 @@
 //! readiness of the socket still wakes it at once; elsewhere the wait keeps mio's rounding.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::{Registry, Token};
 
@@ -101,13 +101,20 @@ mod imp {
 
 /// A precise one-shot wake-up for the driver's [`Poll`](mio::Poll), where the system has one.
 #[derive(Debug)]
-pub(crate) struct Timer(imp::Timer);
+pub(crate) struct Timer {
+    imp: imp::Timer,
+    /// When it was last set to fire (it fires once, then this is in the past).
+    armed: Option<Instant>,
+}
 
 impl Timer {
     /// A timer registered with `registry` under `token`, or `None` where there is none.
     pub(crate) fn new(registry: &Registry, token: Token) -> Option<Self> {
         match imp::Timer::new(registry, token) {
-            Ok(t) => Some(Self(t)),
+            Ok(t) => Some(Self {
+                imp: t,
+                armed: None,
+            }),
             Err(e) => {
                 tracing::debug!(error = %e, "no precise timer; waits are rounded to milliseconds");
                 None
@@ -115,12 +122,20 @@ impl Timer {
         }
     }
 
-    /// Wakes the poll once, `after` from now.
+    /// Wakes the poll once, `after` from `now`. Returns false, and makes no system call, when
+    /// it is already set for that moment and has not fired (a wait that a datagram ended
+    /// before its deadline, followed by a wait for the same deadline).
     ///
     /// # Errors
     /// Any error of `timerfd_settime`.
-    pub(crate) fn arm(&mut self, after: Duration) -> io::Result<()> {
-        self.0.arm(after)
+    pub(crate) fn arm(&mut self, now: Instant, after: Duration) -> io::Result<bool> {
+        let at = now + after;
+        if self.armed.is_some_and(|a| a == at && a > now) {
+            return Ok(false);
+        }
+        self.imp.arm(after)?;
+        self.armed = Some(at);
+        Ok(true)
     }
 }
 
@@ -143,20 +158,41 @@ mod tests {
 
     #[test]
     #[cfg(target_os = "linux")]
+    fn is_not_set_again_for_the_deadline_it_waits_for() {
+        let poll = Poll::new().unwrap();
+        let mut timer = Timer::new(poll.registry(), Token(7)).expect("timerfd on Linux");
+        let now = Instant::now();
+        let deadline = now + Duration::from_millis(500);
+        assert!(timer.arm(now, deadline - now).unwrap());
+        // A later wait for the same deadline (a datagram ended the first): kept.
+        let later = now + Duration::from_micros(300);
+        assert!(!timer.arm(later, deadline - later).unwrap());
+        // Another deadline: set.
+        assert!(timer.arm(later, Duration::from_micros(700)).unwrap());
+        // The same moment once it has passed (it fired): set again.
+        let past = now + Duration::from_secs(1);
+        timer.armed = Some(past);
+        assert!(timer.arm(past, Duration::ZERO).unwrap());
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
     fn wakes_the_poll_before_mio_would() {
         let mut poll = Poll::new().unwrap();
         let mut timer = Timer::new(poll.registry(), Token(7)).expect("timerfd on Linux");
         let mut events = Events::with_capacity(4);
         // A 200 µs timer against a 1 s poll timeout: the poll returns because of it.
         let start = Instant::now();
-        timer.arm(Duration::from_micros(200)).unwrap();
+        assert!(timer.arm(start, Duration::from_micros(200)).unwrap());
         poll.poll(&mut events, Some(Duration::from_secs(1)))
             .unwrap();
         let waited = start.elapsed();
         assert!(waited >= Duration::from_micros(200), "{waited:?}");
         assert!(events.iter().any(|e| e.token() == Token(7)));
         // Re-armed, it fires again (edge-triggered, count never read).
-        timer.arm(Duration::from_micros(100)).unwrap();
+        assert!(timer
+            .arm(Instant::now(), Duration::from_micros(100))
+            .unwrap());
         poll.poll(&mut events, Some(Duration::from_secs(1)))
             .unwrap();
         assert!(events.iter().any(|e| e.token() == Token(7)));
