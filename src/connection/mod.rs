@@ -49,7 +49,9 @@ use crate::wire::{
 };
 use budget::{message_cost, Admit, Budget, Incoming};
 use builder::Job;
-use channels::{ChannelSet, Part, Queued, RecvChannel, SendChannel, SeqRange};
+use channels::{
+    ChannelSet, Part, Queued, RecvChannel, RecvCounted, SendChannel, SendCounted, SeqRange,
+};
 use congestion::Congestion;
 use path::{Challenge, PATH_CHALLENGE};
 use recv::{Receiver, Seen};
@@ -354,8 +356,6 @@ pub struct Connection {
     sent_rate: Rate,
     received_rate: Rate,
     stats: ConnectionStats,
-    /// Per-channel counters (the queue figures are filled in by `stats`).
-    channel_stats: Vec<ChannelStats>,
     pool: Vec<Vec<u8>>,
     range_pool: Vec<Vec<SeqRange>>,
     /// Unreliable data packets recently sent: (packet number, octets, when), so that their
@@ -430,6 +430,7 @@ impl Connection {
                     && c.mode.is_reliable()
                     && config.bulk_target_delay.is_some(),
                 lane_finish: 0,
+                counted: SendCounted::default(),
             })
             .collect();
         let recv_channels = config
@@ -440,6 +441,7 @@ impl Connection {
                 seq: None,
                 held: VecDeque::new(),
                 assembly: None,
+                counted: RecvCounted::default(),
             })
             .collect();
         let mut receiver = Receiver::new();
@@ -453,7 +455,6 @@ impl Connection {
         if let Some(sample) = handshake_rtt {
             rtt.update(sample);
         }
-        let channel_count = config.channels.len();
         let mut ledbat = config.bulk_target_delay.map(ledbat::Ledbat::new);
         if let (Some(l), Some(sample)) = (&mut ledbat, handshake_rtt) {
             l.on_rtt(now, sample);
@@ -514,7 +515,6 @@ impl Connection {
             sent_rate: Rate::new(now),
             received_rate: Rate::new(now),
             stats: ConnectionStats::default(),
-            channel_stats: vec![ChannelStats::default(); channel_count],
             pool: Vec::new(),
             range_pool: Vec::new(),
             copies: VecDeque::new(),
@@ -574,11 +574,21 @@ impl Connection {
         s.receive_bytes_per_sec = self.received_rate.per_sec;
         s.send_packets_per_sec = self.sent_rate.packets_per_sec;
         s.receive_packets_per_sec = self.received_rate.packets_per_sec;
-        s.channels = self.channel_stats.clone();
-        for (c, ch) in s.channels.iter_mut().zip(&self.send_channels) {
-            c.queued_messages = ch.queue.len() as u64;
-            c.queued_bytes = ch.queued as u64;
-        }
+        s.channels = self
+            .send_channels
+            .iter()
+            .zip(&self.recv_channels)
+            .map(|(out, inc)| ChannelStats {
+                messages_sent: out.counted.messages,
+                bytes_sent: out.counted.bytes,
+                messages_received: inc.counted.messages,
+                bytes_received: inc.counted.bytes,
+                dropped_unsent: out.counted.dropped_unsent,
+                dropped_stale: inc.counted.dropped_stale,
+                queued_messages: out.queue.len() as u64,
+                queued_bytes: out.queued as u64,
+            })
+            .collect();
         s.in_flight_bytes = self.in_flight + self.unreliable_in_flight;
         s.congestion_window = self.cc.window();
         s.send_rate = self.cc.pacing_rate(self.rtt.srtt());
@@ -649,7 +659,7 @@ impl Connection {
         for i in std::mem::take(&mut self.queued_channels[0]).iter() {
             let ch = &mut self.send_channels[i];
             self.stats.unreliable_dropped += ch.queue.len() as u64;
-            self.channel_stats[i].dropped_unsent += ch.queue.len() as u64;
+            ch.counted.dropped_unsent += ch.queue.len() as u64;
             self.queued_messages[0] -= ch.queue.len() as u32;
             ch.queue.clear();
             ch.queued = 0;

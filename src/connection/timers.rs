@@ -133,7 +133,7 @@ impl Connection {
         }
         ch.queued -= message_cost(q.data.len(), q.data.capacity());
         self.stats.unreliable_dropped += 1;
-        self.channel_stats[ci].dropped_unsent += 1;
+        ch.counted.dropped_unsent += 1;
         self.pool_buffer(q.data);
     }
 
