@@ -78,6 +78,9 @@ struct Gap {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ReceivedLoss {
     window: LossWindow,
+    /// How many of `gaps` are set: without loss there are none, and an arrival then reads
+    /// neither them nor their cache lines.
+    open_gaps: u8,
     gaps: [Option<Gap>; GAPS],
 }
 
@@ -93,16 +96,22 @@ impl ReceivedLoss {
         allowance: Duration,
         held: impl Fn(u32) -> bool,
     ) {
+        debug_assert_eq!(
+            usize::from(self.open_gaps),
+            self.gaps.iter().flatten().count(),
+            "open_gaps out of step with the gaps"
+        );
         self.judge(now, allowance, &held);
         match largest {
             Some(l) if pn <= l => {
                 // Late: inside the allowance it is a reordered packet, counted as received;
                 // later, a resend or a copy of one already counted lost.
-                let pending = self
-                    .gaps
-                    .iter()
-                    .flatten()
-                    .any(|g| (g.first..g.end).contains(&pn));
+                let pending = self.open_gaps > 0
+                    && self
+                        .gaps
+                        .iter()
+                        .flatten()
+                        .any(|g| (g.first..g.end).contains(&pn));
                 if pending {
                     self.window.record(false);
                 }
@@ -118,12 +127,14 @@ impl ReceivedLoss {
                             // Full: judge the oldest at once.
                             let i = self.oldest().unwrap_or(0);
                             if let Some(g) = self.gaps[i].take() {
+                                self.open_gaps -= 1;
                                 self.count(g, &held);
                             }
                             i
                         }
                     };
                     self.gaps[slot] = Some(Gap { first, end, since });
+                    self.open_gaps += 1;
                 }
                 self.window.record(false);
             }
@@ -133,10 +144,14 @@ impl ReceivedLoss {
 
     /// Counts the gaps whose allowance has passed.
     fn judge(&mut self, now: Instant, allowance: Duration, held: &impl Fn(u32) -> bool) {
+        if self.open_gaps == 0 {
+            return;
+        }
         for i in 0..GAPS {
             if let Some(g) = self.gaps[i] {
                 if now.saturating_duration_since(g.since) > allowance {
                     self.gaps[i] = None;
+                    self.open_gaps -= 1;
                     self.count(g, held);
                 }
             }
