@@ -130,8 +130,10 @@ fn fragmented_messages_do_not_allocate() {
 fn idle_connection_holds_at_most_8_kib() {
     let _turn = COUNTING_TURN.lock().unwrap_or_else(|e| e.into_inner());
     let mut p = connected();
+    // Small messages and ones of two datagrams (which grow the reassembly and send pools).
     for _ in 0..100 {
         send_all(&mut p, &[1u8; 100]);
+        send_all(&mut p, &[2u8; 1000]);
         tick(&mut p);
     }
     for _ in 0..5000 {

@@ -485,6 +485,10 @@ impl Connection {
             std::mem::take(&mut self.unreliable_payload)
         };
         out.clear();
+        // Room for a datagram's worth of frames and the tag, so that the buffer does not
+        // grow (doubling) while they are written; a message larger than that is reserved
+        // for exactly below, so that its buffer can be pooled again.
+        out.reserve(MAX_DATA);
         let plain = &mut out;
         let frag_ack_due = self.frag_ack_due;
         self.put_fragment_acks(plain, PACKET_PLAINTEXT / 4);
@@ -541,6 +545,9 @@ impl Connection {
             {
                 blocked[ci / 64] |= 1 << (ci % 64);
                 continue;
+            }
+            if alone {
+                plain.reserve_exact(frame_len + seal::TAG_LEN);
             }
             let q = ch.queue.pop_front().expect("front checked");
             self.queued_messages[usize::from(reliable)] -= 1;

@@ -59,6 +59,34 @@ impl Iterator for ChannelSetIter {
     }
 }
 
+#[cfg(test)]
+mod channel_set_tests {
+    use super::ChannelSet;
+
+    #[test]
+    fn indices_in_every_word() {
+        let mut s = ChannelSet::default();
+        for i in [0, 63, 64, 127, 128, 200, 255] {
+            s.insert(i);
+        }
+        assert_eq!(
+            s.iter().collect::<Vec<_>>(),
+            vec![0, 63, 64, 127, 128, 200, 255]
+        );
+        let mut except = [0u64; 4];
+        except[1] |= 1; // 64
+        except[3] |= 1 << 63; // 255
+        assert_eq!(
+            s.iter_except(except).collect::<Vec<_>>(),
+            vec![0, 63, 127, 128, 200]
+        );
+        s.remove(63);
+        s.remove(255);
+        s.remove(255);
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 64, 127, 128, 200]);
+    }
+}
+
 pub(super) struct Queued {
     pub(super) data: Vec<u8>,
     pub(super) enqueued: Instant,

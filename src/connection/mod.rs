@@ -113,10 +113,13 @@ const REDUNDANCY_LOSS: f64 = 0.02;
 /// Buffers kept for reuse per connection (message buffers, and the payloads of acknowledged
 /// packets).
 const POOL_LIMIT: usize = 64;
-/// The largest buffer kept for reuse: a packet of four datagrams. (A packet's payload grows
-/// past its message while it is sealed, so a two-datagram packet's buffer can hold about 2 KiB;
-/// a smaller limit freed it at every acknowledgement, and the next packet allocated.)
+/// The largest buffer kept for reuse: a packet of four datagrams (the builder reserves a
+/// packet's buffer for exactly what it holds, so one of up to four datagrams is kept; a
+/// limit of two datagrams' worth freed a two-datagram packet's buffer at every
+/// acknowledgement, and the next packet allocated).
 const POOLED_MAX: usize = 4 * MAX_DATA;
+/// The largest buffer an idle connection keeps (see `trim_when_idle`).
+const IDLE_KEPT_BUFFER: usize = 256;
 
 /// The most plaintext a peer's sealed packet may carry after decompression with this
 /// configuration: one packet of coalesced messages and frames, or fragment reports and one

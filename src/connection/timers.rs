@@ -148,10 +148,13 @@ impl Connection {
         if !idle {
             return;
         }
+        // Two small buffers stay for the next messages; larger ones (a datagram's worth,
+        // grown by two-datagram messages) go: the first such message after the pause
+        // allocates again.
+        self.pool.retain(|b| b.capacity() <= IDLE_KEPT_BUFFER);
         self.pool.truncate(2);
-        self.pool.retain(|b| b.capacity() <= 2 * MAX_DATA);
         self.range_pool.truncate(4);
-        if self.unreliable_payload.capacity() > 2 * MAX_DATA {
+        if self.unreliable_payload.capacity() > IDLE_KEPT_BUFFER {
             self.unreliable_payload = Vec::new();
         }
         if self.tail_lens.is_empty() {
