@@ -176,6 +176,10 @@ impl Connection {
         use std::mem::size_of;
         let vecs = |v: &Vec<Vec<u8>>| v.iter().map(Vec::capacity).sum::<usize>();
         let mut n = size_of::<Self>()
+            + self
+                .close
+                .as_ref()
+                .map_or(0, |_| size_of::<super::Closing>())
             + vecs(&self.pool)
             + self.unreliable_payload.capacity()
             + self.tails.capacity()

@@ -343,7 +343,8 @@ pub struct Connection {
     frag_ack_due: Option<Instant>,
     /// Octets of fragment reports that may still go out (3x the fragment octets received).
     frag_report_allowance: usize,
-    close: Option<Closing>,
+    /// A close in progress (boxed: 280 octets that only a closing connection uses).
+    close: Option<Box<Closing>>,
     /// The handshake's own pn-0 datagram of this side, resent when the peer shows it lacks it.
     finished: Option<Vec<u8>>,
     resend_finished: bool,
@@ -653,12 +654,12 @@ impl Connection {
             end -= 1;
         }
         let msg = &message.as_bytes()[..end];
-        self.close = Some(Closing {
+        self.close = Some(Box::new(Closing {
             code,
             message: msg.to_vec(),
             packet: None,
             report: Some(DisconnectReason::Local { code }),
-        });
+        }));
         for i in std::mem::take(&mut self.queued_channels[0]).iter() {
             let ch = &mut self.send_channels[i];
             self.stats.unreliable_dropped += ch.queue.len() as u64;

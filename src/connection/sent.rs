@@ -119,7 +119,7 @@ impl Connection {
         if let Some(Closing {
             packet: Some(close),
             ..
-        }) = &self.close
+        }) = self.close.as_deref()
         {
             if (oldest..=ack_pn).contains(&close.pn) && !pns[..n].contains(&close.pn) {
                 pns[n] = close.pn;
@@ -229,7 +229,7 @@ impl Connection {
         if let Some(Closing {
             packet: Some(close),
             ..
-        }) = &self.close
+        }) = self.close.as_deref()
         {
             if close.pn == pn {
                 self.state = State::Closed;

@@ -53,7 +53,7 @@ impl Connection {
         if let State::Closing { .. } = self.state {
             if let Some(Closing {
                 packet: Some(p), ..
-            }) = &self.close
+            }) = self.close.as_deref()
             {
                 if now >= p.last_sent + self.rtt.backoff_rto(p.resends)
                     && !self.jobs.iter().any(|j| matches!(j, Job::Close))
@@ -198,7 +198,7 @@ impl Connection {
                 consider(deadline);
                 if let Some(Closing {
                     packet: Some(p), ..
-                }) = &self.close
+                }) = self.close.as_deref()
                 {
                     consider(p.last_sent + self.rtt.backoff_rto(p.resends));
                     return Some(t);
