@@ -134,7 +134,8 @@ impl Raw {
     fn advance(&mut self, d: Duration) {
         self.now += d;
         if self.conn.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.conn.handle_timeout(self.now, &mut self.events);
+            self.conn
+                .handle_timeout(self.now, &mut self.events, &mut self.scratch);
         }
     }
 }

@@ -378,8 +378,9 @@ fn compute() -> BTreeMap<&'static str, Vec<u8>> {
     // the default configuration): packet number 1.
     let now = Instant::now();
     let mut conn = client_connection(&h, now, ConnectionConfig::default());
-    conn.send(now, ChannelId(3), CONN_MESSAGE).unwrap();
     let mut scratch = Scratch::new(tickwire::wire::MAX_PAYLOAD);
+    conn.send(now, ChannelId(3), CONN_MESSAGE, &mut scratch)
+        .unwrap();
     let mut buf = [0u8; 1500];
     let (n, to) = conn.poll_transmit(now, &mut scratch, &mut buf).unwrap();
     assert_eq!(to, addr(5000));
@@ -389,7 +390,8 @@ fn compute() -> BTreeMap<&'static str, Vec<u8>> {
     // FRAG_MESSAGE on channel 2 (reliable-unordered). Its plaintext is 984 octets, so sealed
     // it is 1,000: two fragments, 988 and 12 octets.
     let mut conn = client_connection(&h, now, ConnectionConfig::default());
-    conn.send(now, ChannelId(2), &frag_message()).unwrap();
+    conn.send(now, ChannelId(2), &frag_message(), &mut scratch)
+        .unwrap();
     let mut fragments = Vec::new();
     while let Some((n, _)) = conn.poll_transmit(now, &mut scratch, &mut buf) {
         fragments.push(buf[..n].to_vec());
@@ -933,7 +935,9 @@ fn message_parts_follow_the_document_in_a_real_connection() {
     let mut message = vec![0xAB; tickwire::wire::frame::MAX_PART];
     message.extend_from_slice(PART_TAIL);
     assert_eq!(message.len(), tickwire::MAX_MESSAGE_SIZE + 1);
-    client.send(now, ChannelId(4), &message).unwrap();
+    client
+        .send(now, ChannelId(4), &message, &mut scratch)
+        .unwrap();
     let mut buf = [0u8; 1500];
     let mut tail = None;
     let mut events = VecDeque::new();
@@ -964,8 +968,8 @@ fn message_parts_follow_the_document_in_a_real_connection() {
         }
         now += std::time::Duration::from_millis(1);
         let mut ignored = VecDeque::new();
-        client.handle_timeout(now, &mut ignored);
-        server.handle_timeout(now, &mut ignored);
+        client.handle_timeout(now, &mut ignored, &mut scratch);
+        server.handle_timeout(now, &mut ignored, &mut scratch);
     }
     assert_eq!(tail.as_deref(), Some(&computed["message_part_frame"][..]));
     let got = events.iter().find_map(|e| match e {

@@ -174,13 +174,11 @@ impl Connection {
     /// Octets this connection holds, counted by capacity.
     pub fn memory_bytes(&self) -> usize {
         use std::mem::size_of;
-        let vecs = |v: &Vec<Vec<u8>>| v.iter().map(Vec::capacity).sum::<usize>();
         let mut n = size_of::<Self>()
             + self
                 .close
                 .as_ref()
                 .map_or(0, |_| size_of::<super::Closing>())
-            + vecs(&self.pool)
             + self.unreliable_payload.capacity()
             + self.tails.capacity()
             + self.tail_lens.capacity() * size_of::<u16>();

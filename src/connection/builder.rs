@@ -480,7 +480,7 @@ impl Connection {
         // The frames are written straight into the buffer the packet is kept in (the sent
         // packet's, or the unreliable packet's) and sealed there.
         let mut out = if reliable {
-            self.pool.pop().unwrap_or_default()
+            scratch.messages.take_empty(MAX_DATA)
         } else {
             std::mem::take(&mut self.unreliable_payload)
         };
@@ -526,7 +526,7 @@ impl Connection {
                 && now.saturating_duration_since(q.enqueued) >= self.config.unreliable_deadline
             {
                 // Past its deadline (the timer that drops it has not run yet): never sent late.
-                self.drop_unsent(ci);
+                self.drop_unsent(ci, &mut scratch.messages);
                 continue;
             }
             let seq = ch.mode.is_sequenced().then_some(ch.next_seq);
@@ -590,7 +590,7 @@ impl Connection {
             let start = ch.lane_finish.max(self.lane_clock);
             ch.lane_finish = start + (frame_len as u64 * 1024) / u64::from(ch.weight);
             self.lane_clock = start;
-            self.pool_buffer(q.data);
+            scratch.messages.give(q.data);
             if alone {
                 break;
             }
@@ -600,7 +600,7 @@ impl Connection {
             self.frag_ack_due = frag_ack_due;
             out.clear();
             if reliable {
-                self.pool_buffer(out);
+                scratch.messages.give(out);
             } else {
                 self.unreliable_payload = out;
             }

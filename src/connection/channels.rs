@@ -199,7 +199,13 @@ impl Connection {
     ///
     /// # Errors
     /// See [`SendError`]; nothing is queued on error.
-    pub fn send(&mut self, now: Instant, channel: ChannelId, data: &[u8]) -> Result<(), SendError> {
+    pub fn send(
+        &mut self,
+        now: Instant,
+        channel: ChannelId,
+        data: &[u8],
+        scratch: &mut Scratch,
+    ) -> Result<(), SendError> {
         if self.state != State::Connected {
             return Err(SendError::Closed);
         }
@@ -231,13 +237,9 @@ impl Connection {
             self.stats.queue_full += 1;
             return Err(SendError::QueueFull);
         }
-        // A pooled buffer much larger than the message would be charged (and held) whole.
-        // One that does not fit is freed (left on top, it would block the pool).
-        let mut buf = match self.pool.pop() {
-            Some(b) if b.capacity() <= 2 * data.len() + MAX_DATA => b,
-            Some(_) | None => Vec::new(),
-        };
-        buf.clear();
+        // From the endpoint's pool, which frees a buffer much larger than the message (it
+        // would be charged, and held, whole).
+        let mut buf = scratch.messages.take_empty(data.len());
         buf.extend_from_slice(data);
         let cost = message_cost(buf.len(), buf.capacity());
         let room = if reliable {
@@ -250,7 +252,7 @@ impl Connection {
             cost == least_cost || self.unreliable_room(channel, cost)
         };
         if !room {
-            self.pool_buffer(buf);
+            scratch.messages.give(buf);
             self.stats.queue_full += 1;
             return Err(SendError::QueueFull);
         }

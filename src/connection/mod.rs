@@ -110,16 +110,8 @@ const REDUNDANT_MAX: usize = 600;
 /// twice.
 const REDUNDANCY_LOSS: f64 = 0.02;
 
-/// Buffers kept for reuse per connection (message buffers, and the payloads of acknowledged
-/// packets).
+/// Range lists (of the ordered messages in a packet) kept for reuse per connection.
 const POOL_LIMIT: usize = 64;
-/// The largest buffer kept for reuse: a packet of four datagrams (the builder reserves a
-/// packet's buffer for exactly what it holds, so one of up to four datagrams is kept; a
-/// limit of two datagrams' worth freed a two-datagram packet's buffer at every
-/// acknowledgement, and the next packet allocated).
-const POOLED_MAX: usize = 4 * MAX_DATA;
-/// The largest buffer an idle connection keeps (see `trim_when_idle`).
-const IDLE_KEPT_BUFFER: usize = 256;
 
 /// The most plaintext a peer's sealed packet may carry after decompression with this
 /// configuration: one packet of coalesced messages and frames, or fragment reports and one
@@ -198,18 +190,26 @@ pub struct Scratch {
     plain: Vec<u8>,
     compressed: Vec<u8>,
     decoder: Decoder,
-    /// Message buffers handed back by the application, reused for delivery.
+    /// The endpoint's buffers for reuse: message buffers and packet payloads.
     pub(crate) messages: MessagePool,
 }
 
-/// Message buffers the application handed back (`recycle`), for the next deliveries: at most
+/// The endpoint's buffers kept for reuse, shared by its connections: message buffers the
+/// application handed back (`recycle`) and the connections' own (a message's once it is in a
+/// packet, a packet's payload once acknowledged, one refused or dropped unsent). At most
 /// [`MessagePool::MAX_BUFFERS`] buffers of at most [`MessagePool::MAX_BUFFER`] octets, and
-/// [`MessagePool::MAX_BYTES`] octets of capacity,
-/// so that a burst of deliveries (a batch of datagrams read at once can hold thousands of
-/// small messages) is served without allocating once the application recycles.
+/// [`MessagePool::MAX_BYTES`] octets of capacity, so that a burst of deliveries (a batch of
+/// datagrams read at once can hold thousands of small messages) and a steady stream of
+/// messages and packets are served without allocating. One pool for all (newest first) also
+/// means a buffer is usually reused while still in cache: the one a connection just gave
+/// back is the next one's.
 #[derive(Debug, Default)]
 pub(crate) struct MessagePool {
-    bufs: Vec<Vec<u8>>,
+    /// Buffers of less than a datagram's capacity (messages, mostly), newest last.
+    small: Vec<Vec<u8>>,
+    /// Buffers of a datagram's capacity or more (packets' payloads, large messages).
+    large: Vec<Vec<u8>>,
+    /// Capacity of all of them.
     bytes: usize,
 }
 
@@ -221,19 +221,31 @@ impl MessagePool {
     /// The largest buffer kept (the default `max_message_size`): a larger one is freed.
     pub(crate) const MAX_BUFFER: usize = 64 << 10;
 
-    /// A buffer holding `data`: the newest pooled one unless it is much larger than `data`
-    /// (a received message is charged its length + `MESSAGE_OVERHEAD`, and holds at most
-    /// about twice that; such a buffer is freed, so that it does not stay on top), else a new
-    /// one.
+    /// A buffer holding `data` (see [`MessagePool::take_empty`]).
     pub(crate) fn take(&mut self, data: &[u8]) -> Vec<u8> {
-        let mut buf = self
-            .bufs
-            .pop()
-            .inspect(|b| self.bytes -= b.capacity())
-            .filter(|b| b.capacity() <= 2 * data.len() + budget::MESSAGE_OVERHEAD)
-            .unwrap_or_else(|| Vec::with_capacity(data.len()));
-        buf.clear();
+        let mut buf = self.take_empty(data.len());
         buf.extend_from_slice(data);
+        buf
+    }
+
+    /// An empty buffer for `len` octets. Under a datagram's worth, the newest small one (it
+    /// grows if it must), else the newest large one unless it is more than twice `len` plus
+    /// a datagram's worth; from a datagram's worth on, the newest large one unless it is
+    /// smaller than `len` or larger than that. A buffer too large is freed (it would be
+    /// charged, and held, whole by what it holds, and left on top it would be met again),
+    /// and then, or with none, a new one of capacity `len` is made.
+    pub(crate) fn take_empty(&mut self, len: usize) -> Vec<u8> {
+        let fits = |b: &Vec<u8>| b.capacity() <= 2 * len + MAX_DATA;
+        let found = if len < MAX_DATA {
+            self.small.pop().or_else(|| self.large.pop())
+        } else {
+            self.large.pop()
+        };
+        let mut buf = found
+            .inspect(|b| self.bytes -= b.capacity())
+            .filter(|b| fits(b) && (len < MAX_DATA || b.capacity() >= len))
+            .unwrap_or_else(|| Vec::with_capacity(len));
+        buf.clear();
         buf
     }
 
@@ -242,13 +254,22 @@ impl MessagePool {
         let cap = buf.capacity();
         if cap > 0
             && cap <= Self::MAX_BUFFER
-            && self.bufs.len() < Self::MAX_BUFFERS
+            && self.len() < Self::MAX_BUFFERS
             && self.bytes + cap <= Self::MAX_BYTES
         {
             buf.clear();
             self.bytes += cap;
-            self.bufs.push(buf);
+            if cap < MAX_DATA {
+                self.small.push(buf);
+            } else {
+                self.large.push(buf);
+            }
         }
+    }
+
+    /// Buffers kept.
+    pub(crate) fn len(&self) -> usize {
+        self.small.len() + self.large.len()
     }
 }
 
@@ -360,7 +381,6 @@ pub struct Connection {
     sent_rate: Rate,
     received_rate: Rate,
     stats: ConnectionStats,
-    pool: Vec<Vec<u8>>,
     range_pool: Vec<Vec<SeqRange>>,
     /// Unreliable data packets recently sent: (packet number, octets, when), so that their
     /// acknowledgements grow the window and their gaps shrink it like reliable packets'.
@@ -519,7 +539,6 @@ impl Connection {
             sent_rate: Rate::new(now),
             received_rate: Rate::new(now),
             stats: ConnectionStats::default(),
-            pool: Vec::new(),
             range_pool: Vec::new(),
             copies: VecDeque::new(),
             unreliable_sent: VecDeque::new(),
@@ -672,14 +691,6 @@ impl Connection {
             self.jobs.clear();
             self.copies.clear();
             self.jobs.push_back(Job::Close);
-        }
-    }
-
-    /// Keeps a buffer for reuse by `send` and the builder, if the pool has room and it is not
-    /// large.
-    pub(super) fn pool_buffer(&mut self, buf: Vec<u8>) {
-        if self.pool.len() < POOL_LIMIT && (1..=POOLED_MAX).contains(&buf.capacity()) {
-            self.pool.push(buf);
         }
     }
 
@@ -927,7 +938,7 @@ impl Connection {
             self.receiver.ack_later(now, pn);
         }
         match fields {
-            TypeFields::Ack(ack) => self.on_ack_fields(now, &ack),
+            TypeFields::Ack(ack) => self.on_ack_fields(now, &ack, messages),
             TypeFields::Heartbeat(Heartbeat::Ping) => {
                 let mut echo = [0u8; 16];
                 let n = plaintext.len().min(16);
@@ -1133,11 +1144,11 @@ mod pool_tests {
         pool.give(small);
         let again = pool.take(&[2; 64]);
         assert_eq!(again, vec![2; 64]);
-        assert_eq!(pool.bufs.len(), 0);
+        assert_eq!(pool.len(), 0);
         for _ in 0..MessagePool::MAX_BUFFERS + 10 {
             pool.give(Vec::with_capacity(128));
         }
-        assert_eq!(pool.bufs.len(), MessagePool::MAX_BUFFERS);
+        assert_eq!(pool.len(), MessagePool::MAX_BUFFERS);
         assert!(pool.bytes <= MessagePool::MAX_BYTES);
     }
 }

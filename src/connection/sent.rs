@@ -90,7 +90,7 @@ impl SentPacket {
 }
 
 impl Connection {
-    pub(super) fn on_ack_fields(&mut self, now: Instant, ack: &AckFields) {
+    pub(super) fn on_ack_fields(&mut self, now: Instant, ack: &AckFields, pool: &mut MessagePool) {
         // Map the 16-bit ACK ID to the nearest packet number we sent.
         let newest = self.next_pn.wrapping_sub(1);
         let base = newest
@@ -133,7 +133,7 @@ impl Connection {
                 self.judge_missing(pn, ack_pn);
                 continue;
             }
-            if let Some(sent) = self.on_packet_acked(pn, ack_pn) {
+            if let Some(sent) = self.on_packet_acked(pn, ack_pn, pool) {
                 newest_sent = newest_sent.max(Some(sent));
             }
         }
@@ -225,7 +225,12 @@ impl Connection {
 
     /// Takes packet `pn`, acknowledged by the ACK naming `ack_pn`, off the record; returns when it was sent if it was sent once (an
     /// RTT sample).
-    pub(super) fn on_packet_acked(&mut self, pn: u32, ack_pn: u32) -> Option<Instant> {
+    pub(super) fn on_packet_acked(
+        &mut self,
+        pn: u32,
+        ack_pn: u32,
+        pool: &mut MessagePool,
+    ) -> Option<Instant> {
         if let Some(Closing {
             packet: Some(close),
             ..
@@ -271,12 +276,12 @@ impl Connection {
                 ch.window_base = ch.window_base.wrapping_add(1);
             }
         }
-        self.recycle_sent(packet);
+        self.recycle_sent(packet, pool);
         sample
     }
 
-    pub(super) fn recycle_sent(&mut self, packet: SentPacket) {
-        self.pool_buffer(packet.payload);
+    pub(super) fn recycle_sent(&mut self, packet: SentPacket, pool: &mut MessagePool) {
+        pool.give(packet.payload);
         if self.range_pool.len() < POOL_LIMIT && packet.ordered.capacity() > 0 {
             self.range_pool.push(packet.ordered);
         }

@@ -19,8 +19,14 @@ fn count_visit() {
 
 impl Connection {
     /// Runs the timers due at `now`: the idle timeout, resends, expiry of unreliable messages
-    /// and of incomplete packets, and the end of a close.
-    pub fn handle_timeout(&mut self, now: Instant, events: &mut VecDeque<Event>) {
+    /// (their buffers go to the endpoint's pool in `scratch`) and of incomplete packets, and
+    /// the end of a close.
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        events: &mut VecDeque<Event>,
+        scratch: &mut Scratch,
+    ) {
         count_visit();
         match self.state {
             State::Closed => return,
@@ -71,7 +77,7 @@ impl Connection {
                 .front()
                 .is_some_and(|q| now.saturating_duration_since(q.enqueued) >= deadline)
             {
-                self.drop_unsent(i);
+                self.drop_unsent(i, &mut scratch.messages);
             }
         }
         // Resend timeouts.
@@ -122,7 +128,7 @@ impl Connection {
 
     /// Drops the oldest message queued on unreliable channel `ci`, unsent (its deadline
     /// passed), and counts it.
-    pub(super) fn drop_unsent(&mut self, ci: usize) {
+    pub(super) fn drop_unsent(&mut self, ci: usize, pool: &mut MessagePool) {
         let ch = &mut self.send_channels[ci];
         let Some(q) = ch.queue.pop_front() else {
             return;
@@ -134,7 +140,7 @@ impl Connection {
         ch.queued -= message_cost(q.data.len(), q.data.capacity());
         self.stats.unreliable_dropped += 1;
         ch.counted.dropped_unsent += 1;
-        self.pool_buffer(q.data);
+        pool.give(q.data);
     }
 
     /// With nothing queued, in flight or in reassembly, gives back the buffers that traffic
@@ -148,15 +154,10 @@ impl Connection {
         if !idle {
             return;
         }
-        // Two small buffers stay for the next messages; larger ones (a datagram's worth,
-        // grown by two-datagram messages) go: the first such message after the pause
-        // allocates again.
-        self.pool.retain(|b| b.capacity() <= IDLE_KEPT_BUFFER);
-        self.pool.truncate(2);
         self.range_pool.truncate(4);
-        if self.unreliable_payload.capacity() > IDLE_KEPT_BUFFER {
-            self.unreliable_payload = Vec::new();
-        }
+        // The unreliable packet's buffer (a datagram's worth): the first unreliable message
+        // after the pause allocates again.
+        self.unreliable_payload = Vec::new();
         if self.tail_lens.is_empty() {
             self.tails = Vec::new();
             self.tail_lens = VecDeque::new();

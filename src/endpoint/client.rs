@@ -261,7 +261,7 @@ impl Client {
         message: &[u8],
     ) -> Result<(), SendError> {
         match &mut self.state {
-            State::Connected(c) => c.send(now, channel, message),
+            State::Connected(c) => c.send(now, channel, message, &mut self.scratch),
             State::Closed => Err(SendError::Closed),
             _ => Err(SendError::NotConnected),
         }
@@ -505,7 +505,7 @@ impl Client {
     pub fn handle_timeout(&mut self, now: Instant) {
         match &mut self.state {
             State::Connected(conn) => {
-                conn.handle_timeout(now, &mut self.events);
+                conn.handle_timeout(now, &mut self.events, &mut self.scratch);
                 self.check_closed();
             }
             State::Handshaking {

@@ -481,7 +481,10 @@ impl Server {
                 SendError::NotConnected
             });
         };
-        charge(&mut self.charged, conn, |c| c.send(now, channel, message))?;
+        let scratch = &mut self.scratch;
+        charge(&mut self.charged, conn, |c| {
+            c.send(now, channel, message, scratch)
+        })?;
         self.mark_dirty(client);
         Ok(())
     }
@@ -839,7 +842,7 @@ impl Server {
         for &id in &due {
             if let Some(conn) = self.connections.get_mut(&id) {
                 charge(&mut self.charged, conn, |c| {
-                    c.handle_timeout(now, &mut self.events)
+                    c.handle_timeout(now, &mut self.events, &mut self.scratch)
                 });
                 self.mark_dirty(id);
                 self.stats.timers_run += 1;
