@@ -286,8 +286,10 @@ impl Client {
     }
 
     /// Hands a message buffer from [`Event::Message`] back for reuse: the next deliveries
-    /// take it instead of allocating. Kept while the pool holds under 4,096 buffers and 1 MiB
-    /// of capacity, and if it holds at most 64 KiB (otherwise it is freed).
+    /// and sends take it instead of allocating (the endpoint's one pool, which its connections
+    /// also feed with the buffers of sent and acknowledged messages). Kept while the pool holds
+    /// under 4,096 buffers and 1 MiB of capacity, and if it holds at most 64 KiB (otherwise it
+    /// is freed).
     pub fn recycle(&mut self, buf: Vec<u8>) {
         self.scratch.messages.give(buf);
     }
