@@ -69,6 +69,24 @@ fn send_all(w: &mut World, msg: &[u8]) {
     }
 }
 
+/// `warm_up` ticks of `send_all(msg)`, then `ticks` more with the allocations counted:
+/// returns the messages delivered and the allocations during the counted ticks.
+fn counted(p: &mut World, msg: &[u8], warm_up: usize, ticks: usize) -> (u64, usize) {
+    for _ in 0..warm_up {
+        send_all(p, msg);
+        tick(p);
+    }
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    let before = p.delivered;
+    COUNTING.store(true, Ordering::Relaxed);
+    for _ in 0..ticks {
+        send_all(p, msg);
+        tick(p);
+    }
+    COUNTING.store(false, Ordering::Relaxed);
+    (p.delivered - before, ALLOCATIONS.load(Ordering::Relaxed))
+}
+
 #[test]
 fn steady_state_send_and_receive_do_not_allocate() {
     let _turn = COUNTING_TURN.lock().unwrap_or_else(|e| e.into_inner());
@@ -76,20 +94,7 @@ fn steady_state_send_and_receive_do_not_allocate() {
     assert!(p.clients[0].1.is_connected());
     let msg = [7u8; 100];
     // Warm-up: pools, queues and windows reach their working size.
-    for _ in 0..2000 {
-        send_all(&mut p, &msg);
-        tick(&mut p);
-    }
-    ALLOCATIONS.store(0, Ordering::Relaxed);
-    let before = p.delivered;
-    COUNTING.store(true, Ordering::Relaxed);
-    for _ in 0..1000 {
-        send_all(&mut p, &msg);
-        tick(&mut p);
-    }
-    COUNTING.store(false, Ordering::Relaxed);
-    let delivered = p.delivered - before;
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    let (delivered, allocations) = counted(&mut p, &msg, 2000, 1000);
     println!("{delivered} messages delivered, {allocations} allocations");
     assert!(delivered >= 7900, "messages flowed: {delivered}");
     assert_eq!(allocations, 0, "allocations on the steady-state path");
@@ -106,20 +111,7 @@ fn fragmented_messages_do_not_allocate() {
         // Warm-up: queues and the record of unreliable packets sent (4,096 entries) reach
         // their working size. A buffer pool that loses buffers shows after it as one
         // allocation or more per packet.
-        for _ in 0..3000 {
-            send_all(&mut p, &msg);
-            tick(&mut p);
-        }
-        ALLOCATIONS.store(0, Ordering::Relaxed);
-        let before = p.delivered;
-        COUNTING.store(true, Ordering::Relaxed);
-        for _ in 0..500 {
-            send_all(&mut p, &msg);
-            tick(&mut p);
-        }
-        COUNTING.store(false, Ordering::Relaxed);
-        let delivered = p.delivered - before;
-        let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+        let (delivered, allocations) = counted(&mut p, &msg, 3000, 500);
         println!("{size} B: {delivered} messages delivered, {allocations} allocations");
         assert!(delivered >= 3900, "{size} B messages flowed: {delivered}");
         assert_eq!(
