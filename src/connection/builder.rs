@@ -3,6 +3,15 @@
 
 use super::*;
 
+/// A resend round of at most this many fragments sends each twice, and of at most
+/// `TAIL_ROUND_DOUBLED` when little or nothing of its message follows it (the message is
+/// delivered once this round arrives: a 250 KiB one lacks about 13 fragments after its first
+/// round at 5% loss); not for a part of a larger message with more than `LARGE_REST` octets of
+/// parts behind it, whose rounds overlap the later parts' sending.
+const ROUND_DOUBLED: usize = 8;
+const TAIL_ROUND_DOUBLED: usize = 32;
+const LARGE_REST: usize = 64 << 10;
+
 /// Last fragments held back at most (more make a burst of drops at a full queue cost more
 /// messages: one datagram lost in each of two runs loses two messages).
 const MAX_TAILS: usize = 16;
@@ -499,6 +508,7 @@ impl Connection {
         let mut any = false;
         let mut priority = u8::MAX;
         let mut lbe = true;
+        let mut part_follows = false;
         // Channels skipped for this packet: their ordered window is full, or their kind of
         // lane (less than best effort or not) may not send now.
         let mut blocked = [0u64; 4];
@@ -560,6 +570,8 @@ impl Connection {
             match (q.part, seq) {
                 (Some(p), Some(seq)) => {
                     frame::put_part(plain, ci as u8, seq, p.total, p.offset, &q.data);
+                    let rest = (p.total as usize).saturating_sub(p.offset as usize + q.data.len());
+                    part_follows |= rest > LARGE_REST;
                 }
                 _ => frame::put_message(plain, ci as u8, seq, &q.data),
             }
@@ -634,6 +646,7 @@ impl Connection {
             packet.ordered = ordered;
             packet.priority = priority;
             packet.lbe = lbe;
+            packet.part_follows = part_follows;
             if lbe {
                 self.lbe_in_flight += size;
             }
@@ -780,10 +793,17 @@ impl Connection {
                 } else if count > 1 {
                     // The last fragment of a transmission goes twice (losing it costs a resend
                     // timeout, as nothing after it shows the gap), and so does every fragment
-                    // of a resend round of a few: one more loss there costs the same.
+                    // of a resend round of a few, or of a few dozen at the tail of a transfer:
+                    // one more loss there costs a round trip (a 250 KiB message at 5% loss
+                    // lacks about 13 fragments after its first round).
                     let missing = count - p.held[..count].count_ones();
                     let last_of_round = (index + 1..count).all(|k| p.held[k]);
-                    if last_of_round || (resend && missing <= 8) {
+                    let doubled = if !p.part_follows {
+                        TAIL_ROUND_DOUBLED
+                    } else {
+                        ROUND_DOUBLED
+                    };
+                    if last_of_round || (resend && missing <= doubled) {
                         self.copies.push_back((now + gap, pn, index as u8));
                     }
                 }

@@ -41,6 +41,10 @@ pub(super) struct SentPacket {
     pub(super) judge_until_pn: u32,
     /// Whether the loss estimate has counted its latest transmission.
     pub(super) judged: bool,
+    /// Whether it holds a part of a message with more than `builder::LARGE_REST` octets of
+    /// parts after it (then its resend rounds are not what the message's delivery waits for
+    /// last).
+    pub(super) part_follows: bool,
 }
 
 impl SentPacket {
@@ -85,6 +89,7 @@ impl SentPacket {
             judge_from_pn: pn.saturating_add(1),
             judge_until_pn: u32::MAX,
             judged: false,
+            part_follows: false,
         }
     }
 }
