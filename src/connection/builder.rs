@@ -3,13 +3,17 @@
 
 use super::*;
 
-/// A resend round of at most this many fragments sends each twice, and of at most
-/// `TAIL_ROUND_DOUBLED` when little or nothing of its message follows it (the message is
-/// delivered once this round arrives: a 250 KiB one lacks about 13 fragments after its first
-/// round at 5% loss); not for a part of a larger message with more than `LARGE_REST` octets of
-/// parts behind it, whose rounds overlap the later parts' sending.
+/// A resend round of at most this many fragments sends each twice.
 const ROUND_DOUBLED: usize = 8;
+/// At the end of a transfer, a resend round that a fragment report told of (some fragments
+/// held) sends each twice up to this many: the transfer ends when this round arrives (a 250 KiB
+/// message lacks about 13 fragments after its first round at 5% loss). The end of a transfer:
+/// no more than [`LARGE_REST`] octets of its message follow in later packets, no later
+/// fragmented packet is in flight, and no more than that is queued on reliable channels; the
+/// rounds of a transfer's earlier packets overlap its later packets' sending and keep the
+/// smaller limit.
 const TAIL_ROUND_DOUBLED: usize = 32;
+/// See [`TAIL_ROUND_DOUBLED`].
 const LARGE_REST: usize = 64 << 10;
 
 /// Last fragments held back at most (more make a burst of drops at a full queue cost more
@@ -736,6 +740,22 @@ impl Connection {
         match job {
             Job::Reliable { pn, next } => {
                 let i = self.sent.binary_search_by_key(&pn, |p| p.pn).ok()?;
+                // The end of a transfer: little of its message follows, no later fragmented
+                // packet is in flight and little is queued. Its repair rounds are what the
+                // transfer's end waits for (asked only of a resend of a fragmented packet).
+                let resending = self.sent[i].resends > 0 || self.sent[i].declared_lost;
+                let end_of_transfer = resending
+                    && self.sent[i].header.fragment.is_some()
+                    && !self.sent[i].part_follows
+                    && self.queued_channels[1]
+                        .iter()
+                        .map(|c| self.send_channels[c].queued)
+                        .sum::<usize>()
+                        <= LARGE_REST
+                    && self
+                        .sent
+                        .range(i + 1..)
+                        .all(|later| later.header.fragment.is_none());
                 let p = &mut self.sent[i];
                 let count = p.header.fragment.map_or(1, |f| usize::from(f.count));
                 if next == 0 && count > 1 && p.held[..count].all() {
@@ -793,12 +813,14 @@ impl Connection {
                 } else if count > 1 {
                     // The last fragment of a transmission goes twice (losing it costs a resend
                     // timeout, as nothing after it shows the gap), and so does every fragment
-                    // of a resend round of a few, or of a few dozen at the tail of a transfer:
-                    // one more loss there costs a round trip (a 250 KiB message at 5% loss
-                    // lacks about 13 fragments after its first round).
+                    // of a resend round of a few, or of a few dozen at the end of a transfer
+                    // when a report told what is missing: one more loss there costs a round
+                    // trip (a 250 KiB message at 5% loss lacks about 13 fragments after its
+                    // first round). A blind resend (nothing reported held: a timer, or a
+                    // receiver that dropped the packet) is not doubled past a few.
                     let missing = count - p.held[..count].count_ones();
                     let last_of_round = (index + 1..count).all(|k| p.held[k]);
-                    let doubled = if !p.part_follows {
+                    let doubled = if end_of_transfer && missing < count {
                         TAIL_ROUND_DOUBLED
                     } else {
                         ROUND_DOUBLED
