@@ -73,6 +73,11 @@ const BURST: f64 = 4.0 * MSS as f64;
 pub struct Ledbat {
     target: Duration,
     window: f64,
+    /// The least of `base[..base_len]` and of `current[..current_len]` (`Duration::MAX`
+    /// before the first sample), kept by `on_rtt`: every ack asks for the queueing delay, and
+    /// reading two fields beside the window costs one cache line where the scans cost four.
+    base_min: Duration,
+    current_min: Duration,
     base: [Duration; BASE_BUCKETS],
     base_len: usize,
     bucket_start: Option<Instant>,
@@ -96,6 +101,8 @@ impl Ledbat {
         Self {
             target: target.max(Duration::from_millis(1)),
             window: INITIAL_WINDOW,
+            base_min: Duration::MAX,
+            current_min: Duration::MAX,
             base: [Duration::MAX; BASE_BUCKETS],
             base_len: 0,
             bucket_start: None,
@@ -126,13 +133,29 @@ impl Ledbat {
 
     /// The base RTT (the smallest sample of the last ten seconds).
     pub fn base_rtt(&self) -> Option<Duration> {
-        self.base[..self.base_len].iter().min().copied()
+        debug_assert_eq!(
+            Some(self.base_min),
+            self.base[..self.base_len]
+                .iter()
+                .min()
+                .copied()
+                .or(Some(Duration::MAX))
+        );
+        (self.base_len > 0).then_some(self.base_min)
     }
 
     /// The queueing delay the latest samples show (`None` before the first).
     pub fn queueing_delay(&self) -> Option<Duration> {
         let base = self.base_rtt()?;
-        let current = self.current[..self.current_len].iter().min()?;
+        debug_assert_eq!(
+            Some(self.current_min),
+            self.current[..self.current_len]
+                .iter()
+                .min()
+                .copied()
+                .or(Some(Duration::MAX))
+        );
+        let current = (self.current_len > 0).then_some(self.current_min)?;
         Some(current.saturating_sub(base))
     }
 
@@ -142,20 +165,37 @@ impl Ledbat {
             Some(start) if now.saturating_duration_since(start) < BUCKET && self.base_len > 0 => {
                 let last = &mut self.base[self.base_len - 1];
                 *last = (*last).min(sample);
+                self.base_min = self.base_min.min(sample);
             }
             _ => {
-                if self.base_len == BASE_BUCKETS {
+                let shifted = self.base_len == BASE_BUCKETS;
+                if shifted {
                     self.base.copy_within(1.., 0);
                     self.base_len -= 1;
                 }
                 self.base[self.base_len] = sample;
                 self.base_len += 1;
+                self.base_min = if shifted {
+                    // The oldest bucket left (once a bucket, a second): look at them all.
+                    self.base[..self.base_len]
+                        .iter()
+                        .min()
+                        .copied()
+                        .unwrap_or(Duration::MAX)
+                } else {
+                    self.base_min.min(sample)
+                };
                 self.bucket_start = Some(now);
             }
         }
         self.current[self.current_next] = sample;
         self.current_next = (self.current_next + 1) % CURRENT_SAMPLES;
         self.current_len = (self.current_len + 1).min(CURRENT_SAMPLES);
+        self.current_min = self.current[..self.current_len]
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or(Duration::MAX);
     }
 
     /// Octets `acked` of any lane were acknowledged at `now`; `srtt` is the smoothed RTT.
