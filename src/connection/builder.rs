@@ -493,7 +493,7 @@ impl Connection {
         // The frames are written straight into the buffer the packet is kept in (the sent
         // packet's, or the unreliable packet's) and sealed there.
         let mut out = if reliable {
-            scratch.messages.take_empty(MAX_DATA)
+            scratch.messages.take_empty(MAX_DATA, MAX_DATA)
         } else {
             std::mem::take(&mut self.unreliable_payload)
         };

@@ -239,7 +239,7 @@ impl Connection {
         }
         // From the endpoint's pool, which frees a buffer much larger than the message (it
         // would be charged, and held, whole).
-        let mut buf = scratch.messages.take_empty(data.len());
+        let mut buf = scratch.messages.take_empty(data.len(), MAX_DATA);
         buf.extend_from_slice(data);
         let cost = message_cost(buf.len(), buf.capacity());
         let room = if reliable {

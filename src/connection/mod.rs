@@ -221,21 +221,24 @@ impl MessagePool {
     /// The largest buffer kept (the default `max_message_size`): a larger one is freed.
     pub(crate) const MAX_BUFFER: usize = 64 << 10;
 
-    /// A buffer holding `data` (see [`MessagePool::take_empty`]).
+    /// A buffer holding a delivered message `data` (see [`MessagePool::take_empty`]): one
+    /// larger than twice its length + `MESSAGE_OVERHEAD` is not used (a received message is
+    /// charged its length + `MESSAGE_OVERHEAD`, and holds at most about twice that).
     pub(crate) fn take(&mut self, data: &[u8]) -> Vec<u8> {
-        let mut buf = self.take_empty(data.len());
+        let mut buf = self.take_empty(data.len(), budget::MESSAGE_OVERHEAD);
         buf.extend_from_slice(data);
         buf
     }
 
     /// An empty buffer for `len` octets. Under a datagram's worth, the newest small one (it
-    /// grows if it must), else the newest large one unless it is more than twice `len` plus
-    /// a datagram's worth; from a datagram's worth on, the newest large one unless it is
-    /// smaller than `len` or larger than that. A buffer too large is freed (it would be
-    /// charged, and held, whole by what it holds, and left on top it would be met again),
-    /// and then, or with none, a new one of capacity `len` is made.
-    pub(crate) fn take_empty(&mut self, len: usize) -> Vec<u8> {
-        let fits = |b: &Vec<u8>| b.capacity() <= 2 * len + MAX_DATA;
+    /// grows if it must), else the newest large one; from a datagram's worth on, the newest
+    /// large one unless it is smaller than `len`; either unless it is larger than twice `len`
+    /// plus `slack`. A buffer too large is freed (it would be held, and charged or not, whole
+    /// by what it holds, and left on top it would be met again), and then, or with none, a
+    /// new one of capacity `len` is made. `send` and the builder, which charge a buffer's
+    /// capacity, allow a datagram's worth of slack; deliveries `MESSAGE_OVERHEAD`.
+    pub(crate) fn take_empty(&mut self, len: usize, slack: usize) -> Vec<u8> {
+        let fits = |b: &Vec<u8>| b.capacity() <= 2 * len + slack;
         let found = if len < MAX_DATA {
             self.small.pop().or_else(|| self.large.pop())
         } else {
