@@ -391,13 +391,13 @@ impl Connection {
 
     /// The channel whose message goes next into a packet of this kind (reliable or not):
     /// the highest priority with messages queued, then the earliest weighted finish time.
-    pub(super) fn next_lane(&self, reliable: bool, blocked: &[u64; 4]) -> Option<usize> {
+    pub(super) fn next_lane(&self, reliable: bool, blocked: ChannelSet) -> Option<usize> {
         if !self.has_queued(reliable) {
             return None;
         }
         let clock = self.lane_clock;
         self.queued_channels[usize::from(reliable)]
-            .iter_except(*blocked)
+            .iter_except(blocked)
             .min_by_key(|&i| {
                 let c = &self.send_channels[i];
                 (c.priority, c.lane_finish.max(clock), i)
@@ -515,7 +515,7 @@ impl Connection {
         let mut part_follows = false;
         // Channels skipped for this packet: their ordered window is full, or their kind of
         // lane (less than best effort or not) may not send now.
-        let mut blocked = [0u64; 4];
+        let mut blocked = ChannelSet::default();
         if reliable
             && !(self.game_lanes_open && (self.lbe_lanes_open || self.queued_messages[2] == 0))
         {
@@ -526,11 +526,11 @@ impl Connection {
                     self.game_lanes_open
                 };
                 if !open {
-                    blocked[i / 64] |= 1 << (i % 64);
+                    blocked.insert(i);
                 }
             }
         }
-        while let Some(ci) = self.next_lane(reliable, &blocked) {
+        while let Some(ci) = self.next_lane(reliable, blocked) {
             let ch = &mut self.send_channels[ci];
             let q = ch
                 .queue
@@ -557,7 +557,7 @@ impl Connection {
                 && (ch.next_seq.wrapping_sub(ch.window_base) >= ORDER_WINDOW
                     || (!ch.window.is_empty() && ch.window_bytes + receive_cost > ch.window_limit))
             {
-                blocked[ci / 64] |= 1 << (ci % 64);
+                blocked.insert(ci);
                 continue;
             }
             if alone {

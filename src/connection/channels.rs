@@ -7,7 +7,7 @@ use super::*;
 /// that the builder and the timers visit those channels only (each `SendChannel` is a cache
 /// line or two of its own; on a server with many connections a visit is a miss).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct ChannelSet(pub(super) [u64; 4]);
+pub(super) struct ChannelSet([u64; 4]);
 
 impl ChannelSet {
     pub(super) fn insert(&mut self, i: usize) {
@@ -19,9 +19,9 @@ impl ChannelSet {
     }
 
     /// The indices in the set and not in `except`, in increasing order.
-    pub(super) fn iter_except(self, except: [u64; 4]) -> ChannelSetIter {
+    pub(super) fn iter_except(self, except: ChannelSet) -> ChannelSetIter {
         let mut words = self.0;
-        for (w, e) in words.iter_mut().zip(except) {
+        for (w, e) in words.iter_mut().zip(except.0) {
             *w &= !e;
         }
         ChannelSetIter { words, word: 0 }
@@ -29,10 +29,7 @@ impl ChannelSet {
 
     /// The indices in the set, in increasing order.
     pub(super) fn iter(self) -> ChannelSetIter {
-        ChannelSetIter {
-            words: self.0,
-            word: 0,
-        }
+        self.iter_except(ChannelSet::default())
     }
 }
 
@@ -73,9 +70,9 @@ mod channel_set_tests {
             s.iter().collect::<Vec<_>>(),
             vec![0, 63, 64, 127, 128, 200, 255]
         );
-        let mut except = [0u64; 4];
-        except[1] |= 1; // 64
-        except[3] |= 1 << 63; // 255
+        let mut except = ChannelSet::default();
+        except.insert(64);
+        except.insert(255);
         assert_eq!(
             s.iter_except(except).collect::<Vec<_>>(),
             vec![0, 63, 127, 128, 200]
