@@ -95,6 +95,11 @@ pub struct Ledbat {
     rate_next: usize,
 }
 
+/// The least of `samples`, `Duration::MAX` if there is none.
+fn least(samples: &[Duration]) -> Duration {
+    samples.iter().min().copied().unwrap_or(Duration::MAX)
+}
+
 impl Ledbat {
     /// A limiter keeping the queueing delay near `target`.
     pub fn new(target: Duration) -> Self {
@@ -133,28 +138,14 @@ impl Ledbat {
 
     /// The base RTT (the smallest sample of the last ten seconds).
     pub fn base_rtt(&self) -> Option<Duration> {
-        debug_assert_eq!(
-            Some(self.base_min),
-            self.base[..self.base_len]
-                .iter()
-                .min()
-                .copied()
-                .or(Some(Duration::MAX))
-        );
+        debug_assert_eq!(self.base_min, least(&self.base[..self.base_len]));
         (self.base_len > 0).then_some(self.base_min)
     }
 
     /// The queueing delay the latest samples show (`None` before the first).
     pub fn queueing_delay(&self) -> Option<Duration> {
         let base = self.base_rtt()?;
-        debug_assert_eq!(
-            Some(self.current_min),
-            self.current[..self.current_len]
-                .iter()
-                .min()
-                .copied()
-                .or(Some(Duration::MAX))
-        );
+        debug_assert_eq!(self.current_min, least(&self.current[..self.current_len]));
         let current = (self.current_len > 0).then_some(self.current_min)?;
         Some(current.saturating_sub(base))
     }
@@ -177,11 +168,7 @@ impl Ledbat {
                 self.base_len += 1;
                 self.base_min = if shifted {
                     // The oldest bucket left (once a bucket, a second): look at them all.
-                    self.base[..self.base_len]
-                        .iter()
-                        .min()
-                        .copied()
-                        .unwrap_or(Duration::MAX)
+                    least(&self.base[..self.base_len])
                 } else {
                     self.base_min.min(sample)
                 };
@@ -191,11 +178,7 @@ impl Ledbat {
         self.current[self.current_next] = sample;
         self.current_next = (self.current_next + 1) % CURRENT_SAMPLES;
         self.current_len = (self.current_len + 1).min(CURRENT_SAMPLES);
-        self.current_min = self.current[..self.current_len]
-            .iter()
-            .min()
-            .copied()
-            .unwrap_or(Duration::MAX);
+        self.current_min = least(&self.current[..self.current_len]);
     }
 
     /// Octets `acked` of any lane were acknowledged at `now`; `srtt` is the smoothed RTT.
