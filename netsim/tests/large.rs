@@ -201,3 +201,49 @@ fn a_download_beside_game_traffic_resends_only_what_was_lost() {
     assert!(rtts.len() > 340 && alone.len() > 340);
     assert!(share < 0.15, "resent {:.1}% of datagrams", share * 100.0);
 }
+
+/// A small reliable packet declared lost waits for its resend behind the paced fragments of a
+/// one-packet message. Its resend timer, due meanwhile, must not be a wake-up: the timer does
+/// not resend a packet whose job is queued, so `poll_timeout` returned a time already past
+/// until pacing let the job run, and the simulated clock stopped (seed 27 livelocked, 50
+/// million steps at one instant). A step bound of 200 per simulated millisecond catches it.
+#[test]
+fn a_resend_queued_behind_a_paced_message_does_not_stop_the_clock() {
+    for seed in [27, 3, 14] {
+        let link = LinkConfig::perfect()
+            .with_delay(Duration::from_millis(20))
+            .with_loss(0.05);
+        let mut sim = sim(link, seed);
+        let id = sim.server().clients()[0].id;
+        let small = pattern(100, 9);
+        let message = pattern(MAX_MESSAGE_SIZE, 2);
+        let mut delivered = None;
+        for ms in 0..3_000u32 {
+            sim.set_max_steps(sim.steps() + 200);
+            let now = sim.now();
+            if ms % 16 == 0 {
+                sim.server_mut()
+                    .send(now, id, ChannelId::RELIABLE_ORDERED, &small)
+                    .unwrap();
+            }
+            if ms == 500 {
+                sim.server_mut()
+                    .send(now, id, ChannelId::RELIABLE_ORDERED, &message)
+                    .unwrap();
+            }
+            if let Err(e) = sim.run_for(Duration::from_millis(1)) {
+                panic!("seed {seed}, {ms} ms: {e}");
+            }
+            if sim
+                .take_client_messages(0)
+                .iter()
+                .any(|(_, d)| d.len() == message.len())
+            {
+                delivered = Some(ms);
+                break;
+            }
+        }
+        let ms = delivered.unwrap_or_else(|| panic!("seed {seed}: not delivered in 3 s"));
+        assert!(ms > 500, "seed {seed}");
+    }
+}

@@ -182,6 +182,28 @@ impl Connection {
         self.trimmed = true;
     }
 
+    /// The earliest resend timeout of a packet in flight without a job queued. A packet whose
+    /// job is queued (waiting behind a paced large packet, or for pacing) is not resent by its
+    /// timer (`handle_timeout` skips it): counting its timeout would make `poll_timeout`
+    /// return a time already past until the job runs, a wake-up loop that stops the clock of
+    /// a simulation (what wakes the job is the pacing deadline).
+    fn resend_deadline(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        for p in &self.sent {
+            let d = p.timer_base() + self.rtt.backoff_rto(p.resends);
+            // (The jobs, a few, are looked at only for a deadline that would be the earliest.)
+            if t.is_none_or(|t| d < t)
+                && !self
+                    .jobs
+                    .iter()
+                    .any(|j| matches!(j, Job::Reliable { pn, .. } if *pn == p.pn))
+            {
+                t = Some(d);
+            }
+        }
+        t
+    }
+
     /// The earliest time [`Connection::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         count_visit();
@@ -204,8 +226,8 @@ impl Connection {
                     consider(p.last_sent + self.rtt.backoff_rto(p.resends));
                     return Some(t);
                 }
-                for p in &self.sent {
-                    consider(p.timer_base() + self.rtt.backoff_rto(p.resends));
+                if let Some(d) = self.resend_deadline() {
+                    consider(d);
                 }
                 // Jobs (and messages still queued) waiting for pacing tokens wait for
                 // `paced_until`; waking at `last_send` instead would spin without progress.
@@ -229,8 +251,8 @@ impl Connection {
             _ => {}
         }
         consider(self.next_ping());
-        for p in &self.sent {
-            consider(p.timer_base() + self.rtt.backoff_rto(p.resends));
+        if let Some(d) = self.resend_deadline() {
+            consider(d);
         }
         for i in self.queued_channels[0].iter() {
             if let Some(q) = self.send_channels[i].queue.front() {
