@@ -8,8 +8,8 @@ const ROUND_DOUBLED: usize = 8;
 /// At the end of a transfer, a resend round that a fragment report told of (some fragments
 /// held) sends each twice up to this many: the transfer ends when this round arrives (a 250 KiB
 /// message lacks about 13 fragments after its first round at 5% loss). The end of a transfer:
-/// no more than [`LARGE_REST`] octets of its message follow in later packets, no later
-/// fragmented packet is in flight, and no more than that is queued on reliable channels; the
+/// no more than [`LARGE_REST`] octets of its message follow in later packets, and no more than
+/// that is queued on reliable channels or in later fragmented packets in flight; the
 /// rounds of a transfer's earlier packets overlap its later packets' sending and keep the
 /// smaller limit.
 const TAIL_ROUND_DOUBLED: usize = 32;
@@ -242,9 +242,7 @@ impl Connection {
         if now >= self.next_ping() {
             return Some(self.write_ping(now, scratch, buf));
         }
-        let frag_ack_due = self
-            .frag_ack_due
-            .is_some_and(|d| now >= d + self.frag_ack_interval());
+        let frag_ack_due = self.frag_ack_deadline().is_some_and(|d| now >= d);
         let acks_due = self.receiver.has_pending_acks()
             && (self.receiver.pending_count() >= 16
                 || self
@@ -503,8 +501,8 @@ impl Connection {
         // for exactly below, so that its buffer can be pooled again.
         out.reserve(MAX_DATA);
         let plain = &mut out;
-        let frag_ack_due = self.frag_ack_due;
-        self.put_fragment_acks(plain, PACKET_PLAINTEXT / 4);
+        let report_state = (self.frag_ack_due, self.frag_report_soon, self.frag_reported);
+        self.put_fragment_acks(now, plain, PACKET_PLAINTEXT / 4);
         let mut compress = true;
         let mut message_bytes = 0usize;
         let mut ordered = self.range_pool.pop().unwrap_or_default();
@@ -613,7 +611,7 @@ impl Connection {
         }
         if !any {
             self.range_pool.push(ordered);
-            self.frag_ack_due = frag_ack_due;
+            (self.frag_ack_due, self.frag_report_soon, self.frag_reported) = report_state;
             out.clear();
             if reliable {
                 scratch.messages.give(out);
@@ -646,6 +644,7 @@ impl Connection {
             self.in_flight += size;
             let mut packet = SentPacket::new(now, pn, header, fields, out);
             packet.size = size;
+            packet.flight = size;
             packet.message_bytes = message_bytes;
             packet.ordered = ordered;
             packet.priority = priority;
@@ -694,7 +693,7 @@ impl Connection {
     }
 
     /// Appends FRAGMENT_ACK frames for the packets in reassembly, within `budget` octets.
-    pub(super) fn put_fragment_acks(&mut self, plain: &mut Vec<u8>, budget: usize) {
+    pub(super) fn put_fragment_acks(&mut self, now: Instant, plain: &mut Vec<u8>, budget: usize) {
         if self.frag_ack_due.is_none() {
             return;
         }
@@ -725,6 +724,28 @@ impl Connection {
         }
         self.frag_report_allowance -= plain.len() - start;
         self.frag_ack_due = None;
+        self.frag_report_soon = false;
+        self.frag_reported = now;
+    }
+
+    /// Whether at most [`LARGE_REST`] octets follow `self.sent[i]`: queued on reliable
+    /// channels, and in the fragmented packets sent after it (a message's last small part
+    /// may be in flight while the round of the part before it goes).
+    fn little_follows(&self, i: usize) -> bool {
+        let queued: usize = self.queued_channels[1]
+            .iter()
+            .map(|c| self.send_channels[c].queued)
+            .sum();
+        let mut rest = queued as u64;
+        for later in self.sent.range(i + 1..) {
+            if later.header.fragment.is_some() {
+                rest += later.size;
+            }
+            if rest > LARGE_REST as u64 {
+                return false;
+            }
+        }
+        rest <= LARGE_REST as u64
     }
 
     /// Writes the next datagram of `job` (at the front of `jobs`) into `buf` and returns its
@@ -747,22 +768,16 @@ impl Connection {
                 let end_of_transfer = resending
                     && self.sent[i].header.fragment.is_some()
                     && !self.sent[i].part_follows
-                    && self.queued_channels[1]
-                        .iter()
-                        .map(|c| self.send_channels[c].queued)
-                        .sum::<usize>()
-                        <= LARGE_REST
-                    && self
-                        .sent
-                        .range(i + 1..)
-                        .all(|later| later.header.fragment.is_none());
+                    && self.little_follows(i);
                 let p = &mut self.sent[i];
                 let count = p.header.fragment.map_or(1, |f| usize::from(f.count));
                 if next == 0 && count > 1 && p.held[..count].all() {
                     // Every fragment was reported held, yet no ack came: the receiver dropped
                     // the packet after reassembly. Forget the report and send it all again.
                     p.held = FragmentBitmap::ZERO;
+                    self.recount_flight(i);
                 }
+                let p = &mut self.sent[i];
                 let index = (next..count).find(|&k| count == 1 || !p.held[k])?;
                 let n = fragment::write_datagram(&p.header, &p.fields, &p.payload, index, buf)
                     .expect("buffer holds a full datagram");
@@ -826,6 +841,13 @@ impl Connection {
                         ROUND_DOUBLED
                     };
                     if last_of_round || (resend && missing <= doubled) {
+                        // (A round's copies follow its burst closely: the transfer's end
+                        // waits for the round.)
+                        let gap = if resend {
+                            Duration::from_millis(2)
+                        } else {
+                            gap
+                        };
                         self.copies.push_back((now + gap, pn, index as u8));
                     }
                 }
@@ -970,7 +992,7 @@ impl Connection {
         }
         let mut plain = std::mem::take(&mut scratch.plain);
         plain.clear();
-        self.put_fragment_acks(&mut plain, PACKET_PLAINTEXT);
+        self.put_fragment_acks(now, &mut plain, PACKET_PLAINTEXT);
         if ack.is_none() && plain.is_empty() {
             // Only fragment reports were due, and their allowance is spent.
             scratch.plain = plain;

@@ -365,6 +365,11 @@ pub struct Connection {
     last_ping: Instant,
     pong: Option<([u8; 16], usize)>,
     frag_ack_due: Option<Instant>,
+    /// Whether the last fragment of a packet still incomplete arrived since the last report:
+    /// the report then goes sooner (see `frag_ack_deadline`).
+    frag_report_soon: bool,
+    /// When fragment reports last went out.
+    frag_reported: Instant,
     /// Octets of fragment reports that may still go out (3x the fragment octets received).
     frag_report_allowance: usize,
     /// A close in progress (boxed: 280 octets that only a closing connection uses).
@@ -530,6 +535,8 @@ impl Connection {
             last_ping: now,
             pong: None,
             frag_ack_due: None,
+            frag_report_soon: false,
+            frag_reported: now,
             frag_report_allowance: 0,
             close: None,
             finished,
@@ -854,8 +861,15 @@ impl Connection {
                 Ok(Reassembly::Incomplete) => {
                     self.frag_report_allowance =
                         (self.frag_report_allowance + 3 * len).min(4 * PACKET_PLAINTEXT);
-                    if reliable && due.is_none() {
-                        self.frag_ack_due = Some(now);
+                    if reliable {
+                        if due.is_none() {
+                            self.frag_ack_due = Some(now);
+                        }
+                        // The packet's last fragment arrived and some are missing: the
+                        // sender learns it soon (its resend round waits for this report).
+                        if usize::from(f.id) + 1 == usize::from(f.count) {
+                            self.frag_report_soon = true;
+                        }
                     }
                     None
                 }

@@ -14,6 +14,9 @@ pub(super) struct SentPacket {
     pub(super) last_sent: Instant,
     pub(super) resends: u32,
     pub(super) size: u64,
+    /// The part of `size` counted in the connection's octets in flight: all of it, less the
+    /// share of the fragments the receiver reported holding (they have left the network).
+    pub(super) flight: u64,
     /// What its messages cost the send budget (released when acked).
     pub(super) message_bytes: usize,
     pub(super) ordered: Vec<SeqRange>,
@@ -76,6 +79,7 @@ impl SentPacket {
             last_sent: now,
             resends: 0,
             size: 0,
+            flight: 0,
             message_bytes: 0,
             ordered: Vec::new(),
             declared_lost: false,
@@ -254,9 +258,9 @@ impl Connection {
         }
         let packet = self.sent.remove(i).expect("index from binary search");
         let sample = (packet.resends == 0).then_some(packet.first_sent);
-        self.in_flight = self.in_flight.saturating_sub(packet.size);
+        self.in_flight = self.in_flight.saturating_sub(packet.flight);
         if packet.lbe {
-            self.lbe_in_flight = self.lbe_in_flight.saturating_sub(packet.size);
+            self.lbe_in_flight = self.lbe_in_flight.saturating_sub(packet.flight);
         }
         self.cc.on_ack(packet.size, packet.first_sent);
         if packet.header.fragment.is_none() {
@@ -314,22 +318,24 @@ impl Connection {
         packet.fresh_report = true;
         packet.last_report = Some(now);
         let gained = packet.held.count_ones().saturating_sub(before);
+        self.recount_flight(i);
+        let packet = &mut self.sent[i];
         self.cc.on_ack((gained * MAX_DATA) as u64, sent_at);
         let srtt = self.rtt.srtt();
         if let Some(l) = &mut self.ledbat {
             l.on_ack(now, (gained * MAX_DATA) as u64, srtt);
         }
-        // Fragments missing below the last one the receiver holds of this transmission are
-        // lost (the fragment-level packet threshold): resend them now rather than at the
-        // resend timeout. A report that arrives while the packet is being (re)sent, or
-        // after it was already declared lost, changes nothing.
+        // Once the receiver holds the last fragment of this transmission (the first, or a
+        // resend round), the fragments it still lacks are lost, as they were sent before that
+        // one: resend them now rather than at the resend timeout. A report that arrives while
+        // the packet is being (re)sent, or after it was already declared lost, changes
+        // nothing; nor does one that shows fragments of an earlier transmission only (the
+        // round's own may still be crossing).
         let count = usize::from(count);
         // (No time rule: on a slow link the fragments of one burst arrive over a long time,
         // and a report in the middle of it would make every fragment still in flight look
         // lost.)
-        let received_last = packet.held[..count]
-            .last_one()
-            .is_some_and(|i| i >= packet.last_index);
+        let received_last = packet.held[packet.last_index];
         let missing = packet.held[..count].not_all();
         let queued = self
             .jobs
@@ -338,6 +344,26 @@ impl Connection {
         if received_last && missing && !packet.declared_lost && !queued {
             packet.declared_lost = true;
             self.on_lost(now, pn);
+        }
+    }
+
+    /// Sets what `self.sent[i]` counts in the octets in flight from the fragments reported
+    /// held (after every change of its `held`): a large packet crossing the path frees the
+    /// window as its fragments arrive, so that what follows it need not wait for its ack.
+    pub(super) fn recount_flight(&mut self, i: usize) {
+        let p = &mut self.sent[i];
+        let flight = match p.header.fragment {
+            Some(f) if f.count > 1 => {
+                let count = usize::from(f.count);
+                let held = p.held[..count].count_ones() as u64;
+                p.size - p.size * held / count as u64
+            }
+            _ => p.size,
+        };
+        let old = std::mem::replace(&mut p.flight, flight);
+        self.in_flight = (self.in_flight + flight).saturating_sub(old);
+        if p.lbe {
+            self.lbe_in_flight = (self.lbe_in_flight + flight).saturating_sub(old);
         }
     }
 

@@ -109,6 +109,7 @@ impl Connection {
                 // No report for as long as the receiver keeps an incomplete packet: what it
                 // held is gone; send every fragment.
                 p.held = FragmentBitmap::ZERO;
+                self.recount_flight(i);
             }
             if first_loss {
                 self.on_lost(now, pn);
@@ -274,8 +275,8 @@ impl Connection {
         if let Some(since) = self.receiver.pending_since() {
             consider(since + self.config.ack_delay);
         }
-        if let Some(due) = self.frag_ack_due {
-            consider(due + self.frag_ack_interval());
+        if let Some(due) = self.frag_ack_deadline() {
+            consider(due);
         }
         if let Some(Challenge {
             sent_at: Some(sent),
@@ -308,6 +309,20 @@ impl Connection {
     pub(super) fn next_ping(&self) -> Instant {
         let interval = self.config.heartbeat_interval;
         (self.last_send + interval).min(self.last_ping + interval * 4)
+    }
+
+    /// When the fragment reports owed go out: an interval after the first fragment that
+    /// awaits one, or, once the last fragment of a packet still incomplete arrived, a quarter
+    /// interval after the previous report: the sender's resend round waits for that report.
+    pub(super) fn frag_ack_deadline(&self) -> Option<Instant> {
+        let due = self.frag_ack_due?;
+        let interval = self.frag_ack_interval();
+        let regular = due + interval;
+        if self.frag_report_soon {
+            Some(regular.min((self.frag_reported + interval / 4).max(due)))
+        } else {
+            Some(regular)
+        }
     }
 
     pub(super) fn frag_ack_interval(&self) -> Duration {
