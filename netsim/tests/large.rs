@@ -109,7 +109,7 @@ fn a_16_mib_message_round_trips_under_5_percent_loss_with_bounded_memory() {
         d.peak_memory
     );
     // Only what was lost goes again: about the loss rate, not whole parts.
-    assert!(resent < 0.15, "resent {:.1}% of datagrams", resent * 100.0);
+    assert!(resent < 0.10, "resent {:.1}% of datagrams", resent * 100.0);
 }
 
 #[test]
