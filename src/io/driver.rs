@@ -41,11 +41,12 @@ const READ_BATCH: usize = 1024;
 /// elsewhere the read goes on to `WouldBlock`.
 const SHORT_READ_DRAINS: bool = cfg!(target_os = "linux");
 /// Datagrams fed to the endpoint at most before its output is drained, when one call read
-/// more. One acknowledgement covers the newest packet and the 16 before it, and the endpoint
-/// sends the newest first: had more than 17 reliable packets arrived since the last drain,
-/// the peer would see later packets acknowledged before earlier ones and declare those lost
-/// (halving its congestion window) although their acknowledgement is in the next datagram.
-const FLUSH_EVERY: usize = 16;
+/// more (with GRO one call reads up to 16 runs of up to 64 KiB). The acknowledgements a
+/// batch owes then leave together, oldest first, mostly in one GSO call, and the peer reads
+/// them in one wake-up: draining every 16 datagrams sent each of a game frame's two or three
+/// ACK datagrams with its own `sendto`, and woke the peer for each. The bound keeps what the
+/// drain waits for (the batch's own processing) to a fraction of a millisecond.
+const FLUSH_EVERY: usize = 256;
 /// The shortest wait for a deadline that was already due at the last pass (see
 /// [`IoStats::stale_deadlines`]); about mio's resolution.
 const MIN_STALE_WAIT: Duration = Duration::from_millis(1);
