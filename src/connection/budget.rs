@@ -206,7 +206,6 @@ impl Connection {
         n += self.jobs.capacity() * size_of::<Job>();
         n += self.unreliable_sent.capacity() * size_of::<(u32, u32, Instant)>();
         n += self.copies.capacity() * size_of::<(Instant, u32, u8)>();
-        n += self.receiver.memory_bytes();
         n
     }
 

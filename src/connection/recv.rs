@@ -1,8 +1,8 @@
 //! The receiving side's packet-number bookkeeping: the replay window (a packet number is
-//! accepted at most once) and the acknowledgements owed for reliable packets.
+//! accepted at most once) and the acknowledgements owed for reliable packets (a second bit
+//! set beside the window: no heap, no search through a list per packet).
 
 use bitvec::prelude::*;
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::loss::ReceivedLoss;
@@ -11,8 +11,8 @@ use crate::wire::AckFields;
 
 /// Packet numbers remembered below the largest accepted one.
 pub const WINDOW: u32 = 4096;
-/// Reliable packet numbers that may wait for an acknowledgement at once.
-const MAX_PENDING_ACKS: usize = 1024;
+
+type Window = BitArray<[u64; (WINDOW / 64) as usize], Lsb0>;
 
 /// What the replay window says of a packet number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +29,14 @@ pub enum Seen {
 #[derive(Debug)]
 pub struct Receiver {
     largest: Option<u32>,
-    bits: BitArray<[u64; (WINDOW / 64) as usize], Lsb0>,
-    pending: VecDeque<u32>,
+    bits: Window,
+    /// The packet numbers owed an acknowledgement, at the same places as in `bits` (only
+    /// accepted packet numbers, inside the window, are owed).
+    owed: Window,
+    /// How many bits of `owed` are set.
+    owed_count: u32,
+    /// No owed packet number is below this one (where the search for the oldest starts).
+    owed_from: u32,
     pending_since: Option<Instant>,
     /// Fraction of the peer's packets that did not arrive (see [`ReceivedLoss`]).
     loss: ReceivedLoss,
@@ -48,7 +54,9 @@ impl Receiver {
         Self {
             largest: None,
             bits: BitArray::ZERO,
-            pending: VecDeque::new(),
+            owed: BitArray::ZERO,
+            owed_count: 0,
+            owed_from: 0,
             pending_since: None,
             loss: ReceivedLoss::default(),
         }
@@ -98,46 +106,58 @@ impl Receiver {
             Some(l) => {
                 if pn - l >= WINDOW {
                     self.bits.fill(false);
+                    self.forget_owed();
                 } else {
-                    for p in l + 1..pn {
-                        self.bits.set((p % WINDOW) as usize, false);
+                    // The places of `l + 1 ..= pn` held packet numbers a window older, which
+                    // leave it (owed ones too: too old to be named by an ACK now).
+                    for p in l + 1..=pn {
+                        let at = (p % WINDOW) as usize;
+                        self.bits.set(at, false);
+                        if self.owed.replace(at, false) {
+                            self.owed_count -= 1;
+                        }
+                    }
+                    if self.owed_count == 0 {
+                        self.pending_since = None;
                     }
                 }
                 self.largest = Some(pn);
             }
             None => {
                 self.bits.fill(false);
+                self.forget_owed();
                 self.largest = Some(pn);
             }
         }
         self.bits.set((pn % WINDOW) as usize, true);
     }
 
-    /// Records that the reliable packet `pn` (accepted now or before) must be acknowledged.
+    fn forget_owed(&mut self) {
+        self.owed.fill(false);
+        self.owed_count = 0;
+        self.pending_since = None;
+    }
+
+    /// Records that the reliable packet `pn` (accepted now or before, so inside the window)
+    /// must be acknowledged.
     pub fn ack_later(&mut self, now: Instant, pn: u32) {
-        if self.pending.contains(&pn) {
+        if self.check(pn) != Seen::Duplicate {
+            debug_assert!(false, "ack_later({pn}) of a packet number not accepted");
             return;
         }
-        if self.pending.len() >= MAX_PENDING_ACKS {
-            self.pending.pop_front();
+        if self.owed.replace((pn % WINDOW) as usize, true) {
+            return;
         }
-        self.pending.push_back(pn);
+        if self.owed_count == 0 || pn < self.owed_from {
+            self.owed_from = pn;
+        }
+        self.owed_count += 1;
         self.pending_since.get_or_insert(now);
-    }
-
-    /// Octets held on the heap (the window itself is inline).
-    pub fn memory_bytes(&self) -> usize {
-        self.pending.capacity() * std::mem::size_of::<u32>()
-    }
-
-    /// Gives back the owed-acknowledgement queue's spare room.
-    pub fn trim(&mut self) {
-        self.pending.shrink_to(0);
     }
 
     /// Whether acknowledgements are owed.
     pub fn has_pending_acks(&self) -> bool {
-        !self.pending.is_empty()
+        self.owed_count > 0
     }
 
     /// Since when the oldest owed acknowledgement waits.
@@ -147,7 +167,7 @@ impl Receiver {
 
     /// Owed acknowledgements.
     pub fn pending_count(&self) -> usize {
-        self.pending.len()
+        self.owed_count as usize
     }
 
     /// ACK fields naming the largest accepted packet and the 16 before it.
@@ -209,22 +229,49 @@ impl Receiver {
     /// 16 after it (the ACK ID is the newest of those), which are then no longer owed. `None`
     /// when nothing is owed.
     pub fn take_ack(&mut self) -> Option<AckFields> {
+        if self.owed_count == 0 {
+            return None;
+        }
+        let largest = self.largest?;
         // Oldest first, so that the sender sees acknowledgements in the order it sent: an ACK
         // of a newer packet ahead of an older one's would make the older look lost.
-        let oldest = *self.pending.iter().min()?;
-        let newest = self
-            .pending
-            .iter()
-            .copied()
-            .filter(|&p| p - oldest <= 16)
-            .max()
-            .expect("oldest itself qualifies");
+        let bottom = largest.saturating_sub(WINDOW - 1);
+        let oldest = self.next_owed(self.owed_from.max(bottom), largest)?;
+        let top = oldest.saturating_add(16).min(largest);
+        let newest = (oldest..=top)
+            .rev()
+            .find(|&p| self.owed[(p % WINDOW) as usize])
+            .expect("oldest itself is owed");
         let fields = self.fields_for(newest);
-        self.pending.retain(|&p| p > newest || newest - p > 16);
-        if self.pending.is_empty() {
+        for p in oldest..=newest {
+            if self.owed.replace((p % WINDOW) as usize, false) {
+                self.owed_count -= 1;
+            }
+        }
+        self.owed_from = newest.saturating_add(1);
+        if self.owed_count == 0 {
             self.pending_since = None;
         }
         Some(fields)
+    }
+
+    /// The lowest owed packet number in `from ..= to` (a stretch of at most the window), read
+    /// a word at a time.
+    fn next_owed(&self, from: u32, to: u32) -> Option<u32> {
+        let words = self.owed.as_raw_slice();
+        let mut p = from;
+        while p <= to {
+            let at = (p % WINDOW) as usize;
+            let (w, b) = (at / 64, at % 64);
+            let word = words[w] >> b;
+            if word != 0 {
+                let found = p + word.trailing_zeros();
+                return (found <= to).then_some(found);
+            }
+            // On to the start of the next word.
+            p = p.checked_add(64 - b as u32)?;
+        }
+        None
     }
 }
 
@@ -309,5 +356,76 @@ mod tests {
         assert_eq!(b.ack_id, 41);
         assert!(b.acknowledges(40));
         assert!(r.take_ack().is_none());
+    }
+
+    /// The owed acknowledgements as a bit set give what a plain list gave: oldest first, the
+    /// newest owed within 16 of it named, those covered no longer owed; packet numbers that
+    /// leave the window are no longer owed. Seeded, with duplicates, jumps and gaps.
+    #[test]
+    fn owed_acks_match_a_list() {
+        let now = Instant::now();
+        let mut seed = 0x2545_F491_4F6C_DD1D_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..100 {
+            let mut r = Receiver::new();
+            let mut list: Vec<u32> = Vec::new();
+            let mut pn = (next() % 100) as u32;
+            for step in 0..2_000 {
+                match next() % 10 {
+                    // A new packet number, now and then far ahead (past the window).
+                    0..=5 => {
+                        pn += match next() % 50 {
+                            0 => 5_000,
+                            1 => 3_000,
+                            k => (k % 4) as u32,
+                        };
+                        let fresh = r.check(pn) == Seen::New;
+                        if fresh {
+                            r.accept(now, pn, Duration::ZERO);
+                            let l = r.largest().unwrap();
+                            list.retain(|&p| l - p < WINDOW);
+                        }
+                        if r.check(pn) == Seen::Duplicate && next() % 4 != 0 {
+                            r.ack_later(now, pn);
+                            if !list.contains(&pn) {
+                                list.push(pn);
+                            }
+                        }
+                    }
+                    // A duplicate of an older accepted one, owed again.
+                    6 => {
+                        let back = (next() % 40) as u32;
+                        let p = pn.saturating_sub(back);
+                        if r.check(p) == Seen::Duplicate {
+                            r.ack_later(now, p);
+                            if !list.contains(&p) {
+                                list.push(p);
+                            }
+                        }
+                    }
+                    _ => {
+                        let want = list.iter().min().copied().map(|oldest| {
+                            let newest = list
+                                .iter()
+                                .copied()
+                                .filter(|&p| p - oldest <= 16)
+                                .max()
+                                .unwrap();
+                            list.retain(|&p| p > newest || newest - p > 16);
+                            r.fields_for(newest)
+                        });
+                        assert_eq!(r.take_ack(), want, "round {round}, step {step}");
+                    }
+                }
+                assert_eq!(r.pending_count(), list.len(), "round {round}, step {step}");
+                assert_eq!(r.has_pending_acks(), !list.is_empty());
+                assert_eq!(r.pending_since().is_some(), !list.is_empty());
+            }
+        }
     }
 }

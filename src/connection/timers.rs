@@ -164,7 +164,6 @@ impl Connection {
             self.tail_lens = VecDeque::new();
         }
         self.reassembler.trim();
-        self.receiver.trim();
         self.sent.shrink_to(0);
         self.jobs.shrink_to(0);
         // Unacknowledged unreliable packets this old will never be acknowledged.
