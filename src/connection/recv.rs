@@ -2,7 +2,6 @@
 //! accepted at most once) and the acknowledgements owed for reliable packets (a second bit
 //! set beside the window: no heap, no search through a list per packet).
 
-use bitvec::prelude::*;
 use std::time::{Duration, Instant};
 
 use super::loss::ReceivedLoss;
@@ -12,7 +11,45 @@ use crate::wire::AckFields;
 /// Packet numbers remembered below the largest accepted one.
 pub const WINDOW: u32 = 4096;
 
-type Window = BitArray<[u64; (WINDOW / 64) as usize], Lsb0>;
+/// Per 64 packet numbers of the window, two words side by side (one cache line holds both
+/// for 256 packet numbers): which were accepted ([`SEEN`]) and which are owed an
+/// acknowledgement ([`OWED`]). Packet number `pn` is bit `pn % 64` of pair `pn % WINDOW / 64`.
+#[derive(Debug, Clone)]
+struct Window([[u64; 2]; (WINDOW / 64) as usize]);
+
+const SEEN: usize = 0;
+const OWED: usize = 1;
+
+impl Window {
+    const ZERO: Self = Self([[0; 2]; (WINDOW / 64) as usize]);
+
+    fn get(&self, kind: usize, at: usize) -> bool {
+        self.0[at / 64][kind] >> (at % 64) & 1 != 0
+    }
+
+    /// Sets bit `at` of `kind` to `value`; returns what it was.
+    fn replace(&mut self, kind: usize, at: usize, value: bool) -> bool {
+        let word = &mut self.0[at / 64][kind];
+        let mask = 1u64 << (at % 64);
+        let was = *word & mask != 0;
+        if value {
+            *word |= mask;
+        } else {
+            *word &= !mask;
+        }
+        was
+    }
+
+    fn word(&self, kind: usize, w: usize) -> u64 {
+        self.0[w][kind]
+    }
+
+    fn clear(&mut self, kind: usize) {
+        for pair in &mut self.0 {
+            pair[kind] = 0;
+        }
+    }
+}
 
 /// What the replay window says of a packet number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,10 +66,9 @@ pub enum Seen {
 #[derive(Debug)]
 pub struct Receiver {
     largest: Option<u32>,
+    /// Accepted packet numbers, and those owed an acknowledgement (only accepted ones, inside
+    /// the window, are owed).
     bits: Window,
-    /// The packet numbers owed an acknowledgement, at the same places as in `bits` (only
-    /// accepted packet numbers, inside the window, are owed).
-    owed: Window,
     /// How many bits of `owed` are set.
     owed_count: u32,
     /// No owed packet number is below this one (where the search for the oldest starts).
@@ -53,8 +89,7 @@ impl Receiver {
     pub fn new() -> Self {
         Self {
             largest: None,
-            bits: BitArray::ZERO,
-            owed: BitArray::ZERO,
+            bits: Window::ZERO,
             owed_count: 0,
             owed_from: 0,
             pending_since: None,
@@ -82,7 +117,7 @@ impl Receiver {
             Some(l) if pn > l => Seen::New,
             Some(l) if l - pn >= WINDOW => Seen::TooOld,
             Some(_) => {
-                if self.bits[(pn % WINDOW) as usize] {
+                if self.bits.get(SEEN, (pn % WINDOW) as usize) {
                     Seen::Duplicate
                 } else {
                     Seen::New
@@ -97,7 +132,7 @@ impl Receiver {
         let bits = &self.bits;
         let largest = self.largest;
         let held = |p: u32| match largest {
-            Some(l) if p <= l && l - p < WINDOW => bits[(p % WINDOW) as usize],
+            Some(l) if p <= l && l - p < WINDOW => bits.get(SEEN, (p % WINDOW) as usize),
             _ => false,
         };
         self.loss.on_arrival(now, pn, largest, reorder, held);
@@ -105,15 +140,15 @@ impl Receiver {
             Some(l) if pn <= l => {}
             Some(l) => {
                 if pn - l >= WINDOW {
-                    self.bits.fill(false);
+                    self.bits.clear(SEEN);
                     self.forget_owed();
                 } else {
                     // The places of `l + 1 ..= pn` held packet numbers a window older, which
                     // leave it (owed ones too: too old to be named by an ACK now).
                     for p in l + 1..=pn {
                         let at = (p % WINDOW) as usize;
-                        self.bits.set(at, false);
-                        if self.owed.replace(at, false) {
+                        self.bits.replace(SEEN, at, false);
+                        if self.bits.replace(OWED, at, false) {
                             self.owed_count -= 1;
                         }
                     }
@@ -124,16 +159,16 @@ impl Receiver {
                 self.largest = Some(pn);
             }
             None => {
-                self.bits.fill(false);
+                self.bits.clear(SEEN);
                 self.forget_owed();
                 self.largest = Some(pn);
             }
         }
-        self.bits.set((pn % WINDOW) as usize, true);
+        self.bits.replace(SEEN, (pn % WINDOW) as usize, true);
     }
 
     fn forget_owed(&mut self) {
-        self.owed.fill(false);
+        self.bits.clear(OWED);
         self.owed_count = 0;
         self.pending_since = None;
     }
@@ -145,7 +180,7 @@ impl Receiver {
             debug_assert!(false, "ack_later({pn}) of a packet number not accepted");
             return;
         }
-        if self.owed.replace((pn % WINDOW) as usize, true) {
+        if self.bits.replace(OWED, (pn % WINDOW) as usize, true) {
             return;
         }
         if self.owed_count == 0 || pn < self.owed_from {
@@ -181,19 +216,19 @@ impl Receiver {
     fn fields_for(&self, ack: u32) -> AckFields {
         let ack_bits = match (self.largest, ack.checked_sub(1)) {
             (Some(l), Some(e)) if ack <= l => {
-                let words = self.bits.as_raw_slice();
+                let words = (WINDOW / 64) as usize;
                 let at = (e % WINDOW) as usize;
                 let (w, b) = (at / 64, at % 64);
                 // The word below, only when the 16 bits reach into it (another cache line
-                // one time in eight).
+                // one time in four).
                 let below = if b < 15 {
-                    words[(w + words.len() - 1) % words.len()]
+                    self.bits.word(SEEN, (w + words - 1) % words)
                 } else {
                     0
                 };
                 // Bit 64 + b of `pair` is `e`'s; the 16 at and below it, MSB first, are the
                 // field.
-                let pair = (u128::from(words[w]) << 64) | u128::from(below);
+                let pair = (u128::from(self.bits.word(SEEN, w)) << 64) | u128::from(below);
                 let x = (pair >> (64 + b - 15)) as u16;
                 // Valid: packet numbers not below 0 (`i <= e`) and inside the window below the
                 // largest (`l - (e - i) < WINDOW`); a stale bit past either is masked off.
@@ -240,11 +275,11 @@ impl Receiver {
         let top = oldest.saturating_add(16).min(largest);
         let newest = (oldest..=top)
             .rev()
-            .find(|&p| self.owed[(p % WINDOW) as usize])
+            .find(|&p| self.bits.get(OWED, (p % WINDOW) as usize))
             .expect("oldest itself is owed");
         let fields = self.fields_for(newest);
         for p in oldest..=newest {
-            if self.owed.replace((p % WINDOW) as usize, false) {
+            if self.bits.replace(OWED, (p % WINDOW) as usize, false) {
                 self.owed_count -= 1;
             }
         }
@@ -258,12 +293,11 @@ impl Receiver {
     /// The lowest owed packet number in `from ..= to` (a stretch of at most the window), read
     /// a word at a time.
     fn next_owed(&self, from: u32, to: u32) -> Option<u32> {
-        let words = self.owed.as_raw_slice();
         let mut p = from;
         while p <= to {
             let at = (p % WINDOW) as usize;
             let (w, b) = (at / 64, at % 64);
-            let word = words[w] >> b;
+            let word = self.bits.word(OWED, w) >> b;
             if word != 0 {
                 let found = p + word.trailing_zeros();
                 return (found <= to).then_some(found);
