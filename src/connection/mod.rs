@@ -315,6 +315,10 @@ pub struct Connection {
     /// Octets of `in_flight` in packets of less-than-best-effort lanes only (not counted
     /// against the window other lanes' packets fit in).
     lbe_in_flight: u64,
+    /// The octets of the less-than-best-effort lanes' packets not yet acknowledged, whole
+    /// (`lbe_in_flight` is this less the share of their fragments reported held): what
+    /// bounds their parts in flight.
+    lbe_unacked: u64,
     /// Set by `can_send_reliable` for the packet built next: whether lanes that are not (and
     /// that are) less than best effort may send.
     game_lanes_open: bool,
@@ -508,6 +512,7 @@ impl Connection {
             cc: Congestion::new(),
             ledbat,
             lbe_in_flight: 0,
+            lbe_unacked: 0,
             game_lanes_open: true,
             lbe_lanes_open: true,
             bulk_paced_until: None,

@@ -261,6 +261,7 @@ impl Connection {
         self.in_flight = self.in_flight.saturating_sub(packet.flight);
         if packet.lbe {
             self.lbe_in_flight = self.lbe_in_flight.saturating_sub(packet.flight);
+            self.lbe_unacked = self.lbe_unacked.saturating_sub(packet.size);
         }
         self.cc.on_ack(packet.size, packet.first_sent);
         if packet.header.fragment.is_none() {

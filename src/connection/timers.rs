@@ -188,20 +188,31 @@ impl Connection {
     /// return a time already past until the job runs, a wake-up loop that stops the clock of
     /// a simulation (what wakes the job is the pacing deadline).
     fn resend_deadline(&self) -> Option<Instant> {
-        let mut t: Option<Instant> = None;
-        for p in &self.sent {
-            let d = p.timer_base() + self.rtt.backoff_rto(p.resends);
-            // (The jobs, a few, are looked at only for a deadline that would be the earliest.)
-            if t.is_none_or(|t| d < t)
-                && !self
-                    .jobs
-                    .iter()
-                    .any(|j| matches!(j, Job::Reliable { pn, .. } if *pn == p.pn))
-            {
-                t = Some(d);
+        let deadline = |p: &SentPacket| p.timer_base() + self.rtt.backoff_rto(p.resends);
+        if !self.jobs.iter().any(|j| matches!(j, Job::Reliable { .. })) {
+            return self.sent.iter().map(deadline).min();
+        }
+        // The packets with a queued job, as bits by their distance from the oldest in flight
+        // (packets in flight span less than the replay window: see `window_exhausted`), so
+        // that many queued jobs cost one pass, not one search per packet.
+        let base = self.sent.front()?.pn;
+        let mut queued = [0u64; (recv::WINDOW / 64) as usize];
+        for j in &self.jobs {
+            if let Job::Reliable { pn, .. } = *j {
+                let off = pn.wrapping_sub(base) as usize;
+                if off < recv::WINDOW as usize {
+                    queued[off / 64] |= 1 << (off % 64);
+                }
             }
         }
-        t
+        self.sent
+            .iter()
+            .filter(|p| {
+                let off = (p.pn - base) as usize;
+                off >= recv::WINDOW as usize || queued[off / 64] >> (off % 64) & 1 == 0
+            })
+            .map(deadline)
+            .min()
     }
 
     /// The earliest time [`Connection::handle_timeout`] has work.
