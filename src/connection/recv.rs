@@ -313,16 +313,20 @@ impl Receiver {
 mod tests {
     use super::*;
 
-    #[test]
-    fn ack_bits_read_from_words_match_one_by_one() {
-        let now = Instant::now();
-        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut next = move || {
+    /// A seeded xorshift64 generator.
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             seed
-        };
+        }
+    }
+
+    #[test]
+    fn ack_bits_read_from_words_match_one_by_one() {
+        let now = Instant::now();
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15_u64);
         for round in 0..200 {
             let mut r = Receiver::new();
             let mut pn = (next() % 40) as u32;
@@ -398,13 +402,7 @@ mod tests {
     #[test]
     fn owed_acks_match_a_list() {
         let now = Instant::now();
-        let mut seed = 0x2545_F491_4F6C_DD1D_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D_u64);
         for round in 0..100 {
             let mut r = Receiver::new();
             let mut list: Vec<u32> = Vec::new();
