@@ -182,7 +182,15 @@ impl Ledbat {
     }
 
     /// Octets `acked` of any lane were acknowledged at `now`; `srtt` is the smoothed RTT.
+    /// Nothing happens before the lane's first datagram.
     pub fn on_ack(&mut self, now: Instant, acked: u64, srtt: Duration) {
+        if self.last_bulk_sent.is_none() {
+            // The lane never sent: its window stays where it starts, and the delivery rate
+            // that bounds it is measured from its own first acknowledgements (a game's
+            // traffic before it is far below any rate the ceiling would use), so an endpoint
+            // without bulk traffic pays nothing here per acknowledgement.
+            return;
+        }
         // Before any sample (none from the handshake), no queue is known of.
         let delay = self.queueing_delay().unwrap_or_default();
         let base = self.base_rtt().unwrap_or(srtt);
