@@ -785,11 +785,7 @@ impl Connection {
                 let Some(index) = (next..count).find(|&k| count == 1 || !p.held[k]) else {
                     // Reports during the round showed the rest held: the round ends here (the
                     // caller takes the job off), as it would have at its last fragment.
-                    p.sent_before_pn = self.next_pn;
-                    if p.declared_lost {
-                        p.resends += 1;
-                        p.declared_lost = false;
-                    }
+                    p.end_transmission(self.next_pn);
                     return None;
                 };
                 let n = fragment::write_datagram(&p.header, &p.fields, &p.payload, index, buf)
@@ -866,13 +862,7 @@ impl Connection {
                 }
                 // The transmission ends at the last fragment the receiver lacks.
                 if (index + 1..count).all(|k| p.held[k]) {
-                    if count > 1 {
-                        p.sent_before_pn = self.next_pn;
-                    }
-                    if p.declared_lost {
-                        p.resends += 1;
-                        p.declared_lost = false;
-                    }
+                    p.end_transmission(self.next_pn);
                     self.jobs.pop_front();
                 } else if let Some(Job::Reliable { next, .. }) = self.jobs.front_mut() {
                     *next = index + 1;
@@ -1047,6 +1037,15 @@ impl Connection {
             self.stats.packets_resent += 1;
         }
         len
+    }
+}
+
+impl Connection {
+    /// Whether a job that writes packet `pn` is queued.
+    pub(super) fn job_queued(&self, pn: u32) -> bool {
+        self.jobs
+            .iter()
+            .any(|j| matches!(j, Job::Reliable { pn: p, .. } if *p == pn))
     }
 }
 

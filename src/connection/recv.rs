@@ -69,7 +69,7 @@ pub struct Receiver {
     /// Accepted packet numbers, and those owed an acknowledgement (only accepted ones, inside
     /// the window, are owed).
     bits: Window,
-    /// How many bits of `owed` are set.
+    /// How many [`OWED`] bits of `bits` are set.
     owed_count: u32,
     /// No owed packet number is below this one (where the search for the oldest starts).
     owed_from: u32,

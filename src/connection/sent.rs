@@ -61,6 +61,19 @@ impl SentPacket {
         }
     }
 
+    /// Its latest transmission (the first, or a resend round) has written its last datagram:
+    /// a fragmented packet counts for the packet threshold from the packet numbers assigned
+    /// from `next_pn` on, and a resend round counts as one resend.
+    pub(super) fn end_transmission(&mut self, next_pn: u32) {
+        if self.header.fragment.is_some_and(|f| f.count > 1) {
+            self.sent_before_pn = next_pn;
+        }
+        if self.declared_lost {
+            self.resends += 1;
+            self.declared_lost = false;
+        }
+    }
+
     /// The record of packet `pn`, first sent at `now`, with its processed payload.
     pub(super) fn new(
         now: Instant,
@@ -338,12 +351,9 @@ impl Connection {
         // lost.)
         let received_last = packet.held[packet.last_index];
         let missing = packet.held[..count].not_all();
-        let queued = self
-            .jobs
-            .iter()
-            .any(|j| matches!(j, Job::Reliable { pn: p, .. } if *p == pn));
-        if received_last && missing && !packet.declared_lost && !queued {
-            packet.declared_lost = true;
+        let declared_lost = packet.declared_lost;
+        if received_last && missing && !declared_lost && !self.job_queued(pn) {
+            self.sent[i].declared_lost = true;
             self.on_lost(now, pn);
         }
     }
@@ -409,11 +419,7 @@ impl Connection {
             l.on_loss(now, srtt);
         }
         self.stats.packets_lost += 1;
-        if !self
-            .jobs
-            .iter()
-            .any(|j| matches!(j, Job::Reliable { pn: p, .. } if *p == pn))
-        {
+        if !self.job_queued(pn) {
             self.jobs.push_back(Job::Reliable { pn, next: 0 });
         }
     }

@@ -88,11 +88,7 @@ impl Connection {
             }
         }
         for pn in expired {
-            if self
-                .jobs
-                .iter()
-                .any(|j| matches!(j, Job::Reliable { pn: p, .. } if *p == pn))
-            {
+            if self.job_queued(pn) {
                 continue;
             }
             let Ok(i) = self.sent.binary_search_by_key(&pn, |p| p.pn) else {
